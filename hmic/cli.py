@@ -96,6 +96,110 @@ def split(
 
 
 @app.command()
+def featurize(
+    data_dir: DataDir = None,
+    work_dir: WorkDir = None,
+    workers: Annotated[int, typer.Option(help="Parallel processes.")] = max(1, os.cpu_count() or 1),
+    clip_seconds: Annotated[float, typer.Option(help="Clip length the features are fitted to.")] = 10.0,
+    force: Annotated[bool, typer.Option(help="Recompute a store made for another set of clips.")] = False,
+) -> None:
+    """Compute CNN14 log-mel features of every clip into a memory-mapped float16 store (resumable)."""
+    from .audio import FrontendConfig
+    from .dataset import OpenMIC, resolve_data_dir, resolve_work_dir
+    from .features import featurize as run_featurize
+
+    root = resolve_data_dir(data_dir)
+    dataset = OpenMIC.load(root)
+    keys = sorted(dataset.train_keys + dataset.test_keys)
+    paths = [dataset.audio_path(k) for k in keys]
+    cfg = FrontendConfig(clip_seconds=clip_seconds)
+    s = run_featurize(keys, paths, resolve_work_dir(root, work_dir), cfg, workers=workers, force=force, console=err)
+    table = Table(title=f"featurize → {s.folder}")
+    for col in ("clips", "done now", "failed", "skipped (already done)", "time", "throughput"):
+        table.add_column(col, justify="right")
+    table.add_row(str(s.total), str(s.done), str(s.failed), str(s.skipped), f"{s.seconds:.1f} s", f"{s.clips_per_second:.1f} clips/s")
+    console.print(table)
+    if s.failed:
+        console.print(f"[yellow]{s.failed} clips failed and are left out of training; see {s.folder / 'failures.csv'}[/]")
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{option} expects comma-separated numbers, got {text!r}") from None
+
+
+@app.command()
+def train(
+    method: Annotated[str, typer.Option(help="Head: flat, levelwise, topdown, gap, lp, gmp, resatt (comma-separated for several).")] = "gmp",
+    seeds: Annotated[Optional[int], typer.Option(help="Train seeds 0..N-1.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Train this one seed.")] = None,
+    lam: Annotated[Optional[float], typer.Option("--lambda", help="Weight λ of the fine loss [default: 0.8].")] = None,
+    lambdas: Annotated[Optional[str], typer.Option(help="Several λ, e.g. 0.7,0.75,0.8,0.85,0.9; the best by validation fine loss is recorded.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of TrainConfig fields (flags override it).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="cnn14, cnn14-light or cnn14-tiny [default: cnn14].")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="AudioSet CNN14 checkpoint or 'none' [default: data/checkpoints/Cnn14_16k_mAP=0.438.pth].")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs [default: 30]; the best validation epoch is kept.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size [default: 16].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate [default: 1e-4].")] = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option(help="Linear warm-up epochs [default: 5].")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="After warm-up: cosine or constant [default: cosine].")] = None,
+    specaugment: Annotated[Optional[bool], typer.Option("--specaugment/--no-specaugment", help="PANNs SpecAugment [default: on].")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Weight of levelwise consistency items [default: 1.0].")] = None,
+    coarse_rule: Annotated[Optional[str], typer.Option(help="Coarse targets: any or strict [default: any].")] = None,
+    clip_seconds: Annotated[Optional[float], typer.Option(help="Clip length of the features [default: 10].")] = None,
+    data_dir: DataDir = None,
+    work_dir: WorkDir = None,
+    hierarchy: HierarchyOpt = None,
+    runs_dir: Annotated[Optional[Path], typer.Option(help="Where run folders go [default: runs].")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda [default: auto].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue interrupted runs from last.pt.")] = False,
+    force: Annotated[bool, typer.Option(help="Restart runs that exist.")] = False,
+) -> None:
+    """Train CNN14 + a hierarchical head for each (method, λ, seed); keep the best validation epoch."""
+    from dataclasses import replace
+
+    from . import train as tr
+
+    if seeds is not None and seed is not None:
+        raise typer.BadParameter("give --seeds N or --seed S, not both")
+    if lam is not None and lambdas is not None:
+        raise typer.BadParameter("give --lambda or --lambdas, not both")
+    base = tr.load_config_file(config) if config else {}
+    flags = dict(arch=arch, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
+                 warmup_epochs=warmup_epochs, schedule=schedule, specaugment=specaugment, alpha=alpha,
+                 coarse_rule=coarse_rule, clip_seconds=clip_seconds, device=device,
+                 data_dir=str(data_dir) if data_dir else None, work_dir=str(work_dir) if work_dir else None,
+                 hierarchy=str(hierarchy) if hierarchy else None, runs_dir=str(runs_dir) if runs_dir else None)
+    base.update({k: v for k, v in flags.items() if v is not None})
+    cfg0 = tr.TrainConfig(**base)
+    seed_list = list(range(seeds)) if seeds is not None else [seed if seed is not None else cfg0.seed]
+    lam_list = _floats(lambdas, "--lambdas") if lambdas else [lam if lam is not None else cfg0.lam]
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    for m in methods:
+        tr.TrainConfig(**{**base, "method": m}).validate()
+    data = None
+    summaries = []
+    for m in methods:
+        for lam_value in ([1.0] if m == "flat" else lam_list):
+            for s in seed_list:
+                cfg = replace(cfg0, method=m, lam=lam_value, seed=s)
+                data = data or tr.load_data(cfg)
+                summaries.append(tr.train_run(cfg, resume=resume, force=force, console=err, data=data))
+        if m != "flat":
+            selection = tr.select_lambda(Path(cfg0.runs_dir), m)
+            if len(lam_list) > 1:
+                console.print(f"{m}: selected λ = {selection['selected_lambda']:.2f} (lowest mean validation fine loss)")
+    table = Table(title="training runs")
+    for col in ("run", "best epoch", "val fine loss", "device"):
+        table.add_column(col)
+    for s in summaries:
+        table.add_row(s["run"], str(s["best_epoch"] + 1), f"{s['best_val_fine_loss']:.4f}", s.get("device", ""))
+    console.print(table)
+
+
+@app.command()
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to create (never overwritten).")],
     clips: Annotated[int, typer.Option(help="Number of clips.")] = 2000,

@@ -1,0 +1,164 @@
+"""Audio I/O and the exact CNN14 front-end (cnn14.md): decode → mono → 16 kHz → fixed length → log-mel.
+
+One implementation, used by ``hmic featurize`` and ``hmic predict``.
+Units: sample rates in Hz, lengths in samples unless named ``*_seconds``; log-mel in dB (ref 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import HmicError
+
+
+class AudioError(HmicError):
+    """A file that cannot be turned into features (unreadable, empty, NaN samples, too short)."""
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Every parameter that changes the features. Its hash names the feature store."""
+
+    sample_rate: int = 16_000
+    n_fft: int = 512
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 50.0
+    f_max: float = 8000.0
+    clip_seconds: float = 10.0
+    # torchaudio's Kaiser-windowed sinc (the settings of resampy's/librosa's "kaiser_best").
+    resampler: str = "sinc_interp_kaiser/64/0.9475937167399596/14.769656459379492"
+    log_floor: float = 1e-10
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
+    def n_frames(self) -> int:
+        """1 + floor(L / hop): 1001 for 10 s."""
+        return 1 + self.clip_samples // self.hop_length
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest input the CNN14 stack accepts (4,960 samples = 0.31 s at 16 kHz)."""
+        return 4960
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def decode(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read any format libsndfile reads. Returns (audio (channels, L) float32 in [-1, 1], sample rate).
+
+    Integer PCM of any width is scaled to [-1, 1] by soundfile. Raises AudioError for a missing,
+    unreadable, empty or non-finite file.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile errors come in several types
+        raise AudioError(f"{path}: not a readable audio file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: the file holds no samples")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: contains NaN or infinite samples")
+    return np.ascontiguousarray(data.T), int(sr)
+
+
+@lru_cache(maxsize=16)
+def _resampler(orig: int, new: int, spec: str):
+    import torchaudio
+
+    method, width, rolloff, beta = spec.split("/")
+    return torchaudio.transforms.Resample(
+        orig, new, resampling_method=method, lowpass_filter_width=int(width), rolloff=float(rolloff), beta=float(beta)
+    )
+
+
+def to_mono(audio: np.ndarray, sample_rate: int, cfg: FrontendConfig) -> torch.Tensor:
+    """(channels, L) at any rate → (L',) float32 mono at cfg.sample_rate (downmix by mean)."""
+    mono = torch.from_numpy(np.ascontiguousarray(audio.mean(axis=0, dtype=np.float32)))
+    if sample_rate != cfg.sample_rate:
+        mono = _resampler(sample_rate, cfg.sample_rate, cfg.resampler)(mono[None])[0]
+    return mono
+
+
+def fit_length(wave: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """Cut or zero-pad the last axis to n_samples."""
+    length = wave.shape[-1]
+    if length >= n_samples:
+        return wave[..., :n_samples]
+    return torch.nn.functional.pad(wave, (0, n_samples - length))
+
+
+class LogMel(torch.nn.Module):
+    """Waveform (B, L) → log-mel (B, T, n_mels) in dB, T = 1 + L // hop. Exactly cnn14.md steps 2–4."""
+
+    def __init__(self, cfg: FrontendConfig = FrontendConfig()):
+        super().__init__()
+        import torchaudio
+
+        self.cfg = cfg
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.n_fft, hop_length=cfg.hop_length,
+            f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels, power=2.0, center=True, pad_mode="reflect",
+            norm="slaney", mel_scale="slaney", window_fn=torch.hann_window,  # periodic Hann
+        )
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        power = self.mel(wave.float())  # (B, n_mels, T)
+        return (10.0 * torch.log10(torch.clamp(power, min=self.cfg.log_floor))).transpose(-1, -2)
+
+    @property
+    def filterbank(self) -> torch.Tensor:
+        """(n_fft/2 + 1, n_mels) Slaney filterbank (the checkpoint's ``logmel_extractor.melW``)."""
+        return self.mel.mel_scale.fb
+
+
+@lru_cache(maxsize=4)
+def _logmel(cfg: FrontendConfig) -> LogMel:
+    return LogMel(cfg).eval()
+
+
+def logmel_of_wave(wave: torch.Tensor, cfg: FrontendConfig = FrontendConfig()) -> torch.Tensor:
+    """(L,) or (B, L) 16-kHz wave → (T, n_mels) or (B, T, n_mels) float32 log-mel."""
+    with torch.no_grad():
+        out = _logmel(cfg)(wave if wave.dim() == 2 else wave[None])
+    return out if wave.dim() == 2 else out[0]
+
+
+def clip_features(path: str | Path, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
+    """The features of one clip: decode, mono, resample, fit to cfg.clip_seconds, log-mel.
+
+    Returns (cfg.n_frames, cfg.n_mels) float32.
+    """
+    audio, sr = decode(path)
+    wave = fit_length(to_mono(audio, sr, cfg), cfg.clip_samples)
+    return logmel_of_wave(wave, cfg).numpy()
+
+
+def load_wave(path: str | Path, cfg: FrontendConfig = FrontendConfig()) -> torch.Tensor:
+    """Decode a whole file to mono cfg.sample_rate (L,); refuses files shorter than the network's minimum."""
+    audio, sr = decode(path)
+    wave = to_mono(audio, sr, cfg)
+    if wave.shape[0] < cfg.min_samples:
+        raise AudioError(
+            f"{path}: {wave.shape[0] / cfg.sample_rate:.2f} s is too short; CNN14 needs at least "
+            f"{cfg.min_samples / cfg.sample_rate:.2f} s of audio"
+        )
+    return wave

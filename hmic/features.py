@@ -1,0 +1,219 @@
+"""`hmic featurize` and the feature store that training and evaluation read.
+
+Layout (under the work dir, never inside the dataset):
+
+    features/<frontend digest>/
+        manifest.json     front-end parameters + digest, keys in row order, shape, counts
+        logmel.f16        float16 (N, T, n_mels), read through np.memmap
+        done.u8           (N,) 1 once row i is written (flushed after the rows themselves)
+        failures.csv      sample_key, path, error  (clips left out of training, with the reason)
+
+One store holds every clip of the dataset's partitions, so changing the validation split needs no
+recomputation. A store is found by the digest of the front-end that made it: features of another
+front-end are never mixed in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .audio import AudioError, FrontendConfig, clip_features
+from .errors import HmicError
+from .io import write_json, write_text
+
+MANIFEST = "manifest.json"
+FLUSH_EVERY = 64
+
+
+def store_dir(work_dir: Path, cfg: FrontendConfig = FrontendConfig()) -> Path:
+    return Path(work_dir) / "features" / cfg.digest()
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _featurize_one(job: tuple[int, str, FrontendConfig]) -> tuple[int, np.ndarray | None, str]:
+    index, path, cfg = job
+    try:
+        return index, clip_features(path, cfg).astype(np.float16), ""
+    except AudioError as e:
+        return index, None, str(e)
+    except Exception as e:  # a worker must never take the job down with it
+        return index, None, f"{path}: {type(e).__name__}: {e}"
+
+
+@dataclass
+class FeaturizeSummary:
+    total: int
+    done: int
+    failed: int
+    skipped: int
+    seconds: float
+    folder: Path
+
+    @property
+    def clips_per_second(self) -> float:
+        return (self.done) / self.seconds if self.seconds > 0 else 0.0
+
+
+def featurize(keys: list[str], paths: list[Path], work_dir: Path, cfg: FrontendConfig = FrontendConfig(),
+              workers: int = 1, force: bool = False, progress: bool = True, console=None,
+              limit: int | None = None) -> FeaturizeSummary:
+    """Compute the log-mel of every clip into the store; resumes rows already done.
+
+    ``limit`` stops after that many new rows (used to test interruption); the store stays resumable.
+    """
+    from rich.console import Console
+    from tqdm import tqdm
+
+    console = console or Console(stderr=True)
+    folder = store_dir(work_dir, cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    n, shape = len(keys), (len(keys), cfg.n_frames, cfg.n_mels)
+    manifest_path = folder / MANIFEST
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["keys"] != list(keys) or manifest["digest"] != cfg.digest():
+            if not force:
+                raise HmicError(
+                    f"{folder} holds features of another set of clips; pass --force to recompute them"
+                )
+            for name in ("logmel.f16", "done.u8", "failures.csv", MANIFEST):
+                (folder / name).unlink(missing_ok=True)
+    if not manifest_path.exists():
+        np.memmap(folder / "logmel.f16", dtype=np.float16, mode="w+", shape=shape).flush()
+        np.memmap(folder / "done.u8", dtype=np.uint8, mode="w+", shape=(n,)).flush()
+        write_json(manifest_path, {"digest": cfg.digest(), "frontend": cfg.to_dict(), "dtype": "float16",
+                                   "shape": list(shape), "keys": list(keys), "complete": False})
+    feats = np.memmap(folder / "logmel.f16", dtype=np.float16, mode="r+", shape=shape)
+    done = np.memmap(folder / "done.u8", dtype=np.uint8, mode="r+", shape=(n,))
+    failures = _read_failures(folder)
+    todo = [i for i in range(n) if not done[i] and keys[i] not in failures]
+    skipped = n - len(todo)
+    if limit is not None:
+        todo = todo[:limit]
+    t0 = time.time()
+    n_done = n_failed = 0
+    pending: list[int] = []
+    bar = tqdm(total=n, initial=skipped, desc="featurizing", unit="clip", disable=not progress)
+
+    def commit() -> None:
+        feats.flush()  # rows first, then their flags: a crash in between only recomputes them
+        for i in pending:
+            done[i] = 1
+        done.flush()
+        pending.clear()
+
+    jobs = [(i, str(paths[i]), cfg) for i in todo]
+    try:
+        if workers <= 1:
+            _init_worker()
+            results = map(_featurize_one, jobs)
+            pool = None
+        else:
+            pool = ProcessPoolExecutor(workers, initializer=_init_worker)
+            results = pool.map(_featurize_one, jobs, chunksize=8)
+        for i, row, error in results:
+            if row is None:
+                failures[keys[i]] = (str(paths[i]), error)
+                _write_failures(folder, failures)
+                console.print(f"[yellow]skipping {keys[i]}: {error}[/]", highlight=False)
+                n_failed += 1
+            else:
+                feats[i] = row
+                pending.append(i)
+                n_done += 1
+                if len(pending) >= FLUSH_EVERY:
+                    commit()
+            bar.update(1)
+    finally:
+        commit()
+        bar.close()
+        if workers > 1 and pool is not None:
+            pool.shutdown(cancel_futures=True)
+    complete = bool(all(done[i] or keys[i] in failures for i in range(n)))
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(complete=complete, n_done=int(np.asarray(done).sum()), n_failed=len(failures))
+    write_json(manifest_path, manifest)
+    return FeaturizeSummary(n, n_done, n_failed, skipped, time.time() - t0, folder)
+
+
+def _read_failures(folder: Path) -> dict[str, tuple[str, str]]:
+    path = folder / "failures.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        return {r["sample_key"]: (r["path"], r["error"]) for r in csv.DictReader(f)}
+
+
+def _write_failures(folder: Path, failures: dict[str, tuple[str, str]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["sample_key", "path", "error"])
+    for key in sorted(failures):
+        w.writerow([key, *failures[key]])
+    write_text(folder / "failures.csv", buf.getvalue())
+
+
+class FeatureStore:
+    """Read-only view of a feature store: rows by sample key, memory-mapped (nothing loaded up front)."""
+
+    def __init__(self, folder: Path, cfg: FrontendConfig | None = None):
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not path.exists():
+            raise HmicError(f"no features in {folder}; run 'hmic featurize' first")
+        manifest = json.loads(path.read_text())
+        if cfg is not None and (manifest["digest"] != cfg.digest() or manifest["frontend"] != cfg.to_dict()):
+            raise HmicError(
+                f"features in {folder} were made with another front-end ({manifest['frontend']}); "
+                "re-run 'hmic featurize' for this model's front-end"
+            )
+        self.folder = folder
+        self.frontend = FrontendConfig(**manifest["frontend"])
+        self.keys: list[str] = manifest["keys"]
+        self.index = {k: i for i, k in enumerate(self.keys)}
+        self.shape = tuple(manifest["shape"])
+        self.data = np.memmap(folder / "logmel.f16", dtype=np.float16, mode="r", shape=self.shape)
+        self.done = np.fromfile(folder / "done.u8", dtype=np.uint8).astype(bool)
+        self.failures = _read_failures(folder)
+
+    @classmethod
+    def open(cls, work_dir: Path, cfg: FrontendConfig = FrontendConfig()) -> "FeatureStore":
+        folder = store_dir(work_dir, cfg)
+        if not (folder / MANIFEST).exists():
+            others = sorted(p.name for p in (Path(work_dir) / "features").glob("*") if (p / MANIFEST).exists())
+            hint = f" (found stores of other front-ends: {', '.join(others)})" if others else ""
+            raise HmicError(f"no features for front-end {cfg.digest()} in {Path(work_dir) / 'features'}{hint}; run 'hmic featurize'")
+        return cls(folder, cfg)
+
+    def usable(self, keys: list[str], part: str = "") -> list[str]:
+        """Keys whose features exist. Failed clips are left out with a warning naming them;
+        clips never featurized are an error (run featurize to finish)."""
+        missing = [k for k in keys if k not in self.index]
+        if missing:
+            raise HmicError(f"{len(missing)} clips of {part or 'the split'} (e.g. {missing[0]}) are not in {self.folder}; re-run 'hmic featurize --force'")
+        failed = [k for k in keys if k in self.failures]
+        if failed:
+            warnings.warn(f"{len(failed)} clips of {part or 'the split'} left out, their audio failed ({', '.join(failed[:5])}"
+                          f"{', ...' if len(failed) > 5 else ''}); see {self.folder / 'failures.csv'}", stacklevel=2)
+        not_done = [k for k in keys if k not in self.failures and not self.done[self.index[k]]]
+        if not_done:
+            raise HmicError(f"{len(not_done)} clips (e.g. {not_done[0]}) are not featurized yet; run 'hmic featurize' to finish")
+        return [k for k in keys if k not in self.failures]
+
+    def rows(self, keys: list[str]) -> np.ndarray:
+        return np.array([self.index[k] for k in keys], dtype=np.int64)

@@ -1,0 +1,388 @@
+"""`hmic train`: the paper's protocol (methods.md §5) for one (method, λ, seed), and the λ × seed grid.
+
+A run folder ``<runs>/<method>/lam<λ>/seed<S>/`` holds, written in this order:
+    config.json          the resolved configuration (written first)
+    metrics.jsonl        one line per epoch: train loss, validation loss per level, lr, time
+    last.pt / best.pt    checkpoints, written atomically; best = lowest validation fine-level loss
+    predictions_val.npz, predictions_test.npz   the best checkpoint's outputs for later stages
+    done.json            the summary, once finished
+A killed run continues with ``--resume`` from last.pt and ends bit-identical to an uninterrupted one
+on CPU (model, optimiser, scheduler position and RNG states are all in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import platform
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+
+from .audio import FrontendConfig
+from .dataset import OpenMIC, resolve_data_dir, resolve_work_dir
+from .errors import HmicError
+from .features import FeatureStore
+from .heads import HEADS, hierarchical_loss
+from .hierarchy import COARSE_RULES, Hierarchy, load_hierarchy
+from .io import append_jsonl, atomic_path, read_jsonl, write_json
+from .model import ARCHS, BackboneConfig, HierarchicalTagger, load_pretrained
+from .split import load_split, split_dir
+
+DEFAULT_LAMBDA = 0.8
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Loadable from YAML (--config), overridden by CLI flags."""
+
+    method: str = "gmp"
+    lam: float = DEFAULT_LAMBDA  # λ: weight of the fine loss (flat always uses 1)
+    seed: int = 0
+    arch: str = "cnn14"
+    pretrained: str = "data/checkpoints/Cnn14_16k_mAP=0.438.pth"  # or "none"
+    epochs: int = 30  # a project choice (paper silent); the best validation epoch is kept
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 5.0
+    schedule: str = "cosine"  # or "constant" after warm-up
+    specaugment: bool = True
+    alpha: float = 1.0  # levelwise consistency weight
+    coarse_rule: str = "any"
+    clip_seconds: float = 10.0
+    data_dir: str = "data/openmic-2018"
+    work_dir: str = ""
+    hierarchy: str = ""
+    runs_dir: str = "runs"
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.method not in HEADS:
+            raise HmicError(f"--method {self.method!r} is unknown; choose one of {', '.join(HEADS)}")
+        if self.arch not in ARCHS:
+            raise HmicError(f"--arch {self.arch!r} is unknown; choose one of {', '.join(ARCHS)}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise HmicError(f"--lambda must be in [0, 1], got {self.lam}")
+        if self.coarse_rule not in COARSE_RULES:
+            raise HmicError(f"--coarse-rule must be one of {', '.join(COARSE_RULES)}")
+        if self.schedule not in ("cosine", "constant"):
+            raise HmicError("--schedule must be cosine or constant")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise HmicError("--epochs and --batch-size must be at least 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise HmicError("--device must be auto, cpu or cuda")
+
+    @property
+    def effective_lambda(self) -> float:
+        return 1.0 if self.method == "flat" else self.lam
+
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.method / f"lam{self.effective_lambda:.2f}" / f"seed{self.seed}"
+
+    def identity(self) -> dict:
+        """The fields that make two runs the same run (device and folders aside)."""
+        d = asdict(self)
+        for k in ("device", "runs_dir"):
+            d.pop(k)
+        return d
+
+
+def load_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise HmicError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise HmicError(f"config {path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise HmicError(f"config {path}: expected a mapping of TrainConfig fields")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise HmicError(f"config {path}: unknown field '{unknown[0]}'; known fields: {', '.join(sorted(known))}")
+    return data
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise HmicError("--device cuda but no CUDA device is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over warmup_epochs, then cosine decay to 0 at the end (or constant)."""
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if warm > 0 and step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - warm) / max(1.0, total - warm)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class Part:
+    """The clips of one split part, with fine and coarse targets and masks."""
+
+    keys: list[str]
+    rows: np.ndarray
+    fine_targets: np.ndarray
+    fine_mask: np.ndarray
+    coarse_targets: np.ndarray
+    coarse_mask: np.ndarray
+
+
+@dataclass
+class Data:
+    store: FeatureStore
+    hierarchy: Hierarchy
+    parts: dict[str, Part] = field(default_factory=dict)
+
+
+def load_data(cfg: TrainConfig) -> Data:
+    root = resolve_data_dir(cfg.data_dir)
+    dataset = OpenMIC.load(root)
+    work = resolve_work_dir(root, cfg.work_dir or None)
+    hierarchy = load_hierarchy(cfg.hierarchy or None, dataset.class_names)
+    split = load_split(split_dir(work))
+    store = FeatureStore.open(work, FrontendConfig(clip_seconds=cfg.clip_seconds))
+    data = Data(store, hierarchy)
+    for name in ("train", "val", "test"):
+        keys = store.usable(split.part(name), name)
+        labels = dataset.labels.subset(keys)
+        ct, cm = hierarchy.coarse_targets(labels.targets, labels.mask, cfg.coarse_rule)
+        data.parts[name] = Part(keys, store.rows(keys), labels.targets, labels.mask, ct, cm)
+    return data
+
+
+def batches(part: Part, store: FeatureStore, batch_size: int, order: np.ndarray | None = None):
+    """Yield (logmel (B, T, M) float32, fine_t, fine_m, coarse_t, coarse_m, indices) from the memmap."""
+    order = np.arange(len(part.keys)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        rows = part.rows[idx]
+        sort = np.argsort(rows)  # read the memmap in file order, then restore the batch order
+        x = np.empty((len(rows),) + store.shape[1:], dtype=np.float32)
+        x[sort] = store.data[rows[sort]]
+        yield (torch.from_numpy(x), torch.from_numpy(part.fine_targets[idx]), torch.from_numpy(part.fine_mask[idx]),
+               torch.from_numpy(part.coarse_targets[idx]), torch.from_numpy(part.coarse_mask[idx]), idx)
+
+
+def build_model(cfg: TrainConfig, hierarchy: Hierarchy, console=None) -> HierarchicalTagger:
+    model = HierarchicalTagger(BackboneConfig(cfg.arch, specaugment=cfg.specaugment), cfg.method, hierarchy)
+    if cfg.pretrained and cfg.pretrained.lower() != "none":
+        load_pretrained(model.backbone, cfg.pretrained, console)
+    return model
+
+
+def versions() -> dict:
+    import hmic
+
+    return {"hmic": hmic.__version__, "torch": str(torch.__version__), "python": platform.python_version(),
+            "numpy": str(np.__version__)}
+
+
+def checkpoint_payload(model, cfg: TrainConfig, hierarchy: Hierarchy, **extra) -> dict:
+    """A self-describing checkpoint: weights + config + hierarchy + front-end + versions."""
+    return {
+        "model": model.state_dict(),
+        "config": asdict(cfg),
+        "backbone": asdict(model.backbone.cfg),
+        "hierarchy": hierarchy.to_dict(),
+        "frontend": FrontendConfig(clip_seconds=cfg.clip_seconds).to_dict(),
+        "versions": versions(),
+        **extra,
+    }
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict_part(model, part: Part, store: FeatureStore, device: torch.device, batch_size: int = 32) -> dict:
+    """Run the model on a part; returns numpy arrays for the predictions file and the mean losses."""
+    model.eval()
+    fine, coarse, attn = [], [], []
+    for x, *_ in batches(part, store, batch_size):
+        x = x.to(device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        with autocast(device):
+            out = model(x)
+        fine.append(out.fine_probs.float().cpu())
+        coarse.append(out.coarse_probs.float().cpu())
+        if out.attention is not None:
+            attn.append(out.attention.float().cpu())
+    fine_t, coarse_t = torch.cat(fine), torch.cat(coarse)
+    result = {"keys": np.array(part.keys), "fine_probs": fine_t.numpy(), "coarse_probs": coarse_t.numpy(),
+              "fine_targets": part.fine_targets, "fine_mask": part.fine_mask,
+              "coarse_targets": part.coarse_targets, "coarse_mask": part.coarse_mask}
+    if attn:
+        result["attention"] = torch.cat(attn).numpy().astype(np.float16)
+    return result
+
+
+def _bce_np(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> float:
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    per = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+    return float((per * mask).sum() / max(mask.sum(), 1))
+
+
+@torch.no_grad()
+def validation_losses(model, part: Part, store: FeatureStore, device) -> tuple[dict, dict]:
+    pred = predict_part(model, part, store, device)
+    return {"val_fine_loss": _bce_np(pred["fine_probs"], part.fine_targets, part.fine_mask),
+            "val_coarse_loss": _bce_np(pred["coarse_probs"], part.coarse_targets, part.coarse_mask)}, pred
+
+
+def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, console=None, progress: bool = True,
+              data: Data | None = None, stop_after_epoch: int | None = None,
+              on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train one (method, λ, seed) run into its folder. Returns the summary (done.json).
+
+    ``stop_after_epoch`` simulates an interruption (for tests): it returns after that epoch, leaving
+    the folder exactly as a killed run would.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = console or Console(stderr=True)
+    cfg.validate()
+    run = cfg.run_dir()
+    config_path = run / "config.json"
+    if (run / "done.json").exists() and not force:
+        previous = json.loads(config_path.read_text())
+        if {k: v for k, v in previous.items() if k not in ("device", "runs_dir")} == cfg.identity():
+            console.print(f"[green]✓[/] {run} already finished, skipping")
+            return json.loads((run / "done.json").read_text())
+    if config_path.exists() and not force:
+        previous = json.loads(config_path.read_text())
+        same = {k: v for k, v in previous.items() if k not in ("device", "runs_dir")} == cfg.identity()
+        if not same:
+            raise HmicError(f"{run} holds a run with another configuration; pass --force to start it again")
+        if not resume and (run / "last.pt").exists():
+            raise HmicError(f"{run} holds an unfinished run; pass --resume to continue it or --force to restart")
+    if force and run.exists():
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(config_path, asdict(cfg))
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    data = data or load_data(cfg)
+    model = build_model(cfg, data.hierarchy, console).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train = data.parts["train"]
+    steps_per_epoch = math.ceil(len(train.keys) / cfg.batch_size)
+    start_epoch, best = 0, {"val_fine_loss": float("inf"), "epoch": -1}
+    if resume and (run / "last.pt").exists():
+        state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        # drop metrics of epochs after the checkpoint (written before the kill, not saved in last.pt)
+        rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["epoch"] < start_epoch]
+        with atomic_path(run / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        console.print(f"resuming {run} at epoch {start_epoch + 1}/{cfg.epochs}")
+    elif (run / "metrics.jsonl").exists():
+        (run / "metrics.jsonl").unlink()
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task(f"{cfg.method} λ={cfg.effective_lambda:.2f} seed {cfg.seed}",
+                            total=cfg.epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch, info="")
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            t0 = time.time()
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            order = torch.randperm(len(train.keys), generator=gen).numpy()
+            total_loss, n_batches = 0.0, 0
+            for i, (x, ft, fm, ct, cm, _) in enumerate(batches(train, data.store, cfg.batch_size, order)):
+                step = epoch * steps_per_epoch + i
+                lr = lr_at(step, steps_per_epoch, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = x.to(device, non_blocking=True)
+                with autocast(device):
+                    out = model(x)
+                parts = hierarchical_loss(out, model.head, ft.to(device), fm.to(device), ct.to(device), cm.to(device),
+                                          cfg.lam, cfg.alpha)
+                optimizer.zero_grad(set_to_none=True)
+                parts.total.backward()
+                optimizer.step()
+                total_loss += parts.total.item()
+                n_batches += 1
+                bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {total_loss / n_batches:.4f}")
+            val, _ = validation_losses(model, data.parts["val"], data.store, device)
+            row = {"epoch": epoch, "train_loss": total_loss / max(n_batches, 1), **val, "lr": lr,
+                   "seconds": round(time.time() - t0, 3)}
+            improved = val["val_fine_loss"] < best["val_fine_loss"]
+            if improved:
+                best = {"val_fine_loss": val["val_fine_loss"], "epoch": epoch}
+                save_checkpoint(run / "best.pt", checkpoint_payload(model, cfg, data.hierarchy, epoch=epoch, best=best))
+            save_checkpoint(run / "last.pt", checkpoint_payload(
+                model, cfg, data.hierarchy, epoch=epoch, best=best, optimizer=optimizer.state_dict(),
+                rng={"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}))
+            append_jsonl(run / "metrics.jsonl", row)
+            bar.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} val fine {val['val_fine_loss']:.4f}"
+                                  f"{' (best)' if improved else ''}")
+            if on_epoch:
+                on_epoch(row)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                return {"interrupted": True, "epoch": epoch}
+
+    best_state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(best_state["model"])
+    for name in ("val", "test"):
+        pred = predict_part(model, data.parts[name], data.store, device)
+        with atomic_path(run / f"predictions_{name}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **pred)
+    summary = {"run": str(run), "method": cfg.method, "lambda": cfg.effective_lambda, "seed": cfg.seed,
+               "best_epoch": best["epoch"], "best_val_fine_loss": best["val_fine_loss"],
+               "epochs": cfg.epochs, "device": str(device)}
+    write_json(run / "done.json", summary)
+    return summary
+
+
+def select_lambda(runs_dir: Path, method: str) -> dict:
+    """The λ with the lowest mean validation fine-level loss over its finished seeds."""
+    scores = {}
+    for lam_dir in sorted((Path(runs_dir) / method).glob("lam*")):
+        losses = [json.loads(p.read_text())["best_val_fine_loss"] for p in lam_dir.glob("seed*/done.json")]
+        if losses:
+            scores[lam_dir.name[3:]] = {"mean_val_fine_loss": float(np.mean(losses)), "seeds": len(losses)}
+    if not scores:
+        raise HmicError(f"no finished runs of {method} under {runs_dir}")
+    chosen = min(scores, key=lambda k: scores[k]["mean_val_fine_loss"])
+    result = {"method": method, "selected_lambda": float(chosen), "by_lambda": scores,
+              "criterion": "lowest mean validation fine-level BCE over seeds"}
+    write_json(Path(runs_dir) / method / "lambda_selection.json", result)
+    return result
