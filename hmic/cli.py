@@ -199,6 +199,154 @@ def train(
     console.print(table)
 
 
+class Split(str, Enum):
+    val = "val"
+    test = "test"
+
+
+class Aggregation(str, Enum):
+    max = "max"
+    mean = "mean"
+
+
+@app.command("tune-thresholds")
+def tune_thresholds(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (or folders holding runs).")],
+) -> None:
+    """Choose one threshold per tag and level maximising F1 on the validation predictions."""
+    from .runs import find_runs, tune_run
+
+    for run in find_runs(runs):
+        result = tune_run(run)
+        note = "; ".join(f"{lv}: {', '.join(t)}" for lv, t in result["defaulted"].items() if t)
+        console.print(f"{run}: thresholds tuned on validation" + (f" (kept 0.5 for {note})" if note else ""))
+
+
+@app.command()
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (seeds) or folders holding runs.")],
+    split: Annotated[Split, typer.Option(help="Which part to score.")] = Split.test,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all figures to this JSON file.")] = None,
+    per_tag: Annotated[bool, typer.Option(help="Also print per-tag values.")] = False,
+) -> None:
+    """Macro ROC-AUC, PR-AUC and F1 at both levels (observed entries only); mean ± std over runs."""
+    from .io import write_json
+    from .metrics import METRICS
+    from .runs import LEVELS, evaluate_runs, find_runs
+
+    found = find_runs(runs)
+    agg = evaluate_runs(found, split.value)
+    table = Table(title=f"{split.value} split, {len(found)} run(s), macro over tags (%)")
+    table.add_column("level")
+    for m in ("ROC-AUC", "PR-AUC", "F1"):
+        table.add_column(m, justify="right")
+    table.add_column("left out")
+    for lv in LEVELS:
+        table.add_row(lv, *[f"{100 * agg.mean[lv][m][0]:.2f} ± {100 * agg.mean[lv][m][1]:.2f}" for m in METRICS],
+                      ", ".join(agg.left_out[lv]) or "-")
+    console.print(table)
+    if per_tag:
+        for lv in LEVELS:
+            t = Table(title=f"{lv} tags (mean over runs, %)")
+            t.add_column("tag")
+            for m in ("ROC-AUC", "PR-AUC", "F1"):
+                t.add_column(m, justify="right")
+            for tag, vals in agg.per_tag[lv].items():
+                t.add_row(tag, *[f"{100 * vals[m]:.1f}" if vals[m] == vals[m] else "-" for m in METRICS])
+            console.print(t)
+    if json_out:
+        write_json(json_out, {"split": split.value, **agg.to_dict()})
+        console.print(f"written {json_out}")
+
+
+@app.command()
+def predict(
+    audio: Annotated[list[Path], typer.Argument(help="Audio files or folders (any length, any format soundfile reads).")],
+    run: Annotated[Optional[Path], typer.Option(help="Run folder or checkpoint [default: latest run with thresholds].")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where to look for the latest run.")] = Path("runs"),
+    hop: Annotated[float, typer.Option(help="Hop between 10-s windows, seconds.")] = 5.0,
+    aggregate: Annotated[Aggregation, typer.Option(help="Song-level aggregation of window probabilities.")] = Aggregation.max,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON (schema in README).")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write results as CSV.")] = None,
+    segments: Annotated[bool, typer.Option(help="Print (and keep in JSON) the per-window timeline.")] = False,
+    explain: Annotated[bool, typer.Option(help="Show which fine tags carried each present coarse tag.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+) -> None:
+    """Tag songs of any length with fine and coarse instrument tags."""
+    from .audio import AudioError
+    from .predict import Tagger, expand_inputs, find_latest_run, write_outputs
+
+    if run is None:
+        run = find_latest_run(runs_dir)
+        err.print(f"using the latest run with tuned thresholds: {run}")
+    tagger = Tagger.load(run, device)
+    files = expand_inputs(audio)
+    if not files:
+        raise HmicError("no audio files found in " + ", ".join(map(str, audio)))
+    results, failures = [], []
+    for path in files:
+        try:
+            result = tagger.tag(path, hop, aggregate.value, batch_size)
+        except AudioError as e:
+            err.print(f"[yellow]skipping {path}: {e}[/]", highlight=False)
+            failures.append({"file": str(path), "error": str(e)})
+            continue
+        results.append(result)
+        _print_song(result, segments, explain)
+    write_outputs(results, failures, json_out, csv_out, segments)
+    if failures:
+        err.print(f"{len(results)} file(s) tagged, {len(failures)} failed")
+    if not results:
+        raise typer.Exit(1)
+
+
+def _print_song(result: dict, segments: bool, explain: bool) -> None:
+    table = Table(title=f"{result['file']} ({result['duration_seconds']:.1f} s, {result['method']}, "
+                        f"{result['aggregate']} over {len(result['segments'])} windows)")
+    for col in ("coarse", "p", "", "fine", "p", ""):
+        table.add_column(col, justify="right" if col == "p" else "left")
+    mark = lambda present: "[green]✓[/]" if present else "[dim]·[/]"  # noqa: E731
+    for c in result["coarse"]:
+        for i, f in enumerate(c["fine"]):
+            first = i == 0
+            table.add_row(c["tag"] if first else "", f"{c['probability']:.2f}" if first else "",
+                          mark(c["present"]) if first else "", f["tag"], f"{f['probability']:.2f}", mark(f["present"]))
+        table.add_section()
+    console.print(table)
+    if explain:
+        for c in result["coarse"]:
+            if c["present"]:
+                e = c["explanation"]
+                parts = ", ".join(f"{x['tag']} {100 * x['share']:.0f}%" for x in e["carried_by"])
+                console.print(f"  {c['tag']}: carried by {parts} ({e['basis']}, window at {e['window_start']:.0f} s)")
+    if segments:
+        t = Table(title="timeline (present coarse tags per window)")
+        t.add_column("window")
+        t.add_column("coarse tags above threshold")
+        thr = {c["tag"]: c["threshold"] for c in result["coarse"]}
+        for s in result["segments"]:
+            tags = [f"{k} {v:.2f}" for k, v in s["coarse"].items() if v >= thr[k]]
+            t.add_row(f"{s['start']:.0f}–{s['end']:.0f} s", ", ".join(tags) or "-")
+        console.print(t)
+
+
+@app.command()
+def table(
+    runs_dir: Annotated[Path, typer.Argument(help="Runs folder (one sub-folder per method).")] = Path("runs"),
+    out: Annotated[Path, typer.Option(help="Where table1.md/.csv and the figures go.")] = Path("results"),
+    split: Annotated[Split, typer.Option(help="Which part to score.")] = Split.test,
+) -> None:
+    """Table 1 for the runs that exist (λ selected on validation, mean ± std over seeds), Fig. 3 and Fig. 4."""
+    from .report import write_table
+
+    result = write_table(runs_dir, out, split.value)
+    typer.echo(result["markdown"])
+    for fig in result["figures"]:
+        console.print(f"figure: {fig}")
+    console.print(f"table: {out / 'table1.md'}, {out / 'table1.csv'}")
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to create (never overwritten).")],
@@ -219,6 +367,27 @@ def synth(
         f"{summary['clips']} clips in {out}/ ({summary['train']} train / {summary['test']} test), "
         f"rendered in {summary['render_seconds']:.1f} s"
     )
+
+
+@app.command("synth-song")
+def synth_song(
+    out: Annotated[Path, typer.Argument(help="WAV file to write.")],
+    seconds: Annotated[float, typer.Option(help="Length of the song.")] = 90.0,
+    seed: Annotated[int, typer.Option(help="Seed of the arrangement.")] = 0,
+    soundfont: Annotated[Optional[Path], typer.Option(help="SF2/SF3 file [default: TimGM6mb.sf2 of pretty_midi].")] = None,
+) -> None:
+    """Render a song of changing ensembles (sections of 15-30 s) to try `hmic predict` on."""
+    from .synth import render_song
+
+    if seconds < 1:
+        raise typer.BadParameter("--seconds must be at least 1")
+    sections = render_song(out, seconds, seed, str(soundfont) if soundfont else None)
+    table = Table(title=f"{out} ({seconds:.0f} s): what is really playing")
+    for col in ("from", "to", "ensemble", "instruments"):
+        table.add_column(col)
+    for s in sections:
+        table.add_row(f"{s['start']:.0f} s", f"{s['end']:.0f} s", s["ensemble"], ", ".join(s["instruments"]))
+    console.print(table)
 
 
 def main() -> None:

@@ -235,7 +235,10 @@ def predict_part(model, part: Part, store: FeatureStore, device: torch.device, b
     fine_t, coarse_t = torch.cat(fine), torch.cat(coarse)
     result = {"keys": np.array(part.keys), "fine_probs": fine_t.numpy(), "coarse_probs": coarse_t.numpy(),
               "fine_targets": part.fine_targets, "fine_mask": part.fine_mask,
-              "coarse_targets": part.coarse_targets, "coarse_mask": part.coarse_mask}
+              "coarse_targets": part.coarse_targets, "coarse_mask": part.coarse_mask,
+              "fine_names": np.array(model.head.hierarchy.fine_names),
+              "coarse_names": np.array(model.head.hierarchy.coarse_names),
+              "parent": np.array(model.head.hierarchy.parent)}
     if attn:
         result["attention"] = torch.cat(attn).numpy().astype(np.float16)
     return result

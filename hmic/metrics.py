@@ -1,0 +1,78 @@
+"""Per-tag thresholds and the paper's metrics (methods.md §6), computed with scikit-learn.
+
+Every computation uses observed entries only (mask True). Macro means are unweighted over tags; a tag
+whose observed entries hold a single class is left out of the macro mean and named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score
+
+DEFAULT_THRESHOLD = 0.5  # for a tag without observed positives (or negatives) in validation
+METRICS = ("roc_auc", "pr_auc", "f1")
+
+
+def tune_thresholds(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """One threshold per tag maximising that tag's F1 on observed entries (predict p >= t).
+
+    probs, targets, mask: (N, K). Returns (thresholds (K,), tags that kept DEFAULT_THRESHOLD because
+    validation had no observed positive or no observed negative for them).
+    """
+    k = probs.shape[1]
+    thresholds = np.full(k, DEFAULT_THRESHOLD, dtype=np.float64)
+    defaulted = []
+    for j in range(k):
+        obs = mask[:, j].astype(bool)
+        y, p = targets[obs, j] > 0.5, probs[obs, j].astype(np.float64)
+        if y.sum() == 0 or (~y).sum() == 0:
+            defaulted.append(j)
+            continue
+        precision, recall, cut = precision_recall_curve(y, p)
+        precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+        thresholds[j] = float(cut[int(np.argmax(f1))])
+    return thresholds, defaulted
+
+
+@dataclass
+class LevelScores:
+    names: list[str]
+    per_tag: dict[str, dict[str, float]]  # tag -> {roc_auc, pr_auc, f1, n_observed, n_positive}
+    macro: dict[str, float]
+    left_out: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"macro": self.macro, "left_out": self.left_out, "per_tag": self.per_tag}
+
+
+def score_level(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, thresholds: np.ndarray,
+                names: list[str]) -> LevelScores:
+    """Macro ROC-AUC, PR-AUC (average precision) and F1 over tags, observed entries only."""
+    per_tag: dict[str, dict[str, float]] = {}
+    left_out = []
+    for j, name in enumerate(names):
+        obs = mask[:, j].astype(bool)
+        y, p = (targets[obs, j] > 0.5).astype(int), probs[obs, j].astype(np.float64)
+        row = {"n_observed": int(obs.sum()), "n_positive": int(y.sum()), "threshold": float(thresholds[j])}
+        if y.sum() == 0 or y.sum() == len(y):
+            left_out.append(name)
+            row.update({m: float("nan") for m in METRICS})
+        else:
+            row["roc_auc"] = float(roc_auc_score(y, p))
+            row["pr_auc"] = float(average_precision_score(y, p))
+            row["f1"] = float(f1_score(y, (p >= thresholds[j]).astype(int), zero_division=0))
+        per_tag[name] = row
+    kept = [n for n in names if n not in left_out]
+    macro = {m: float(np.mean([per_tag[n][m] for n in kept])) if kept else float("nan") for m in METRICS}
+    return LevelScores(list(names), per_tag, macro, left_out)
+
+
+def summarise(values: list[float]) -> tuple[float, float]:
+    """Mean and (population) standard deviation, NaN-safe."""
+    arr = np.array([v for v in values if v == v], dtype=np.float64)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    return float(arr.mean()), float(arr.std())
