@@ -394,7 +394,7 @@ def main() -> None:
     try:
         app()
     except HmicError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted; work done so far is kept, re-run the same command to resume[/]")

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny stand-in dataset rendered once per session, its split and features, and
+tiny runs of every method (cnn14-tiny, 2 epochs), all on CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from hmic.audio import FrontendConfig  # noqa: E402
+from hmic.dataset import OpenMIC  # noqa: E402
+from hmic.features import featurize  # noqa: E402
+from hmic.split import make_split, save_split, split_dir, split_meta  # noqa: E402
+from hmic.synth import SynthOptions, synthesize  # noqa: E402
+
+METHODS = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt")
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "openmic-synth"
+    synthesize(root, SynthOptions(clips=72, seed=0), workers=2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(synth_root, tmp_path_factory) -> dict:
+    """The stand-in dataset with a split and a feature store, as the CLI would leave them."""
+    work = tmp_path_factory.mktemp("work")
+    dataset = OpenMIC.load(synth_root)
+    split = make_split(dataset, 0.2, 0)
+    save_split(split, split_dir(work), split_meta(dataset, 0.2, 0, 2))
+    keys = sorted(dataset.train_keys + dataset.test_keys)
+    featurize(keys, [dataset.audio_path(k) for k in keys], work, FrontendConfig(), workers=2, progress=False)
+    return {"data_dir": synth_root, "work_dir": work, "dataset": dataset, "split": split}
+
+
+def tiny_config(prepared, runs_dir, **overrides):
+    from hmic.train import TrainConfig
+
+    base = dict(method="gmp", lam=0.8, seed=0, arch="cnn14-tiny", pretrained="none", epochs=2, batch_size=8,
+                lr=1e-3, warmup_epochs=0.5, data_dir=str(prepared["data_dir"]), work_dir=str(prepared["work_dir"]),
+                runs_dir=str(runs_dir), device="cpu")
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def trained(prepared, tmp_path_factory) -> dict:
+    """One tiny run of every method, with thresholds tuned. Keeps each run's epoch losses."""
+    from hmic.runs import tune_run
+    from hmic.train import load_data, train_run
+
+    runs_dir = tmp_path_factory.mktemp("runs")
+    data = load_data(tiny_config(prepared, runs_dir))
+    summaries = {}
+    for method in METHODS:
+        cfg = tiny_config(prepared, runs_dir, method=method, epochs=3)
+        summaries[method] = train_run(cfg, data=data, progress=False)
+        tune_run(Path(summaries[method]["run"]))
+    return {"runs_dir": runs_dir, "summaries": summaries, "data": data}
