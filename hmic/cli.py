@@ -289,7 +289,7 @@ def predict(
         try:
             result = tagger.tag(path, hop, aggregate.value, batch_size)
         except AudioError as e:
-            err.print(f"[yellow]skipping {path}: {e}[/]", highlight=False)
+            err.print(f"[yellow]skipping: {e}[/]", highlight=False, soft_wrap=True)
             failures.append({"file": str(path), "error": str(e)})
             continue
         results.append(result)

@@ -130,7 +130,7 @@ def featurize(keys: list[str], paths: list[Path], work_dir: Path, cfg: FrontendC
             if row is None:
                 failures[keys[i]] = (str(paths[i]), error)
                 _write_failures(folder, failures)
-                console.print(f"[yellow]skipping {keys[i]}: {error}[/]", highlight=False)
+                console.print(f"[yellow]skipping {keys[i]}: {error}[/]", highlight=False, soft_wrap=True)
                 n_failed += 1
             else:
                 feats[i] = row

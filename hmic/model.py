@@ -169,7 +169,8 @@ def read_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         # Some PANNs files carry small numpy objects (e.g. in the sampler state): allow just those.
-        allowed = [np.dtype, np.ndarray, np.core.multiarray._reconstruct, np.core.multiarray.scalar]
+        core = getattr(np, "_core", None) or np.core
+        allowed = [np.dtype, np.ndarray, core.multiarray._reconstruct, core.multiarray.scalar]
         allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "bool")]
         try:
             with torch.serialization.safe_globals(allowed):

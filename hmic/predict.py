@@ -66,7 +66,8 @@ class Tagger:
         thr = {"fine": np.array([thresholds["fine"][n] for n in hierarchy.fine_names]),
                "coarse": np.array([thresholds["coarse"][n] for n in hierarchy.coarse_names])}
         dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-        return cls(model.to(dev).eval(), hierarchy, FrontendConfig(**state["frontend"]), thr, method, str(ckpt), dev)
+        model = model.to(dev, memory_format=torch.channels_last).eval()
+        return cls(model, hierarchy, FrontendConfig(**state["frontend"]), thr, method, str(ckpt), dev)
 
     def windows(self, wave: torch.Tensor, hop_seconds: float) -> tuple[torch.Tensor, np.ndarray]:
         """(L,) → (W, window) windows and their start times in seconds; the last one zero-padded."""

@@ -558,8 +558,8 @@ def render_song(path: Path, seconds: float, seed: int = 0, soundfont: str | None
     pieces, sections, t = [], [], 0.0
     while t < seconds:
         length = float(min(rng.uniform(15, 30), seconds - t))
-        if length < 1.0:
-            break
+        if seconds - t - length < 5.0:  # no section shorter than 5 s: the last one takes the rest
+            length = seconds - t
         ensemble = str(rng.choice([e for e in ENSEMBLES if e != "solo"]))
         plan = plan_clip(rng, f"song_{len(sections)}", 0, ensemble, length)
         mix, levels = mix_clip(plan, data)

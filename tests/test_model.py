@@ -1,0 +1,213 @@
+import numpy as np
+import pytest
+import torch
+
+from hmic.audio import LogMel
+from hmic.errors import HmicError
+from hmic.heads import HEADS, build_head, hierarchical_loss
+from hmic.hierarchy import load_hierarchy
+from hmic.model import (BackboneConfig, Cnn14, HierarchicalTagger, check_frontend_tensors, count, load_pretrained)
+from hmic.synth import OPENMIC_TAGS
+
+H = load_hierarchy(None, list(OPENMIC_TAGS))
+METHODS = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt")
+
+
+def test_every_method_is_registered():
+    assert set(METHODS) <= set(HEADS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_head_shapes_and_probability_range(method):
+    torch.manual_seed(0)
+    head = build_head(method, 32, H)
+    out = head(torch.randn(5, 32) * 3)
+    assert out.fine_probs.shape == (5, 20) and out.coarse_probs.shape == (5, 7)
+    for p in (out.fine_probs, out.coarse_probs):
+        assert torch.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+
+
+def test_gmp_is_the_grouped_max_and_gap_the_grouped_mean():
+    torch.manual_seed(1)
+    z = torch.randn(4, 32)
+    for method, reduce in (("gmp", np.max), ("gap", np.mean)):
+        out = build_head(method, 32, H)(z)
+        fine = out.fine_probs.detach().numpy()
+        expected = np.stack([reduce(fine[:, H.children(c)], axis=1) for c in range(H.n_coarse)], axis=1)
+        np.testing.assert_allclose(out.coarse_probs.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_topdown_fine_never_exceeds_its_parent():
+    torch.manual_seed(2)
+    out = build_head("topdown", 32, H)(torch.randn(64, 32) * 4)
+    parent = out.coarse_probs[:, list(H.parent)]
+    assert (out.fine_probs <= parent + 1e-7).all()
+    np.testing.assert_allclose(out.fine_probs.detach().numpy(), np.exp(out.fine_log_probs.detach().numpy()), rtol=1e-6)
+
+
+def test_resatt_attention_sums_to_one_over_fine_tags_and_depends_on_the_input():
+    torch.manual_seed(3)
+    head = build_head("resatt", 32, H)
+    out = head(torch.randn(6, 32))
+    assert out.attention.shape == (6, 20, 7)
+    torch.testing.assert_close(out.attention.sum(dim=1), torch.ones(6, 7))
+    recomputed = torch.einsum("bfc,bf->bc", out.attention, out.fine_probs)
+    torch.testing.assert_close(out.coarse_probs, recomputed)
+    assert (out.attention[0] - out.attention[1]).abs().max() > 1e-4
+
+
+def test_lp_projection_does_not_depend_on_the_input():
+    torch.manual_seed(4)
+    head = build_head("lp", 32, H)
+    with torch.no_grad():
+        head.projection.normal_()
+    out = head(torch.randn(6, 32))
+    for b in range(1, 6):
+        torch.testing.assert_close(out.attention[b], out.attention[0])
+    torch.testing.assert_close(out.attention[0].sum(dim=0), torch.ones(7))
+
+
+def labels(b=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ft = (torch.rand(b, 20, generator=g) < 0.3).float()
+    fm = torch.rand(b, 20, generator=g) < 0.5
+    ct, cm = H.coarse_targets(ft.numpy(), fm.numpy(), "any")
+    return ft, fm, torch.from_numpy(ct), torch.from_numpy(cm)
+
+
+def test_flat_loss_ignores_the_coarse_level():
+    torch.manual_seed(5)
+    head = build_head("flat", 32, H)
+    out = head(torch.randn(8, 32))
+    ft, fm, ct, cm = labels()
+    a = hierarchical_loss(out, head, ft, fm, ct, cm, lam=0.5).total
+    b = hierarchical_loss(out, head, ft, fm, 1 - ct, cm, lam=0.5).total
+    assert a.item() == b.item()
+    gmp = build_head("gmp", 32, H)
+    out = gmp(torch.randn(8, 32))
+    assert hierarchical_loss(out, gmp, ft, fm, ct, cm, 0.5).total.item() != hierarchical_loss(out, gmp, ft, fm, 1 - ct, cm, 0.5).total.item()
+
+
+def test_loss_uses_only_observed_entries():
+    torch.manual_seed(6)
+    head = build_head("gmp", 32, H)
+    out = head(torch.randn(8, 32))
+    ft, fm, ct, cm = labels()
+    flipped = torch.where(fm, ft, 1 - ft)  # change only unobserved entries
+    a = hierarchical_loss(out, head, ft, fm, ct, cm, 0.8).total
+    b = hierarchical_loss(out, head, flipped, fm, ct, cm, 0.8).total
+    assert a.item() == pytest.approx(b.item())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradient_reaches_the_backbone(method):
+    torch.manual_seed(7)
+    model = HierarchicalTagger(BackboneConfig("cnn14-tiny"), method, H)
+    out = model(torch.randn(2, 200, 64))
+    ft, fm, ct, cm = labels(2)
+    hierarchical_loss(out, model.head, ft, torch.ones_like(fm), ct, torch.ones_like(cm), 0.8).total.backward()
+    grad = model.backbone.conv_block1.conv1.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_cnn14_sizes():
+    full = count(BackboneConfig("cnn14"))
+    assert full["params"] + 527 * 2048 + 527 == 80_753_615  # cnn14.md, with the AudioSet classifier
+    assert 19e9 < full["macs"] < 21e9
+    light = count(BackboneConfig("cnn14-light"))
+    assert light["macs"] < full["macs"] / 50
+
+
+def checkpoint_state(seed=0):
+    """A randomly filled state_dict with the 84 keys and shapes of the official 16 kHz checkpoint."""
+    torch.manual_seed(seed)
+    backbone = Cnn14(BackboneConfig("cnn14"))
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in backbone.state_dict().items()}
+    n = 512
+    k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
+    t = torch.arange(n, dtype=torch.float64)[None]
+    window = torch.hann_window(n, periodic=True, dtype=torch.float64)
+    state["spectrogram_extractor.stft.conv_real.weight"] = (torch.cos(2 * np.pi * k * t / n) * window)[:, None].float()
+    state["spectrogram_extractor.stft.conv_imag.weight"] = (-torch.sin(2 * np.pi * k * t / n) * window)[:, None].float()
+    state["logmel_extractor.melW"] = LogMel().filterbank.clone()
+    state["fc_audioset.weight"] = torch.randn(527, 2048)
+    state["fc_audioset.bias"] = torch.randn(527)
+    return state
+
+
+@pytest.fixture(scope="module")
+def ckpt_state():
+    return checkpoint_state()
+
+
+def test_checkpoint_shaped_file_loads_strictly(tmp_path, ckpt_state):
+    assert len(ckpt_state) == 84
+    path = tmp_path / "cnn14.pth"
+    torch.save({"model": ckpt_state, "iteration": 10}, path)
+    backbone = Cnn14(BackboneConfig("cnn14"))
+    load_pretrained(backbone, path)
+    torch.testing.assert_close(backbone.fc1.weight, ckpt_state["fc1.weight"])
+    torch.testing.assert_close(backbone.conv_block6.bn2.running_var, ckpt_state["conv_block6.bn2.running_var"])
+    assert check_frontend_tensors(ckpt_state) == []
+
+
+def test_checkpoint_with_a_missing_key_or_a_wrong_shape_is_refused(tmp_path, ckpt_state):
+    missing = dict(ckpt_state)
+    del missing["conv_block3.bn1.running_mean"]
+    torch.save({"model": missing}, tmp_path / "a.pth")
+    with pytest.raises(HmicError, match="missing keys: conv_block3.bn1.running_mean"):
+        load_pretrained(Cnn14(BackboneConfig("cnn14")), tmp_path / "a.pth")
+    wrong = dict(ckpt_state)
+    wrong["fc1.weight"] = torch.randn(2048, 1024)
+    torch.save({"model": wrong}, tmp_path / "b.pth")
+    with pytest.raises(HmicError, match=r"fc1.weight: \(2048, 1024\) in the file"):
+        load_pretrained(Cnn14(BackboneConfig("cnn14")), tmp_path / "b.pth")
+    extra = dict(ckpt_state)
+    extra["conv_block7.conv1.weight"] = torch.randn(1)
+    torch.save({"model": extra}, tmp_path / "c.pth")
+    with pytest.raises(HmicError, match="unexpected keys: conv_block7.conv1.weight"):
+        load_pretrained(Cnn14(BackboneConfig("cnn14")), tmp_path / "c.pth")
+
+
+def test_a_checkpoint_with_a_different_front_end_is_reported(tmp_path, ckpt_state):
+    other = dict(ckpt_state)
+    other["logmel_extractor.melW"] = other["logmel_extractor.melW"] * 1.01
+    problems = check_frontend_tensors(other)
+    assert len(problems) == 1 and "logmel_extractor.melW" in problems[0]
+
+
+def test_known_checkpoint_name_with_a_wrong_md5_and_pickles_are_refused(tmp_path):
+    path = tmp_path / "Cnn14_16k_mAP=0.438.pth"
+    torch.save({"model": {}}, path)
+    with pytest.raises(HmicError, match="MD5"):
+        load_pretrained(Cnn14(BackboneConfig("cnn14-tiny")), path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    import pickle
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"model": Evil()}))
+    with pytest.raises(HmicError, match="not a loadable PyTorch checkpoint"):
+        load_pretrained(Cnn14(BackboneConfig("cnn14-tiny")), tmp_path / "evil.pth")
+
+
+def test_specaugment_masks_stripes_only_in_training():
+    torch.manual_seed(8)
+    from hmic.model import spec_augment
+
+    x = torch.ones(4, 1, 1001, 64)
+    y = spec_augment(x, BackboneConfig())
+    zeros = (y == 0)
+    assert zeros.any() and not zeros.all()
+    # each zeroed entry lies in a full time row or a full mel column of its example
+    rows = zeros.all(dim=3, keepdim=True)
+    cols = zeros.all(dim=2, keepdim=True)
+    assert torch.equal(zeros, rows | cols)
+    model = Cnn14(BackboneConfig("cnn14-tiny"))
+    x = torch.randn(2, 300, 64)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))  # no SpecAugment, no dropout
+    model.train()
+    assert not torch.equal(model(x), model(x))

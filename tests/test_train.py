@@ -1,0 +1,114 @@
+"""Training on the tiny stand-in dataset with cnn14-tiny on CPU."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import METHODS, tiny_config
+from hmic.cli import app
+from hmic.errors import HmicError
+from hmic.train import TrainConfig, load_config_file, lr_at, train_run, validation_losses
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    cfg = TrainConfig(epochs=10, warmup_epochs=5, lr=1e-4)
+    assert lr_at(0, 10, cfg) == pytest.approx(1e-4 / 50)
+    assert lr_at(49, 10, cfg) == pytest.approx(1e-4)
+    assert lr_at(75, 10, cfg) == pytest.approx(0.5e-4, rel=0.05)
+    assert lr_at(99, 10, cfg) < 1e-6
+    const = TrainConfig(epochs=10, warmup_epochs=5, lr=1e-4, schedule="constant")
+    assert lr_at(99, 10, const) == 1e-4
+
+
+def test_same_seed_gives_identical_metrics(prepared, tmp_path, trained):
+    data = trained["data"]
+    a = train_run(tiny_config(prepared, tmp_path / "a"), data=data, progress=False)
+    b = train_run(tiny_config(prepared, tmp_path / "b"), data=data, progress=False)
+    rows = [[json.loads(line) for line in (Path(s["run"]) / "metrics.jsonl").read_text().splitlines()] for s in (a, b)]
+    for ra, rb in zip(*rows):
+        ra.pop("seconds"), rb.pop("seconds")
+        assert ra == rb
+    pa, pb = (np.load(Path(s["run"]) / "predictions_test.npz") for s in (a, b))
+    np.testing.assert_array_equal(pa["fine_probs"], pb["fine_probs"])
+    c = train_run(tiny_config(prepared, tmp_path / "c", seed=1), data=data, progress=False)
+    assert json.loads((Path(c["run"]) / "metrics.jsonl").read_text().splitlines()[0])["train_loss"] != rows[0][0]["train_loss"]
+
+
+def test_resume_after_interruption_is_bit_exact(prepared, tmp_path, trained):
+    data = trained["data"]
+    cfg = tiny_config(prepared, tmp_path / "straight", epochs=3, method="resatt")
+    train_run(cfg, data=data, progress=False)
+    cut = tiny_config(prepared, tmp_path / "cut", epochs=3, method="resatt")
+    assert train_run(cut, data=data, progress=False, stop_after_epoch=0)["interrupted"]
+    with pytest.raises(HmicError, match="--resume"):
+        train_run(cut, data=data, progress=False)  # an unfinished run is not silently restarted
+    train_run(cut, resume=True, data=data, progress=False)
+    a = torch.load(cfg.run_dir() / "last.pt", weights_only=True)["model"]
+    b = torch.load(cut.run_dir() / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = (cut.run_dir() / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_training_lowers_validation_loss_for_every_method(method, trained, prepared):
+    from hmic.train import build_model
+
+    summary = trained["summaries"][method]
+    cfg = TrainConfig(**json.loads((Path(summary["run"]) / "config.json").read_text()))
+    torch.manual_seed(cfg.seed)
+    untrained = build_model(cfg, trained["data"].hierarchy)
+    before, _ = validation_losses(untrained, trained["data"].parts["val"], trained["data"].store, torch.device("cpu"))
+    assert summary["best_val_fine_loss"] < before["val_fine_loss"] - 0.01
+
+
+def test_run_folder_is_self_describing(trained):
+    run = Path(trained["summaries"]["gmp"]["run"])
+    for name in ("config.json", "metrics.jsonl", "best.pt", "last.pt", "predictions_val.npz",
+                 "predictions_test.npz", "done.json", "thresholds.json"):
+        assert (run / name).exists(), name
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert {"model", "config", "hierarchy", "frontend", "versions", "backbone", "thresholds"} <= set(ckpt)
+    assert ckpt["frontend"]["n_mels"] == 64 and ckpt["config"]["method"] == "gmp"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"epoch", "train_loss", "val_fine_loss", "val_coarse_loss", "lr", "seconds"} <= set(rows[0])
+    assert ckpt["epoch"] == int(np.argmin([r["val_fine_loss"] for r in rows]))
+
+
+def test_config_file_and_errors(tmp_path):
+    (tmp_path / "c.yaml").write_text("epochs: 3\nlr: 0.001\n")
+    assert load_config_file(tmp_path / "c.yaml") == {"epochs": 3, "lr": 0.001}
+    (tmp_path / "bad.yaml").write_text("epoch: 3\n")
+    with pytest.raises(HmicError, match="unknown field 'epoch'"):
+        load_config_file(tmp_path / "bad.yaml")
+    with pytest.raises(HmicError, match="--method"):
+        TrainConfig(method="nope").validate()
+
+
+def test_cli_train_lambda_grid_selects_by_validation_fine_loss(prepared, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["train", "--method", "gmp", "--lambdas", "0.7,0.9", "--seeds", "2", "--arch", "cnn14-tiny",
+            "--pretrained", "none", "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "0.5",
+            "--data-dir", str(prepared["data_dir"]), "--work-dir", str(prepared["work_dir"]),
+            "--runs-dir", str(runs), "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(str(p.relative_to(runs)) for p in runs.glob("gmp/lam*/seed*")) == [
+        "gmp/lam0.70/seed0", "gmp/lam0.70/seed1", "gmp/lam0.90/seed0", "gmp/lam0.90/seed1"]
+    selection = json.loads((runs / "gmp" / "lambda_selection.json").read_text())
+    means = {k: v["mean_val_fine_loss"] for k, v in selection["by_lambda"].items()}
+    assert selection["selected_lambda"] == float(min(means, key=means.get))
+    again = CliRunner().invoke(app, args)  # finished runs are skipped, not retrained
+    assert again.exit_code == 0 and "already finished" in again.output
+
+
+def test_missing_pretrained_checkpoint_is_a_clear_error(prepared, tmp_path, trained):
+    cfg = tiny_config(prepared, tmp_path, arch="cnn14", pretrained=str(tmp_path / "none.pth"))
+    with pytest.raises(HmicError, match="hmic download cnn14"):
+        train_run(cfg, data=trained["data"], progress=False)
