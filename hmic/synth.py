@@ -503,7 +503,24 @@ def synthesize(out: Path, opts: SynthOptions, workers: int = 1, progress: bool =
     bar.close()
     render_s = time.time() - t0
 
-    # Labels, partitions and metadata from the plans and the measured levels.
+    labels = build_labels(plans, done, opts)
+    write_json(out / "class-map.json", {t: i for i, t in enumerate(OPENMIC_TAGS)})
+    meta_rows = labels["metadata"]
+    _write_csv(out / "openmic-2018-aggregated-labels.csv", ["sample_key", "instrument", "relevance", "num_responses"], labels["labels"])
+    _write_csv(out / "openmic-2018-metadata.csv", list(meta_rows[0]), [list(r.values()) for r in meta_rows])
+    _write_csv(out / "synth-ground-truth.csv", ["sample_key", "instrument", "gm_program", "role", "gain_db", "level_db", "present"], labels["stems"])
+    train, test = labels["train"], labels["test"]
+    write_text(out / "partitions" / "split01_train.csv", "\n".join(train) + "\n")
+    write_text(out / "partitions" / "split01_test.csv", "\n".join(test) + "\n")
+    summary = {"options": opts_record, "complete": True, "clips": len(plans), "train": len(train), "test": len(test),
+               "render_seconds": round(render_s, 2), "audible_floor_db": AUDIBLE_FLOOR_DB}
+    write_json(marker, summary)
+    return summary
+
+
+def build_labels(plans: list[ClipPlan], levels: dict[str, dict[str, float]], opts: SynthOptions) -> dict:
+    """Partitions (artist-disjoint), observed labels, metadata and stem ground truth from the plans
+    and each stem's measured level in its mix."""
     label_rng = np.random.default_rng([opts.seed, 2])
     artists = sorted({p.artist for p in plans})
     order = label_rng.permutation(len(artists))
@@ -511,8 +528,8 @@ def synthesize(out: Path, opts: SynthOptions, workers: int = 1, progress: bool =
     test_artists = {artists[i] for i in order[:n_test_artists]}
     label_rows, meta_rows, stem_rows = [], [], []
     for plan in plans:
-        levels = done[plan.key]
-        present = {t for t, lv in levels.items() if lv >= AUDIBLE_FLOOR_DB}
+        clip_levels = levels[plan.key]
+        present = {t for t, lv in clip_levels.items() if lv >= AUDIBLE_FLOOR_DB}
         for tag, relevance in observe_labels(label_rng, present, opts.label_noise, opts.observed_per_clip):
             label_rows.append((plan.key, tag, relevance, 3))
         meta_rows.append({
@@ -523,19 +540,22 @@ def synthesize(out: Path, opts: SynthOptions, workers: int = 1, progress: bool =
         })
         for part in plan.parts:
             stem_rows.append((plan.key, part.tag, part.program, part.role, round(part.gain_db, 3),
-                              round(levels.get(part.tag, float("-inf")), 3), int(part.tag in present)))
-    write_json(out / "class-map.json", {t: i for i, t in enumerate(OPENMIC_TAGS)})
-    _write_csv(out / "openmic-2018-aggregated-labels.csv", ["sample_key", "instrument", "relevance", "num_responses"], label_rows)
-    _write_csv(out / "openmic-2018-metadata.csv", list(meta_rows[0]), [list(r.values()) for r in meta_rows])
-    _write_csv(out / "synth-ground-truth.csv", ["sample_key", "instrument", "gm_program", "role", "gain_db", "level_db", "present"], stem_rows)
-    train = sorted(p.key for p in plans if p.artist not in test_artists)
-    test = sorted(p.key for p in plans if p.artist in test_artists)
-    write_text(out / "partitions" / "split01_train.csv", "\n".join(train) + "\n")
-    write_text(out / "partitions" / "split01_test.csv", "\n".join(test) + "\n")
-    summary = {"options": opts_record, "complete": True, "clips": len(plans), "train": len(train), "test": len(test),
-               "render_seconds": round(render_s, 2), "audible_floor_db": AUDIBLE_FLOOR_DB}
-    write_json(marker, summary)
-    return summary
+                              round(clip_levels.get(part.tag, float("-inf")), 3), int(part.tag in present)))
+    return {"labels": label_rows, "metadata": meta_rows, "stems": stem_rows,
+            "train": sorted(p.key for p in plans if p.artist not in test_artists),
+            "test": sorted(p.key for p in plans if p.artist in test_artists)}
+
+
+def measure_levels(plans: list[ClipPlan], soundfont: bytes, workers: int = 1) -> dict[str, dict[str, float]]:
+    """Each stem's level in its mix, without writing audio (used to check label statistics)."""
+    if workers <= 1:
+        return {p.key: mix_clip(p, soundfont)[1] for p in plans}
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(soundfont,)) as pool:
+        return dict(pool.map(_levels_job, plans, chunksize=16))
+
+
+def _levels_job(plan: ClipPlan) -> tuple[str, dict[str, float]]:
+    return plan.key, mix_clip(plan, _SOUNDFONT)[1]
 
 
 def _write_csv(path: Path, header: list[str], rows: list) -> None:
