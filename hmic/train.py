@@ -19,7 +19,6 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -256,8 +255,7 @@ def validation_losses(model, part: Part, store: FeatureStore, device) -> tuple[d
 
 
 def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, console=None, progress: bool = True,
-              data: Data | None = None, stop_after_epoch: int | None = None,
-              on_epoch: Callable[[dict], None] | None = None) -> dict:
+              data: Data | None = None, stop_after_epoch: int | None = None) -> dict:
     """Train one (method, λ, seed) run into its folder. Returns the summary (done.json).
 
     ``stop_after_epoch`` simulates an interruption (for tests): it returns after that epoch, leaving
@@ -270,16 +268,13 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
     cfg.validate()
     run = cfg.run_dir()
     config_path = run / "config.json"
-    if (run / "done.json").exists() and not force:
-        previous = json.loads(config_path.read_text())
-        if {k: v for k, v in previous.items() if k not in ("device", "runs_dir")} == cfg.identity():
+    if config_path.exists() and not force:
+        previous = TrainConfig(**json.loads(config_path.read_text()))
+        if previous.identity() != cfg.identity():
+            raise HmicError(f"{run} holds a run with another configuration; pass --force to start it again")
+        if (run / "done.json").exists():
             console.print(f"[green]✓[/] {run} already finished, skipping")
             return json.loads((run / "done.json").read_text())
-    if config_path.exists() and not force:
-        previous = json.loads(config_path.read_text())
-        same = {k: v for k, v in previous.items() if k not in ("device", "runs_dir")} == cfg.identity()
-        if not same:
-            raise HmicError(f"{run} holds a run with another configuration; pass --force to start it again")
         if not resume and (run / "last.pt").exists():
             raise HmicError(f"{run} holds an unfinished run; pass --resume to continue it or --force to restart")
     if force and run.exists():
@@ -288,8 +283,7 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
     write_json(config_path, asdict(cfg))
 
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # weight init, dropout and SpecAugment draw from torch's generator
     data = data or load_data(cfg)
     # channels-last convolutions: faster on CUDA and ~1.5x faster on CPU (oneDNN) for CNN14.
     model = build_model(cfg, data.hierarchy, console).to(device, memory_format=torch.channels_last)
@@ -353,8 +347,6 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
             append_jsonl(run / "metrics.jsonl", row)
             bar.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} val fine {val['val_fine_loss']:.4f}"
                                   f"{' (best)' if improved else ''}")
-            if on_epoch:
-                on_epoch(row)
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 return {"interrupted": True, "epoch": epoch}
 
