@@ -397,7 +397,8 @@ def main() -> None:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted; work done so far is kept, re-run the same command to resume[/]")
+        err.print("[yellow]interrupted; work done so far is kept: re-run the same command to resume "
+                  "(for hmic train, add --resume)[/]", soft_wrap=True)
         sys.exit(130)
 
 
