@@ -396,10 +396,11 @@ def main() -> None:
     except HmicError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted; work done so far is kept: re-run the same command to resume "
-                  "(for hmic train, add --resume)[/]", soft_wrap=True)
-        sys.exit(130)
+    except SystemExit as e:
+        if e.code == 130:  # Typer turns Ctrl-C into a silent exit 130
+            err.print("[yellow]interrupted; work done so far is kept: re-run the same command to resume "
+                      "(for hmic train, add --resume)[/]", soft_wrap=True)
+        raise
 
 
 if __name__ == "__main__":
