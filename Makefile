@@ -47,7 +47,7 @@ demo: install
 	@echo "== 3/7  computing the CNN14 log-mel features"
 	$(HMIC) featurize --data-dir $(DEMO_DATA)
 	@echo "== 4/7  training all seven heads on cnn14-light (configs/demo.yaml, 1 seed, CPU)"
-	$(HMIC) train --config configs/demo.yaml --method $(METHODS) --seed 0 --data-dir $(DEMO_DATA) --runs-dir $(DEMO_RUNS)
+	$(HMIC) train --config configs/demo.yaml --method $(METHODS) --seed 0 --data-dir $(DEMO_DATA) --runs-dir $(DEMO_RUNS) --resume
 	@echo "== 5/7  tuning per-tag thresholds on validation"
 	$(HMIC) tune-thresholds $(DEMO_RUNS)
 	@echo "== 6/7  Table 1 on the stand-in test split (results/demo/)"
