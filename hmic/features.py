@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor

@@ -74,13 +74,17 @@ class Flat(FineClassifier):
         return HeadOutput(torch.sigmoid(logits), torch.sigmoid(coarse_logits), logits, coarse_logits)
 
 
-@register("levelwise")
-class LevelWise(FineClassifier):
-    """Two parallel linear classifiers; consistency loss items tie them (see ``consistency_items``)."""
+class FineAndCoarseClassifier(FineClassifier):
+    """A fine and a coarse linear classifier on the same embedding."""
 
     def __init__(self, dim: int, hierarchy: Hierarchy):
         super().__init__(dim, hierarchy)
         self.coarse = nn.Linear(dim, hierarchy.n_coarse)
+
+
+@register("levelwise")
+class LevelWise(FineAndCoarseClassifier):
+    """Two parallel linear classifiers; consistency loss items tie them (see ``consistency_items``)."""
 
     def forward(self, z: torch.Tensor) -> HeadOutput:
         fl, cl = self.fine(z), self.coarse(z)
@@ -88,12 +92,8 @@ class LevelWise(FineClassifier):
 
 
 @register("topdown")
-class TopDown(FineClassifier):
+class TopDown(FineAndCoarseClassifier):
     """Soft decision tree: P_c = σ(z_c), P_f = σ(z_f) · P_c[parent(f)]."""
-
-    def __init__(self, dim: int, hierarchy: Hierarchy):
-        super().__init__(dim, hierarchy)
-        self.coarse = nn.Linear(dim, hierarchy.n_coarse)
 
     def forward(self, z: torch.Tensor) -> HeadOutput:
         zf, zc = self.fine(z), self.coarse(z)

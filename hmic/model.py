@@ -8,7 +8,7 @@ AudioSet checkpoint loads strictly.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -230,7 +230,3 @@ def load_pretrained(backbone: Cnn14, path: str | Path, console=None) -> None:
         console.print("[yellow]the checkpoint's front-end differs from hmic's: " + "; ".join(problems) + "[/]")
     elif problems:
         raise HmicError(f"{path}: front-end tensors disagree with hmic's front-end: " + "; ".join(problems))
-
-
-def backbone_config_dict(cfg: BackboneConfig) -> dict:
-    return asdict(cfg)

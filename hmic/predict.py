@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import AudioError, FrontendConfig, fit_length, load_wave, logmel_of_wave
+from .audio import FrontendConfig, fit_length, load_wave, logmel_of_wave
 from .errors import HmicError
 from .hierarchy import Hierarchy
 from .io import write_text
@@ -183,5 +183,3 @@ def write_outputs(results: list[dict], failures: list[dict], json_path: Path | N
     if csv_path:
         write_text(csv_path, to_csv(results))
 
-
-__all__ = ["Tagger", "find_latest_run", "expand_inputs", "to_csv", "write_outputs", "AudioError"]

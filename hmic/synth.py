@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field

@@ -79,7 +79,7 @@ def test_labelled_present_instruments_are_audible(synth_root):
 def test_same_seed_same_data_other_seed_other_data(tmp_path):
     a = synthesize(tmp_path / "a", SynthOptions(clips=6, seed=3), workers=2, progress=False)
     b = synthesize(tmp_path / "b", SynthOptions(clips=6, seed=3), workers=1, progress=False)
-    c = synthesize(tmp_path / "c", SynthOptions(clips=6, seed=4), workers=1, progress=False)
+    synthesize(tmp_path / "c", SynthOptions(clips=6, seed=4), workers=1, progress=False)
     assert a["clips"] == b["clips"] == 6
     for name in ("openmic-2018-aggregated-labels.csv", "partitions/split01_train.csv", "partitions/split01_test.csv",
                  "openmic-2018-metadata.csv", "synth-ground-truth.csv"):
