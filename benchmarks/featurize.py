@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.data_dir)
     if not root.exists():
-        from hmic.synth import SynthOptions, synthesize
+        from hmic.synth.dataset import SynthOptions, synthesize
 
         synthesize(root, SynthOptions(clips=args.clips, seed=0), workers=args.workers)
     ds = OpenMIC.load(root)

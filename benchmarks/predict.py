@@ -26,17 +26,23 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import device_name, matmul_peak  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+
+from hmic.audio import FrontendConfig  # noqa: E402
+from hmic.backbones import BACKBONES, BackboneConfig, count  # noqa: E402
+from hmic.checkpoint import save_checkpoint  # noqa: E402
+from hmic.dataset import OPENMIC_TAGS  # noqa: E402
 from hmic.hierarchy import load_hierarchy  # noqa: E402
-from hmic.model import ARCHS, BackboneConfig, HierarchicalTagger, count  # noqa: E402
+from hmic.model import HierarchicalTagger  # noqa: E402
 from hmic.predict import Tagger  # noqa: E402
-from hmic.synth import OPENMIC_TAGS, render_song  # noqa: E402
-from hmic.train import TrainConfig, checkpoint_payload, save_checkpoint  # noqa: E402
+from hmic.synth.song import render_song  # noqa: E402
+from hmic.train import TrainConfig  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=180.0)
-    ap.add_argument("--arch", default="cnn14", choices=list(ARCHS))
+    ap.add_argument("--arch", default="cnn14", choices=list(BACKBONES))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
@@ -47,7 +53,7 @@ def main() -> None:
     cfg = TrainConfig(method="resatt", arch=args.arch, pretrained="none")
     model = HierarchicalTagger(BackboneConfig(args.arch), "resatt", h)
     thresholds = {"fine": {n: 0.5 for n in h.fine_names}, "coarse": {n: 0.5 for n in h.coarse_names}}
-    save_checkpoint(tmp / "best.pt", checkpoint_payload(model, cfg, h, thresholds=thresholds))
+    save_checkpoint(tmp / "best.pt", model, FrontendConfig(), asdict(cfg), epoch=0, best={}, thresholds=thresholds)
     tagger = Tagger.load(tmp / "best.pt", "cpu")
     tagger.tag(song, batch_size=args.batch)  # warm up
     best = float("inf")

@@ -4,7 +4,7 @@
 
 The FLOP bound: a training step costs about 3× the forward pass (forward + backward for activations
 and weights); the forward pass of a 10-s clip is 2 × the backbone's multiply-adds (40.1 GFLOP for
-cnn14; cnn14.md quotes 40.6). The peak is a large matmul measured in the same run, in the precision
+cnn14; PANNs quotes 40.6). The peak is a large matmul measured in the same run, in the precision
 the step uses (bf16 autocast on CUDA, float32 on CPU).
 """
 
@@ -21,23 +21,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import device_name, matmul_peak, sync  # noqa: E402
+from hmic.backbones import BACKBONES, BackboneConfig, count  # noqa: E402
+from hmic.dataset import OPENMIC_TAGS  # noqa: E402
+from hmic.devices import DEVICE_HELP, autocast, resolve_device  # noqa: E402
 from hmic.heads import hierarchical_loss  # noqa: E402
 from hmic.hierarchy import load_hierarchy  # noqa: E402
-from hmic.model import ARCHS, BackboneConfig, HierarchicalTagger, count  # noqa: E402
-from hmic.synth import OPENMIC_TAGS  # noqa: E402
-from hmic.train import autocast  # noqa: E402
+from hmic.model import HierarchicalTagger  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="cnn14", choices=list(ARCHS))
+    ap.add_argument("--arch", default="cnn14", choices=list(BACKBONES))
     ap.add_argument("--method", default="resatt")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     h = load_hierarchy(None, list(OPENMIC_TAGS))
@@ -52,7 +53,7 @@ def main() -> None:
     def step() -> None:
         with autocast(device):
             out = model(x)
-        loss = hierarchical_loss(out, model.head, ft, fm, ct, cm, 0.8).total
+        loss = hierarchical_loss(out, model.head, ft, fm, ct, cm, 0.8)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

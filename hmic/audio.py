@@ -1,4 +1,4 @@
-"""Audio I/O and the exact CNN14 front-end (cnn14.md): decode → mono → 16 kHz → fixed length → log-mel.
+"""Audio I/O and the exact CNN14 front-end (README, "The front-end"): decode → mono → 16 kHz → fixed length → log-mel.
 
 One implementation, used by ``hmic featurize`` and ``hmic predict``.
 Units: sample rates in Hz, lengths in samples unless named ``*_seconds``; log-mel in dB (ref 1).
@@ -45,11 +45,6 @@ class FrontendConfig:
     def n_frames(self) -> int:
         """1 + floor(L / hop): 1001 for 10 s."""
         return 1 + self.clip_samples // self.hop_length
-
-    @property
-    def min_samples(self) -> int:
-        """Shortest input the CNN14 stack accepts (4,960 samples = 0.31 s at 16 kHz)."""
-        return 4960
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +102,7 @@ def fit_length(wave: torch.Tensor, n_samples: int) -> torch.Tensor:
 
 
 class LogMel(torch.nn.Module):
-    """Waveform (B, L) → log-mel (B, T, n_mels) in dB, T = 1 + L // hop. Exactly cnn14.md steps 2–4."""
+    """Waveform (B, L) → log-mel (B, T, n_mels) in dB, T = 1 + L // hop. The PANNs front-end, step for step."""
 
     def __init__(self, cfg: FrontendConfig = FrontendConfig()):
         super().__init__()
@@ -172,13 +167,14 @@ def clip_features(path: str | Path, cfg: FrontendConfig = FrontendConfig()) -> n
     return logmel_of_wave(wave, cfg).numpy()
 
 
-def load_wave(path: str | Path, cfg: FrontendConfig = FrontendConfig()) -> torch.Tensor:
-    """Decode a whole file to mono cfg.sample_rate (L,); refuses files shorter than the network's minimum."""
+def load_wave(path: str | Path, cfg: FrontendConfig = FrontendConfig(), min_samples: int = 0) -> torch.Tensor:
+    """Decode a whole file to mono cfg.sample_rate (L,); refuses files shorter than ``min_samples``
+    (the backbone's minimum input, ``Backbone.min_samples``)."""
     audio, sr = decode(path)
     wave = to_mono(audio, sr, cfg)
-    if wave.shape[0] < cfg.min_samples:
+    if wave.shape[0] < max(min_samples, 1):
         raise AudioError(
-            f"{path}: {wave.shape[0] / cfg.sample_rate:.2f} s is too short; CNN14 needs at least "
-            f"{cfg.min_samples / cfg.sample_rate:.2f} s of audio"
+            f"{path}: {wave.shape[0] / cfg.sample_rate:.2f} s is too short; the model needs at least "
+            f"{min_samples / cfg.sample_rate:.2f} s of audio"
         )
     return wave

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from .backbones import BACKBONES
+from .devices import DEVICE_HELP
 from .errors import HmicError
+from .heads import describe_heads
+from .train import TrainConfig
 
 app = typer.Typer(
     name="hmic",
@@ -24,16 +30,20 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
+TRAIN_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+
 DataDir = Annotated[
     Optional[Path],
-    typer.Option("--data-dir", envvar="HMIC_DATA_DIR", help="Root of an OpenMIC-layout folder [default: data/openmic-2018]."),
+    typer.Option("--data-dir", envvar="HMIC_DATA_DIR", help="Root of an OpenMIC-layout folder.",
+                 show_default=TRAIN_DEFAULTS["data_dir"]),
 ]
 WorkDir = Annotated[
     Optional[Path],
-    typer.Option("--work-dir", envvar="HMIC_WORK_DIR", help="Derived data (split, features) [default: <data-dir>.hmic]."),
+    typer.Option("--work-dir", envvar="HMIC_WORK_DIR", help="Derived data (split, features).",
+                 show_default="<data-dir>.hmic"),
 ]
 HierarchyOpt = Annotated[
-    Optional[Path], typer.Option("--hierarchy", help="Hierarchy YAML [default: hierarchy.yaml of hmic].")
+    Optional[Path], typer.Option("--hierarchy", help="Hierarchy YAML.", show_default="the hierarchy.yaml shipped with hmic")
 ]
 
 
@@ -132,64 +142,64 @@ def _floats(text: str, option: str) -> list[float]:
 
 @app.command()
 def train(
-    method: Annotated[str, typer.Option(help="Head: flat, levelwise, topdown, gap, lp, gmp, resatt (comma-separated for several).")] = "gmp",
-    seeds: Annotated[Optional[int], typer.Option(help="Train seeds 0..N-1.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Train this one seed.")] = None,
-    lam: Annotated[Optional[float], typer.Option("--lambda", help="Weight λ of the fine loss [default: 0.8].")] = None,
-    lambdas: Annotated[Optional[str], typer.Option(help="Several λ, e.g. 0.7,0.75,0.8,0.85,0.9; the best by validation fine loss is recorded.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML file of TrainConfig fields (flags override it).")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="cnn14, cnn14-light or cnn14-tiny [default: cnn14].")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(help="AudioSet CNN14 checkpoint or 'none' [default: data/checkpoints/Cnn14_16k_mAP=0.438.pth].")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs [default: 30]; the best validation epoch is kept.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size [default: 16].")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate [default: 1e-4].")] = None,
-    warmup_epochs: Annotated[Optional[float], typer.Option(help="Linear warm-up epochs [default: 5].")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="After warm-up: cosine or constant [default: cosine].")] = None,
-    specaugment: Annotated[Optional[bool], typer.Option("--specaugment/--no-specaugment", help="PANNs SpecAugment [default: on].")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="Weight of levelwise consistency items [default: 1.0].")] = None,
-    coarse_rule: Annotated[Optional[str], typer.Option(help="Coarse targets: any or strict [default: any].")] = None,
-    clip_seconds: Annotated[Optional[float], typer.Option(help="Clip length of the features [default: 10].")] = None,
+    ctx: typer.Context,
+    method: Annotated[str, typer.Option(help=f"Head, or several comma-separated. {escape(describe_heads())}.")] = TRAIN_DEFAULTS["method"],
+    seeds: Annotated[Optional[int], typer.Option(help="Train seeds 0..N-1 (instead of --seed).", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Train this one seed.")] = TRAIN_DEFAULTS["seed"],
+    lam: Annotated[float, typer.Option("--lambda", help="Weight λ of the fine loss (1 for heads without coarse loss).")] = TRAIN_DEFAULTS["lam"],
+    lambdas: Annotated[Optional[str], typer.Option(help="Several λ, e.g. 0.7,0.75,0.8,0.85,0.9 (instead of --lambda); the best by validation fine loss is reported.", show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of TrainConfig fields; flags given on the command line override it.", show_default=False)] = None,
+    arch: Annotated[str, typer.Option(help=f"Backbone: {', '.join(BACKBONES)}.")] = TRAIN_DEFAULTS["arch"],
+    pretrained: Annotated[str, typer.Option(help="AudioSet CNN14 checkpoint, or 'none' to train from scratch.")] = TRAIN_DEFAULTS["pretrained"],
+    epochs: Annotated[int, typer.Option(help="Epochs; the best validation epoch is kept.")] = TRAIN_DEFAULTS["epochs"],
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = TRAIN_DEFAULTS["batch_size"],
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TRAIN_DEFAULTS["lr"],
+    weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = TRAIN_DEFAULTS["weight_decay"],
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up epochs.")] = TRAIN_DEFAULTS["warmup_epochs"],
+    schedule: Annotated[str, typer.Option(help="After warm-up: cosine or constant.")] = TRAIN_DEFAULTS["schedule"],
+    specaugment: Annotated[bool, typer.Option("--specaugment/--no-specaugment", help="PANNs SpecAugment.")] = TRAIN_DEFAULTS["specaugment"],
+    alpha: Annotated[float, typer.Option(help="Weight of a head's extra loss term (levelwise consistency items).")] = TRAIN_DEFAULTS["alpha"],
+    coarse_rule: Annotated[str, typer.Option(help="Coarse targets from partial fine labels: any or strict.")] = TRAIN_DEFAULTS["coarse_rule"],
+    clip_seconds: Annotated[float, typer.Option(help="Clip length of the features.")] = TRAIN_DEFAULTS["clip_seconds"],
     data_dir: DataDir = None,
     work_dir: WorkDir = None,
     hierarchy: HierarchyOpt = None,
-    runs_dir: Annotated[Optional[Path], typer.Option(help="Where run folders go [default: runs].")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda [default: auto].")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path(TRAIN_DEFAULTS["runs_dir"]),
+    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = TRAIN_DEFAULTS["device"],
     resume: Annotated[bool, typer.Option(help="Continue interrupted runs from last.pt.")] = False,
     force: Annotated[bool, typer.Option(help="Restart runs that exist.")] = False,
 ) -> None:
     """Train CNN14 + a hierarchical head for each (method, λ, seed); keep the best validation epoch."""
-    from dataclasses import replace
+    from .grid import plan_grid, run_grid
+    from .runs import Run, select_lambda
+    from .train import load_config_file
 
-    from . import train as tr
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)  # click's ParameterSource (typer may vendor click)
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
-    if seeds is not None and seed is not None:
+    if seeds is not None and given("seed"):
         raise typer.BadParameter("give --seeds N or --seed S, not both")
-    if lam is not None and lambdas is not None:
+    if lambdas is not None and given("lam"):
         raise typer.BadParameter("give --lambda or --lambdas, not both")
-    base = tr.load_config_file(config) if config else {}
-    flags = dict(arch=arch, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
-                 warmup_epochs=warmup_epochs, schedule=schedule, specaugment=specaugment, alpha=alpha,
-                 coarse_rule=coarse_rule, clip_seconds=clip_seconds, device=device,
-                 data_dir=str(data_dir) if data_dir else None, work_dir=str(work_dir) if work_dir else None,
-                 hierarchy=str(hierarchy) if hierarchy else None, runs_dir=str(runs_dir) if runs_dir else None)
-    base.update({k: v for k, v in flags.items() if v is not None})
-    cfg0 = tr.TrainConfig(**base)
-    seed_list = list(range(seeds)) if seeds is not None else [seed if seed is not None else cfg0.seed]
-    lam_list = _floats(lambdas, "--lambdas") if lambdas else [lam if lam is not None else cfg0.lam]
-    methods = [m.strip() for m in method.split(",") if m.strip()]
-    for m in methods:
-        tr.TrainConfig(**{**base, "method": m}).validate()
-    data = None
-    summaries = []
-    for m in methods:
-        for lam_value in ([1.0] if m == "flat" else lam_list):
-            for s in seed_list:
-                cfg = replace(cfg0, method=m, lam=lam_value, seed=s)
-                data = data or tr.load_data(cfg)
-                summaries.append(tr.train_run(cfg, resume=resume, force=force, console=err, data=data))
-        if m != "flat":
-            selection = tr.select_lambda(Path(cfg0.runs_dir), m)
-            if len(lam_list) > 1:
+    base = load_config_file(config) if config else {}
+    values = dict(method=method, seed=seed, lam=lam, arch=arch, pretrained=pretrained, epochs=epochs,
+                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                  schedule=schedule, specaugment=specaugment, alpha=alpha, coarse_rule=coarse_rule,
+                  clip_seconds=clip_seconds, data_dir=data_dir, work_dir=work_dir, hierarchy=hierarchy,
+                  runs_dir=runs_dir, device=device)
+    base.update({k: str(v) if isinstance(v, Path) else v for k, v in values.items() if given(k)})
+    cfg0 = TrainConfig(**base)
+    seed_list = list(range(seeds)) if seeds is not None else [cfg0.seed]
+    lam_list = _floats(lambdas, "--lambdas") if lambdas else [cfg0.lam]
+    methods = [m.strip() for m in cfg0.method.split(",") if m.strip()]
+    configs = plan_grid(cfg0, methods, lam_list, seed_list)
+    summaries = run_grid(configs, resume=resume, force=force, console=err)
+    if len(lam_list) > 1:
+        for m in dict.fromkeys(c.method for c in configs):
+            runs = [Run(Path(s["run"])) for s, c in zip(summaries, configs) if c.method == m]
+            selection = select_lambda(runs)
+            if len(selection["by_lambda"]) > 1:
                 console.print(f"{m}: selected λ = {selection['selected_lambda']:.2f} (lowest mean validation fine loss)")
     table = Table(title="training runs")
     for col in ("run", "best epoch", "val fine loss", "device"):
@@ -214,7 +224,8 @@ def tune_thresholds(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (or folders holding runs).")],
 ) -> None:
     """Choose one threshold per tag and level maximising F1 on the validation predictions."""
-    from .runs import find_runs, tune_run
+    from .evaluation import tune_run
+    from .runs import find_runs
 
     for run in find_runs(runs):
         result = tune_run(run)
@@ -229,10 +240,11 @@ def evaluate(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all figures to this JSON file.")] = None,
     per_tag: Annotated[bool, typer.Option(help="Also print per-tag values.")] = False,
 ) -> None:
-    """Macro ROC-AUC, PR-AUC and F1 at both levels (observed entries only); mean ± std over runs."""
-    from .io import write_json
+    """Macro ROC-AUC, PR-AUC and F1 at both levels (observed entries only); mean ± std over runs. Reads only."""
+    from .evaluation import evaluate_runs
+    from .fileio import write_json
     from .metrics import METRICS
-    from .runs import LEVELS, evaluate_runs, find_runs
+    from .runs import LEVELS, find_runs
 
     found = find_runs(runs)
     agg = evaluate_runs(found, split.value)
@@ -262,7 +274,7 @@ def evaluate(
 @app.command()
 def predict(
     audio: Annotated[list[Path], typer.Argument(help="Audio files or folders (any length, any format soundfile reads).")],
-    run: Annotated[Optional[Path], typer.Option(help="Run folder or checkpoint [default: latest run with thresholds].")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="Run folder or checkpoint.", show_default="the latest run with tuned thresholds")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where to look for the latest run.")] = Path("runs"),
     hop: Annotated[float, typer.Option(help="Hop between 10-s windows, seconds.")] = 5.0,
     aggregate: Annotated[Aggregation, typer.Option(help="Song-level aggregation of window probabilities.")] = Aggregation.max,
@@ -271,14 +283,15 @@ def predict(
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write results as CSV.")] = None,
     segments: Annotated[bool, typer.Option(help="Print (and keep in JSON) the per-window timeline.")] = False,
     explain: Annotated[bool, typer.Option(help="Show which fine tags carried each present coarse tag.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = "cpu",
 ) -> None:
     """Tag songs of any length with fine and coarse instrument tags."""
     from .audio import AudioError
-    from .predict import Tagger, expand_inputs, find_latest_run, write_outputs
+    from .predict import Tagger, expand_inputs, write_outputs
+    from .runs import latest_tuned_run
 
     if run is None:
-        run = find_latest_run(runs_dir)
+        run = latest_tuned_run(runs_dir).folder
         err.print(f"using the latest run with tuned thresholds: {run}")
     tagger = Tagger.load(run, device)
     files = expand_inputs(audio)
@@ -337,7 +350,7 @@ def table(
     out: Annotated[Path, typer.Option(help="Where table1.md/.csv and the figures go.")] = Path("results"),
     split: Annotated[Split, typer.Option(help="Which part to score.")] = Split.test,
 ) -> None:
-    """Table 1 for the runs that exist (λ selected on validation, mean ± std over seeds), Fig. 3 and Fig. 4."""
+    """Table 1 for the runs that exist (λ selected on validation, mean ± std over seeds), Fig. 3 and Fig. 4. Reads runs only."""
     from .report import write_table
 
     result = write_table(runs_dir, out, split.value)
@@ -354,11 +367,11 @@ def synth(
     seed: Annotated[int, typer.Option(help="Seed: same seed and options give the same data.")] = 0,
     duration: Annotated[float, typer.Option(help="Clip length in seconds.")] = 10.0,
     label_noise: Annotated[float, typer.Option(help="Probability of flipping an observed label.")] = 0.0,
-    soundfont: Annotated[Optional[Path], typer.Option(help="SF2/SF3 file [default: TimGM6mb.sf2 of pretty_midi].")] = None,
+    soundfont: Annotated[Optional[Path], typer.Option(help="SF2/SF3 file.", show_default="TimGM6mb.sf2 of pretty_midi")] = None,
     workers: Annotated[int, typer.Option(help="Parallel rendering processes.")] = max(1, min(4, os.cpu_count() or 1)),
 ) -> None:
     """Render an OpenMIC-format stand-in dataset from a General MIDI SoundFont."""
-    from .synth import SynthOptions, synthesize
+    from .synth.dataset import SynthOptions, synthesize
 
     opts = SynthOptions(clips=clips, seed=seed, duration=duration, label_noise=label_noise,
                         soundfont=str(soundfont) if soundfont else "")
@@ -374,10 +387,10 @@ def synth_song(
     out: Annotated[Path, typer.Argument(help="WAV file to write.")],
     seconds: Annotated[float, typer.Option(help="Length of the song.")] = 90.0,
     seed: Annotated[int, typer.Option(help="Seed of the arrangement.")] = 0,
-    soundfont: Annotated[Optional[Path], typer.Option(help="SF2/SF3 file [default: TimGM6mb.sf2 of pretty_midi].")] = None,
+    soundfont: Annotated[Optional[Path], typer.Option(help="SF2/SF3 file.", show_default="TimGM6mb.sf2 of pretty_midi")] = None,
 ) -> None:
     """Render a song of changing ensembles (sections of 15-30 s) to try `hmic predict` on."""
-    from .synth import render_song
+    from .synth.song import render_song
 
     if seconds < 1:
         raise typer.BadParameter("--seconds must be at least 1")

@@ -26,6 +26,12 @@ LABELS_CSV = "openmic-2018-aggregated-labels.csv"
 TRAIN_PARTITION = "partitions/split01_train.csv"
 TEST_PARTITION = "partitions/split01_test.csv"
 AUDIO_EXTENSIONS = (".ogg", ".wav", ".flac", ".mp3")
+# The 20 instrument tags of OpenMIC-2018's class map, in index order (what ``hmic synth`` writes too).
+OPENMIC_TAGS = (
+    "accordion", "banjo", "bass", "cello", "clarinet", "cymbals", "drums", "flute", "guitar",
+    "mallet_percussion", "mandolin", "organ", "piano", "saxophone", "synthesizer", "trombone",
+    "trumpet", "ukulele", "violin", "voice",
+)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:

@@ -7,7 +7,6 @@ entry has been checked to stay inside the target folder.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -21,9 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from .errors import HmicError
+from .fileio import CHUNK, md5_file
 
 BASE_URL_ENV = "HMIC_DOWNLOAD_BASE_URL"
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -56,17 +55,6 @@ CNN14 = Source(
     "362fc5ff18f1d6ad2f6d464b45893f2c",
     358_668_570,
 )
-SOURCES = {"openmic": OPENMIC, "cnn14": CNN14}
-DEFAULT_CHECKPOINT_DIR = Path("data/checkpoints")
-DEFAULT_CHECKPOINT = DEFAULT_CHECKPOINT_DIR / CNN14.filename
-
-
-def md5_of(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download_file(url: str, dest: Path, md5: str, console: Console | None = None, timeout: float = 30.0) -> Path:
@@ -78,7 +66,7 @@ def download_file(url: str, dest: Path, md5: str, console: Console | None = None
     console = console or Console(stderr=True)
     dest = Path(dest)
     if dest.exists():
-        if md5_of(dest) == md5:
+        if md5_file(dest) == md5:
             console.print(f"[green]✓[/] {dest} already downloaded (MD5 ok), skipping")
             return dest
         raise HmicError(f"{dest} exists but its MD5 is not {md5}; delete it and run the download again")
@@ -123,7 +111,7 @@ def download_file(url: str, dest: Path, md5: str, console: Console | None = None
                     raise HmicError(f"download of {url} interrupted ({e}); {part.stat().st_size if part.exists() else 0} bytes kept, {retry}") from None
             if total is not None and part.stat().st_size < total:
                 raise HmicError(f"download of {url} ended early ({part.stat().st_size} of {total} bytes); {retry}")
-    got = md5_of(part)
+    got = md5_file(part)
     if got != md5:
         part.unlink()
         raise HmicError(

@@ -16,7 +16,6 @@ front-end are never mixed in.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import time
 import warnings
@@ -28,7 +27,7 @@ import numpy as np
 
 from .audio import AudioError, FrontendConfig, clip_features
 from .errors import HmicError
-from .io import write_json, write_text
+from .fileio import write_csv, write_json
 
 MANIFEST = "manifest.json"
 FLUSH_EVERY = 64
@@ -159,12 +158,7 @@ def _read_failures(folder: Path) -> dict[str, tuple[str, str]]:
 
 
 def _write_failures(folder: Path, failures: dict[str, tuple[str, str]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["sample_key", "path", "error"])
-    for key in sorted(failures):
-        w.writerow([key, *failures[key]])
-    write_text(folder / "failures.csv", buf.getvalue())
+    write_csv(folder / "failures.csv", ["sample_key", "path", "error"], [[key, *failures[key]] for key in sorted(failures)])
 
 
 class FeatureStore:

@@ -1,33 +1,30 @@
-"""The hierarchical heads of methods.md §3 and the loss of §4, behind one interface.
+"""The hierarchical heads of the paper (README, "Methods (heads)") and the loss, behind one interface.
 
 Every head maps the embedding Z (B, D) to a HeadOutput holding fine probabilities (B, F) and coarse
 probabilities (B, C), plus logits or log-probabilities where the head has them (for a stable loss) and
-resatt's attention map (B, F, C). A new head is one class and one ``@register`` line.
+resatt's attention map (B, F, C). A head also says what it means: whether it is trained on the coarse
+loss (``uses_coarse_loss``; flat is not, so its λ is 1), any extra loss term (``extra_loss``), and how
+a coarse decision is explained (``explain``). A new head is one class and one ``@register`` line.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import HmicError
 from .hierarchy import Hierarchy
+from .registry import Registry
 
-HEADS: dict[str, type["Head"]] = {}
+HEADS: Registry = Registry("--method")
 EPS = 1e-7
 
-
-def register(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        cls.name = name
-        HEADS[name] = cls
-        return cls
-
-    return deco
+# Class decorator: make a head available as ``--method name``; its docstring's first line is the help.
+register = HEADS.register
+head_class = HEADS.get
+describe_heads = HEADS.describe
 
 
 @dataclass
@@ -40,9 +37,29 @@ class HeadOutput:
     attention: torch.Tensor | None = None  # resatt: (B, F, C), sums to 1 over F
 
 
+@dataclass
+class Explanation:
+    """Which fine tags carried one coarse decision: ``shares`` (F,) sum to 1 over the fine tags
+    considered; ``weights`` (F,) are attention weights where the head has them."""
+
+    basis: str
+    shares: np.ndarray
+    order: list[int]  # fine tags by decreasing share, already cut to the ones worth naming
+    weights: np.ndarray | None = None
+
+
 class Head(nn.Module):
-    name = "?"
-    uses_coarse_loss = True  # flat: False (λ = 1)
+    uses_coarse_loss = True  # False: trained on the fine loss alone, so λ is 1 whatever was asked
+
+    @classmethod
+    def lambda_for(cls, lam: float) -> float:
+        """The λ a run of this head actually uses (and is filed under)."""
+        return float(lam) if cls.uses_coarse_loss else 1.0
+
+    @classmethod
+    def lambdas_for(cls, lambdas: list[float]) -> list[float]:
+        """The distinct λ values a grid over ``lambdas`` needs for this head (one for flat)."""
+        return list(dict.fromkeys(cls.lambda_for(lam) for lam in lambdas))
 
     def __init__(self, dim: int, hierarchy: Hierarchy):
         super().__init__()
@@ -55,6 +72,17 @@ class Head(nn.Module):
         masked = values[:, None, :].masked_fill(self.membership[None] == 0, float("-inf"))
         return masked.max(dim=-1).values
 
+    def extra_loss(self, out: "HeadOutput") -> torch.Tensor | None:
+        """A loss term beyond the two BCEs (weighted by ``alpha``); None for most heads."""
+        return None
+
+    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
+        """Which fine tags carried coarse tag ``c`` for one window: fine_probs (F,), attention (F, C) or None.
+
+        Default: the children's probabilities, in proportion.
+        """
+        return _shares("children", self.hierarchy.membership[c] * fine_probs)
+
 
 class FineClassifier(Head):
     def __init__(self, dim: int, hierarchy: Hierarchy):
@@ -64,7 +92,7 @@ class FineClassifier(Head):
 
 @register("flat")
 class Flat(FineClassifier):
-    """Fine classifier only; at inference P_c is the grouped max of P_f."""
+    """Baseline: fine classifier only (λ = 1); P_c is the grouped max of P_f at inference."""
 
     uses_coarse_loss = False
 
@@ -72,6 +100,9 @@ class Flat(FineClassifier):
         logits = self.fine(z)
         coarse_logits = self.grouped_max(logits)
         return HeadOutput(torch.sigmoid(logits), torch.sigmoid(coarse_logits), logits, coarse_logits)
+
+    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
+        return _max_child(self.hierarchy.membership[c] * fine_probs)
 
 
 class FineAndCoarseClassifier(FineClassifier):
@@ -84,16 +115,23 @@ class FineAndCoarseClassifier(FineClassifier):
 
 @register("levelwise")
 class LevelWise(FineAndCoarseClassifier):
-    """Two parallel linear classifiers; consistency loss items tie them (see ``consistency_items``)."""
+    """Fig. 2(a): parallel fine and coarse linear classifiers tied by consistency loss items."""
 
     def forward(self, z: torch.Tensor) -> HeadOutput:
         fl, cl = self.fine(z), self.coarse(z)
         return HeadOutput(torch.sigmoid(fl), torch.sigmoid(cl), fl, cl)
 
+    def extra_loss(self, out: HeadOutput) -> torch.Tensor:
+        """L_down + L_up (the project's reading of Krause & Müller 2022's loss items; need no labels)."""
+        pf, pc = out.fine_probs.float(), out.coarse_probs.float()
+        down = F.relu(pf - pc[:, self.parent]).mean()
+        up = F.relu(pc - self.grouped_max(pf)).mean()
+        return down + up
+
 
 @register("topdown")
 class TopDown(FineAndCoarseClassifier):
-    """Soft decision tree: P_c = σ(z_c), P_f = σ(z_f) · P_c[parent(f)]."""
+    """Fig. 2(b): top-down soft tree, P_c = σ(z_c) and P_f = σ(z_f) · P_c[parent(f)]."""
 
     def forward(self, z: torch.Tensor) -> HeadOutput:
         zf, zc = self.fine(z), self.coarse(z)
@@ -103,7 +141,7 @@ class TopDown(FineAndCoarseClassifier):
 
 @register("gap")
 class GroupedAverage(FineClassifier):
-    """P_c[c] = mean of P_f over the children of c."""
+    """Fig. 2(c)1: grouped average pooling, P_c = mean of the children's P_f."""
 
     def forward(self, z: torch.Tensor) -> HeadOutput:
         logits = self.fine(z)
@@ -114,17 +152,20 @@ class GroupedAverage(FineClassifier):
 
 @register("gmp")
 class GroupedMax(FineClassifier):
-    """P_c[c] = max of P_f over the children of c (= σ of the max child logit)."""
+    """Fig. 2(c)3: grouped max pooling, P_c = max of the children's P_f (σ of the max child logit)."""
 
     def forward(self, z: torch.Tensor) -> HeadOutput:
         logits = self.fine(z)
         cl = self.grouped_max(logits)
         return HeadOutput(torch.sigmoid(logits), torch.sigmoid(cl), logits, cl)
 
+    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
+        return _max_child(self.hierarchy.membership[c] * fine_probs)
+
 
 @register("lp")
 class LinearProjection(FineClassifier):
-    """P_c = softmax_F(A)ᵀ P_f with A (F, C) learned and independent of the input (ResAtt's ablation)."""
+    """Fig. 2(c)2: linear projection, P_c = softmax_F(A)ᵀ P_f with A learned and input-independent."""
 
     def __init__(self, dim: int, hierarchy: Hierarchy):
         super().__init__(dim, hierarchy)
@@ -136,12 +177,15 @@ class LinearProjection(FineClassifier):
         weights = torch.softmax(self.projection, dim=0)  # (F, C)
         return HeadOutput(pf, pf @ weights, logits, attention=weights[None].expand(z.shape[0], -1, -1))
 
+    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
+        return _attention_shares(c, fine_probs, attention)
+
 
 @register("resatt")
 class ResidualAttention(FineClassifier):
-    """Attention logits = Linear_D→F·C(Z) reshaped (B, F, C); W = softmax over F; P_c = Wᵀ P_f.
+    """Fig. 2(d): attention, P_c = Wᵀ P_f with W = softmax over fine tags of Linear(Z) (no hierarchy prior).
 
-    Uses no hierarchy prior: the attention map W is what Fig. 4 visualises.
+    Attention logits = Linear_D→F·C(Z) reshaped (B, F, C); the map W is what Fig. 4 visualises.
     """
 
     def __init__(self, dim: int, hierarchy: Hierarchy):
@@ -154,15 +198,38 @@ class ResidualAttention(FineClassifier):
         w = torch.softmax(self.attention(z).view(-1, self.hierarchy.n_fine, self.hierarchy.n_coarse), dim=1)
         return HeadOutput(pf, torch.einsum("bfc,bf->bc", w, pf), logits, attention=w)
 
+    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
+        return _attention_shares(c, fine_probs, attention)
+
 
 def build_head(method: str, dim: int, hierarchy: Hierarchy) -> Head:
-    if method not in HEADS:
-        raise HmicError(f"unknown method {method!r}; choose one of {', '.join(HEADS)}")
-    return HEADS[method](dim, hierarchy)
+    return head_class(method)(dim, hierarchy)
+
+
+MIN_SHARE = 0.05  # fine tags carrying less of a coarse decision are not named
+
+
+def _shares(basis: str, contrib: np.ndarray, weights: np.ndarray | None = None, top: int = 5) -> Explanation:
+    total = float(contrib.sum()) or 1.0
+    shares = contrib / total
+    order = [int(f) for f in np.argsort(-contrib) if contrib[f] > 0][:top]
+    return Explanation(basis, shares, [f for f in order if shares[f] >= MIN_SHARE], weights)
+
+
+def _max_child(contrib: np.ndarray) -> Explanation:
+    """gmp and flat: the winning child decides alone."""
+    explanation = _shares("max child", contrib)
+    order = [int(f) for f in np.argsort(-contrib) if contrib[f] > 0][:1]
+    return Explanation(explanation.basis, explanation.shares, order)
+
+
+def _attention_shares(c: int, fine_probs: np.ndarray, attention: np.ndarray) -> Explanation:
+    """resatt and lp: each fine tag's share of W[f, c]·P_f over all fine tags (no hierarchy prior)."""
+    return _shares("attention", attention[:, c] * fine_probs, attention[:, c])
 
 
 # ----------------------------------------------------------------------------------------------
-# Loss (methods.md §4), always in float32
+# Loss over observed entries only, always in float32
 
 
 def masked_bce(targets: torch.Tensor, mask: torch.Tensor, probs: torch.Tensor,
@@ -180,30 +247,17 @@ def masked_bce(targets: torch.Tensor, mask: torch.Tensor, probs: torch.Tensor,
     return (per * mask).sum() / n.clamp(min=1)
 
 
-def consistency_items(out: HeadOutput, head: Head) -> torch.Tensor:
-    """L_down + L_up (the project's reading of Krause & Müller 2022's loss items; need no labels)."""
-    pf, pc = out.fine_probs.float(), out.coarse_probs.float()
-    down = F.relu(pf - pc[:, head.parent]).mean()
-    up = F.relu(pc - head.grouped_max(pf)).mean()
-    return down + up
-
-
-@dataclass
-class LossParts:
-    total: torch.Tensor
-    fine: torch.Tensor
-    coarse: torch.Tensor
-
-
 def hierarchical_loss(out: HeadOutput, head: Head, fine_targets, fine_mask, coarse_targets, coarse_mask,
-                      lam: float, alpha: float = 1.0) -> LossParts:
-    """L = λ·BCE_fine + (1 − λ)·BCE_coarse (+ α(L_down + L_up) for levelwise); flat uses λ = 1."""
+                      lam: float, alpha: float = 1.0) -> torch.Tensor:
+    """L = λ·BCE_fine + (1 − λ)·BCE_coarse (+ α·the head's extra term); a head without coarse loss uses BCE_fine."""
     fine = masked_bce(fine_targets, fine_mask, out.fine_probs, out.fine_logits, out.fine_log_probs)
-    coarse = masked_bce(coarse_targets, coarse_mask, out.coarse_probs, out.coarse_logits)
     if not head.uses_coarse_loss:
         total = fine
     else:
+        coarse = masked_bce(coarse_targets, coarse_mask, out.coarse_probs, out.coarse_logits)
         total = lam * fine + (1 - lam) * coarse
-    if isinstance(head, LevelWise) and alpha:
-        total = total + alpha * consistency_items(out, head)
-    return LossParts(total, fine.detach(), coarse.detach())
+    if alpha:
+        extra = head.extra_loss(out)
+        if extra is not None:
+            total = total + alpha * extra
+    return total

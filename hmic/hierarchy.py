@@ -1,7 +1,9 @@
 """The 2-level instrument hierarchy: a small value object every stage receives.
 
 Nothing else in hmic hard-codes instrument names: fine names come from the dataset's class map,
-coarse names and parents from a hierarchy YAML file (``hierarchy.yaml`` by default).
+coarse names and parents from a hierarchy YAML file. The default ships inside the package
+(``hmic/data/hierarchy.yaml``); the top-level ``hierarchy.yaml`` is the same file for users to read,
+copy and edit, then pass with ``--hierarchy``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import yaml
 from .errors import HmicError
 
 COARSE_RULES = ("any", "strict")
-DEFAULT_HIERARCHY = Path(__file__).resolve().parent.parent / "hierarchy.yaml"
+DEFAULT_HIERARCHY = Path(__file__).resolve().parent / "data" / "hierarchy.yaml"
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Hierarchy:
     def coarse_targets(
         self, fine_targets: np.ndarray, fine_mask: np.ndarray, rule: str = "any"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Derive coarse labels from fine ones (methods.md §2).
+        """Derive coarse labels from fine ones (README, "Project choices").
 
         fine_targets: (N, F) binary, fine_mask: (N, F) bool (True = observed).
         Returns (coarse_targets (N, C) float32 in {0, 1}, coarse_mask (N, C) bool).
@@ -142,7 +144,7 @@ def load_hierarchy(path: str | Path | None = None, fine_names: Sequence[str] | N
     """Load and validate a hierarchy YAML file against the dataset's fine tag names."""
     path = Path(path) if path is not None else DEFAULT_HIERARCHY
     if not path.exists():
-        raise HmicError(f"hierarchy file {path} does not exist; pass --hierarchy PATH (default: hierarchy.yaml)")
+        raise HmicError(f"hierarchy file {path} does not exist; pass --hierarchy PATH (default: the hierarchy.yaml shipped with hmic)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

@@ -1,4 +1,4 @@
-"""Per-tag thresholds and the paper's metrics (methods.md §6), computed with scikit-learn.
+"""Per-tag thresholds and the paper's metrics (README, "Project choices"), computed with scikit-learn.
 
 Every computation uses observed entries only (mask True). Macro means are unweighted over tags; a tag
 whose observed entries hold a single class is left out of the macro mean and named.

@@ -1,123 +1,13 @@
-"""CNN14 (PANNs) backbone, its checkpoint loader, and the model = backbone + hierarchical head.
-
-The backbone consumes the log-mel of ``hmic.audio`` (B, T, 64), not the waveform: the front-end runs
-once in ``hmic featurize``. Attribute names follow the official state_dict (cnn14.md) so that the
-AudioSet checkpoint loads strictly.
-"""
+"""The model: a registered backbone followed by a registered hierarchical head."""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .audio import FrontendConfig, LogMel
-from .errors import HmicError
+from .backbones import BackboneConfig, build_backbone
 from .heads import HeadOutput, build_head
 from .hierarchy import Hierarchy
-
-CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)
-KNOWN_CHECKPOINT_NAME = "Cnn14_16k_mAP=0.438.pth"
-KNOWN_CHECKPOINT_MD5 = "362fc5ff18f1d6ad2f6d464b45893f2c"
-FRONTEND_KEYS = ("spectrogram_extractor.stft.conv_real.weight", "spectrogram_extractor.stft.conv_imag.weight",
-                 "logmel_extractor.melW")
-IGNORED_KEYS = ("fc_audioset.weight", "fc_audioset.bias")
-
-# Named sizes: width multiplier of every channel count (and of the embedding). Multiply-adds per 10-s
-# clip and parameters are measured by `hmic.model.count` and listed in the README.
-ARCHS = {"cnn14": 1.0, "cnn14-light": 0.125, "cnn14-tiny": 0.0625}
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    arch: str = "cnn14"
-    n_mels: int = 64
-    specaugment: bool = True
-    time_stripes: int = 2
-    time_width: int = 64  # widths drawn in [0, width) frames
-    freq_stripes: int = 2
-    freq_width: int = 8  # widths drawn in [0, width) bins
-
-    @property
-    def channels(self) -> tuple[int, ...]:
-        if self.arch not in ARCHS:
-            raise HmicError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        return tuple(max(4, int(round(c * ARCHS[self.arch]))) for c in CNN14_CHANNELS)
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.channels[-1]
-
-
-class ConvBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.bn2 = nn.BatchNorm2d(c_out)
-
-    def forward(self, x: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
-        x = F.relu_(self.bn1(self.conv1(x)))
-        x = F.relu_(self.bn2(self.conv2(x)))
-        return F.avg_pool2d(x, kernel_size=pool)
-
-
-def spec_augment(x: torch.Tensor, cfg: BackboneConfig) -> torch.Tensor:
-    """PANNs SpecAugmentation on (B, 1, T, M): stripes set to 0, drawn independently per example."""
-    b, _, t, m = x.shape
-    x = x.clone()
-    for dim, size, stripes, width in ((2, t, cfg.time_stripes, cfg.time_width), (3, m, cfg.freq_stripes, cfg.freq_width)):
-        for _ in range(stripes):
-            widths = torch.randint(0, width, (b,))
-            starts = (torch.rand(b) * (size - widths).clamp(min=1)).long()
-            pos = torch.arange(size)
-            stripe = (pos[None] >= starts[:, None]) & (pos[None] < (starts + widths)[:, None])  # (B, size)
-            shape = (b, 1, size, 1) if dim == 2 else (b, 1, 1, size)
-            x = x.masked_fill(stripe.view(shape).to(x.device), 0.0)
-    return x
-
-
-class Cnn14(nn.Module):
-    """Log-mel (B, T, n_mels) → embedding Z (B, D); D = 2048 for the full size."""
-
-    def __init__(self, cfg: BackboneConfig = BackboneConfig()):
-        super().__init__()
-        self.cfg = cfg
-        ch = cfg.channels
-        self.bn0 = nn.BatchNorm2d(cfg.n_mels)
-        for i in range(6):
-            setattr(self, f"conv_block{i + 1}", ConvBlock(1 if i == 0 else ch[i - 1], ch[i]))
-        self.fc1 = nn.Linear(ch[-1], ch[-1], bias=True)
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
-        x = logmel.unsqueeze(1)  # (B, 1, T, M)
-        x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # normalise over the mel axis
-        if self.training and self.cfg.specaugment:
-            x = spec_augment(x, self.cfg)
-        for i in range(6):
-            x = getattr(self, f"conv_block{i + 1}")(x, pool=(2, 2) if i < 5 else (1, 1))
-            x = F.dropout(x, p=0.2, training=self.training)
-        x = x.mean(dim=3)  # over mel → (B, C, T')
-        x = x.max(dim=2).values + x.mean(dim=2)
-        x = F.dropout(x, p=0.5, training=self.training)
-        return F.relu_(self.fc1(x))
 
 
 class HierarchicalTagger(nn.Module):
@@ -125,108 +15,13 @@ class HierarchicalTagger(nn.Module):
 
     def __init__(self, backbone_cfg: BackboneConfig, method: str, hierarchy: Hierarchy):
         super().__init__()
-        self.backbone = Cnn14(backbone_cfg)
-        self.head = build_head(method, backbone_cfg.embedding_dim, hierarchy)
+        self.method = method
+        self.backbone = build_backbone(backbone_cfg)
+        self.head = build_head(method, self.backbone.embedding_dim, hierarchy)
+
+    @property
+    def hierarchy(self) -> Hierarchy:
+        return self.head.hierarchy
 
     def forward(self, logmel: torch.Tensor) -> HeadOutput:
         return self.head(self.backbone(logmel))
-
-
-def count(backbone_cfg: BackboneConfig, frames: int = 1001) -> dict:
-    """Parameters and multiply-adds of the backbone for one clip of ``frames`` frames."""
-    ch, m, t = backbone_cfg.channels, backbone_cfg.n_mels, frames
-    macs, c_in = 0, 1
-    for i, c in enumerate(ch):
-        macs += t * m * 9 * (c_in * c + c * c)
-        if i < 5:
-            t, m = t // 2, m // 2
-        c_in = c
-    macs += ch[-1] * ch[-1]
-    params = sum(p.numel() for p in Cnn14(backbone_cfg).parameters())
-    return {"arch": backbone_cfg.arch, "params": params, "macs": macs}
-
-
-# ----------------------------------------------------------------------------------------------
-# The AudioSet checkpoint
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a PANNs checkpoint's state_dict safely (weights_only; a few numpy globals allow-listed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise HmicError(f"checkpoint {path} does not exist; run 'hmic download cnn14' or pass --pretrained none")
-    if path.name == KNOWN_CHECKPOINT_NAME and _md5(path) != KNOWN_CHECKPOINT_MD5:
-        raise HmicError(f"{path}: MD5 is not the published {KNOWN_CHECKPOINT_MD5}; delete it and run 'hmic download cnn14'")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # Some PANNs files carry small numpy objects (e.g. in the sampler state): allow just those.
-        core = getattr(np, "_core", None) or np.core
-        allowed = [np.dtype, np.ndarray, core.multiarray._reconstruct, core.multiarray.scalar]
-        allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "bool")]
-        try:
-            with torch.serialization.safe_globals(allowed):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise HmicError(f"{path} is not a loadable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
-    state = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise HmicError(f"{path}: expected a dict with the weights under 'model' (a PANNs checkpoint)")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def check_frontend_tensors(state: dict[str, torch.Tensor], cfg: FrontendConfig = FrontendConfig()) -> list[str]:
-    """Compare the checkpoint's frozen front-end tensors with ours; returns the disagreements."""
-    problems = []
-    n = cfg.n_fft
-    window = torch.hann_window(n, periodic=True, dtype=torch.float64)
-    k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
-    t = torch.arange(n, dtype=torch.float64)[None]
-    expected = {
-        FRONTEND_KEYS[0]: (torch.cos(2 * np.pi * k * t / n) * window)[:, None, :],
-        FRONTEND_KEYS[1]: (-torch.sin(2 * np.pi * k * t / n) * window)[:, None, :],
-        FRONTEND_KEYS[2]: LogMel(cfg).filterbank.double(),
-    }
-    for key, want in expected.items():
-        if key not in state:
-            continue
-        got = state[key].double()
-        if got.shape != want.shape:
-            problems.append(f"{key}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-        elif (got - want).abs().max().item() > 1e-5:
-            problems.append(f"{key}: differs from hmic's front-end by {(got - want).abs().max().item():.2e}")
-    return problems
-
-
-def load_pretrained(backbone: Cnn14, path: str | Path, console=None) -> None:
-    """Strictly load the backbone keys of an AudioSet CNN14 checkpoint into ``backbone``."""
-    state = read_checkpoint_state(path)
-    own = backbone.state_dict()
-    wanted = {k: v for k, v in state.items() if k not in FRONTEND_KEYS and k not in IGNORED_KEYS}
-    missing = sorted(set(own) - set(wanted))
-    unexpected = sorted(set(wanted) - set(own))
-    if missing or unexpected:
-        raise HmicError(
-            f"{path} does not match CNN14 ({backbone.cfg.arch}): "
-            + (f"missing keys: {', '.join(missing)}" if missing else "")
-            + ("; " if missing and unexpected else "")
-            + (f"unexpected keys: {', '.join(unexpected)}" if unexpected else "")
-        )
-    wrong = [f"{k}: {tuple(wanted[k].shape)} in the file, {tuple(own[k].shape)} expected"
-             for k in own if wanted[k].shape != own[k].shape]
-    if wrong:
-        raise HmicError(f"{path}: wrong shapes (is --arch right? pretrained weights need cnn14): " + "; ".join(wrong))
-    backbone.load_state_dict(wanted, strict=True)
-    problems = check_frontend_tensors(state)
-    if problems and console is not None:
-        console.print("[yellow]the checkpoint's front-end differs from hmic's: " + "; ".join(problems) + "[/]")
-    elif problems:
-        raise HmicError(f"{path}: front-end tensors disagree with hmic's front-end: " + "; ".join(problems))

@@ -6,8 +6,6 @@ the per-window timeline with timestamps, and, for each present coarse tag, which
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,58 +14,51 @@ import numpy as np
 import torch
 
 from .audio import FrontendConfig, fit_length, load_wave, logmel_of_wave
+from .checkpoint import Checkpoint
+from .devices import resolve_device
 from .errors import HmicError
+from .fileio import csv_text, write_text
 from .hierarchy import Hierarchy
-from .io import write_text
-from .model import BackboneConfig, HierarchicalTagger
+from .inference import infer
+from .model import HierarchicalTagger
+from .runs import LEVELS, Run
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".opus", ".w64", ".caf"}
-
-
-def find_latest_run(runs_dir: Path) -> Path:
-    """The most recently trained finished run that has tuned thresholds."""
-    candidates = [p.parent for p in Path(runs_dir).rglob("thresholds.json") if (p.parent / "best.pt").exists()]
-    if not candidates:
-        raise HmicError(f"no run with tuned thresholds under {runs_dir}; train one and run 'hmic tune-thresholds RUN', "
-                        "or pass --run")
-    return max(candidates, key=lambda p: (p / "done.json").stat().st_mtime if (p / "done.json").exists() else 0)
 
 
 @dataclass
 class Tagger:
     model: HierarchicalTagger
-    hierarchy: Hierarchy
     frontend: FrontendConfig
     thresholds: dict[str, np.ndarray]  # level -> (K,)
-    method: str
     source: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
+    @property
+    def hierarchy(self) -> Hierarchy:
+        return self.model.hierarchy
+
+    @property
+    def method(self) -> str:
+        return self.model.method
+
     @classmethod
     def load(cls, run_or_checkpoint: str | Path, device: str = "cpu") -> "Tagger":
+        """From a run folder (its best.pt) or a checkpoint file; needs tuned thresholds."""
         path = Path(run_or_checkpoint)
-        ckpt = path / "best.pt" if path.is_dir() else path
-        if not ckpt.exists():
-            raise HmicError(f"{ckpt} does not exist; pass a run folder with best.pt or a checkpoint file")
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        for key in ("model", "config", "hierarchy", "frontend", "backbone"):
-            if key not in state:
-                raise HmicError(f"{ckpt} is not an hmic checkpoint (no '{key}')")
-        hierarchy = Hierarchy.from_dict(state["hierarchy"])
-        backbone = BackboneConfig(**state["backbone"])
-        method = state["config"]["method"]
-        model = HierarchicalTagger(backbone, method, hierarchy)
-        model.load_state_dict(state["model"])
-        thresholds = state.get("thresholds")
-        if thresholds is None and path.is_dir() and (path / "thresholds.json").exists():
-            thresholds = json.loads((path / "thresholds.json").read_text())
+        run = Run(path) if path.is_dir() else None
+        ckpt = Checkpoint.load(run.best_path if run else path)
+        thresholds = ckpt.thresholds
+        if thresholds is None and run is not None and run.tuned:
+            thresholds = run.thresholds()
         if thresholds is None:
-            raise HmicError(f"{ckpt} has no tuned thresholds; run 'hmic tune-thresholds {path.parent if not path.is_dir() else path}'")
-        thr = {"fine": np.array([thresholds["fine"][n] for n in hierarchy.fine_names]),
-               "coarse": np.array([thresholds["coarse"][n] for n in hierarchy.coarse_names])}
-        dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-        model = model.to(dev, memory_format=torch.channels_last).eval()
-        return cls(model, hierarchy, FrontendConfig(**state["frontend"]), thr, method, str(ckpt), dev)
+            raise HmicError(f"{ckpt.path} has no tuned thresholds; run 'hmic tune-thresholds {run or path.parent}'")
+        h = ckpt.hierarchy
+        thr = {level: np.array([thresholds[level][n] for n in names])
+               for level, names in zip(LEVELS, (h.fine_names, h.coarse_names))}
+        dev = resolve_device(device)
+        model = ckpt.model.to(dev, memory_format=torch.channels_last).eval()
+        return cls(model, ckpt.frontend, thr, str(ckpt.path), dev)
 
     def windows(self, wave: torch.Tensor, hop_seconds: float) -> tuple[torch.Tensor, np.ndarray]:
         """(L,) → (W, window) windows and their start times in seconds; the last one zero-padded."""
@@ -87,19 +78,12 @@ class Tagger:
             raise HmicError("--aggregate must be max or mean")
         if hop_seconds <= 0:
             raise HmicError("--hop must be positive")
-        wave = load_wave(path, self.frontend)
+        wave = load_wave(path, self.frontend, self.model.backbone.min_samples(self.frontend))
         duration = wave.shape[0] / self.frontend.sample_rate
         chunks, starts = self.windows(wave, hop_seconds)
-        fine, coarse, attn = [], [], []
-        for i in range(0, len(chunks), batch_size):
-            logmel = logmel_of_wave(chunks[i:i + batch_size], self.frontend).to(self.device)
-            out = self.model(logmel)
-            fine.append(out.fine_probs.float().cpu())
-            coarse.append(out.coarse_probs.float().cpu())
-            if out.attention is not None:
-                attn.append(out.attention.float().cpu())
-        fine_w, coarse_w = torch.cat(fine).numpy(), torch.cat(coarse).numpy()  # (W, F), (W, C)
-        attention = torch.cat(attn).numpy() if attn else None  # (W, F, C)
+        out = infer(self.model, (logmel_of_wave(chunks[i:i + batch_size], self.frontend)
+                                 for i in range(0, len(chunks), batch_size)), self.device)
+        fine_w, coarse_w, attention = out.fine_probs, out.coarse_probs, out.attention  # (W, F), (W, C), (W, F, C)
         reduce = np.max if aggregate == "max" else np.mean
         fine_p, coarse_p = reduce(fine_w, axis=0), reduce(coarse_w, axis=0)
         h = self.hierarchy
@@ -126,27 +110,13 @@ class Tagger:
 
     def explain(self, c: int, fine_w: np.ndarray, coarse_w: np.ndarray, attention: np.ndarray | None,
                 starts: np.ndarray) -> dict:
-        """Which fine tags carried coarse tag c, at the window where c is most probable.
-
-        resatt (and lp): the attention share W[f, c]·P_f / P_c over all fine tags (no hierarchy prior).
-        Other heads: the children's probabilities; for gmp and flat the winning child decides alone.
-        """
+        """Which fine tags carried coarse tag c, at the window where c is most probable (the head decides how)."""
         w = int(np.argmax(coarse_w[:, c]))
-        h = self.hierarchy
-        if attention is not None:
-            contrib = attention[w, :, c] * fine_w[w]
-            basis = "attention"
-        else:
-            contrib = h.membership[c] * fine_w[w]
-            basis = "max child" if self.method in ("gmp", "flat") else "children"
-        total = float(contrib.sum()) or 1.0
-        order = [int(f) for f in np.argsort(-contrib) if contrib[f] > 0]
-        if basis == "max child":
-            order = order[:1]
-        return {"basis": basis, "window_start": round(float(starts[w]), 3), "carried_by": [
-            {"tag": h.fine_names[f], "share": round(float(contrib[f] / total), 4),
-             **({"weight": round(float(attention[w, f, c]), 4)} if attention is not None else {})}
-            for f in order[:5] if contrib[f] / total >= 0.05 or basis == "max child"]}
+        e = self.model.head.explain(c, fine_w[w], attention[w] if attention is not None else None)
+        names = self.hierarchy.fine_names
+        return {"basis": e.basis, "window_start": round(float(starts[w]), 3), "carried_by": [
+            {"tag": names[f], "share": round(float(e.shares[f]), 4),
+             **({"weight": round(float(e.weights[f]), 4)} if e.weights is not None else {})} for f in e.order]}
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -164,15 +134,13 @@ CSV_COLUMNS = ("file", "level", "tag", "parent", "probability", "threshold", "pr
 
 
 def to_csv(results: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    rows = []
     for r in results:
         for c in r["coarse"]:
-            w.writerow([r["file"], "coarse", c["tag"], "", c["probability"], c["threshold"], int(c["present"])])
-            for f in c["fine"]:
-                w.writerow([r["file"], "fine", f["tag"], c["tag"], f["probability"], f["threshold"], int(f["present"])])
-    return buf.getvalue()
+            rows.append([r["file"], "coarse", c["tag"], "", c["probability"], c["threshold"], int(c["present"])])
+            rows += [[r["file"], "fine", f["tag"], c["tag"], f["probability"], f["threshold"], int(f["present"])]
+                     for f in c["fine"]]
+    return csv_text(CSV_COLUMNS, rows)
 
 
 def write_outputs(results: list[dict], failures: list[dict], json_path: Path | None, csv_path: Path | None,

@@ -1,22 +1,24 @@
-"""`hmic table`: Table 1 for whatever runs exist, and the paper's Fig. 3 and Fig. 4."""
+"""`hmic table`: Table 1 for whatever runs exist, and the paper's Fig. 3 and Fig. 4.
+
+Reads runs only; everything it writes goes to its own output folder (the tables, the figures and
+``lambda_selection.json``, the record of which λ each method was scored at).
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import HmicError
-from .io import write_text
+from .evaluation import evaluate_runs
+from .fileio import csv_text, write_json, write_text
 from .metrics import METRICS
-from .runs import LEVELS, evaluate_runs, find_runs, load_predictions
-from .train import select_lambda
+from .runs import LEVELS, Run, by_method, select_lambda
 
 METHOD_ORDER = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt")
-PAPER_TABLE1 = {  # methods.md §7: fine ROC, PR, F1, coarse ROC, PR, F1 (%)
+PAPER_TABLE1 = {  # the paper's Table 1: fine ROC, PR, F1, coarse ROC, PR, F1 (%)
     "flat": (91.7, 85.6, 83.3, 92.4, 89.6, 84.4), "levelwise": (91.9, 85.8, 83.7, 93.0, 90.4, 85.2),
     "topdown": (91.9, 85.4, 83.6, 93.0, 90.4, 85.3), "gap": (91.7, 85.6, 83.2, 91.7, 87.6, 84.6),
     "lp": (91.8, 85.8, 83.6, 75.3, 70.9, 67.6), "gmp": (91.9, 85.9, 83.6, 93.1, 90.7, 85.4),
@@ -25,29 +27,22 @@ PAPER_TABLE1 = {  # methods.md §7: fine ROC, PR, F1, coarse ROC, PR, F1 (%)
 COLUMNS = [f"{lv} {m}" for lv in LEVELS for m in ("ROC-AUC", "PR-AUC", "F1")]
 
 
-def selected_runs(runs_dir: Path, method: str) -> tuple[float, list[Path]]:
-    folder = Path(runs_dir) / method
-    if method == "flat":
-        lam = 1.0
-    else:
-        lam = select_lambda(runs_dir, method)["selected_lambda"]
-    return lam, find_runs([folder / f"lam{lam:.2f}"])
-
-
 def build_table(runs_dir: Path, split: str = "test") -> list[dict]:
-    rows = []
-    methods = [m for m in METHOD_ORDER if (Path(runs_dir) / m).is_dir()]
-    methods += sorted(p.name for p in Path(runs_dir).iterdir() if p.is_dir() and p.name not in METHOD_ORDER
-                      and any(p.rglob("done.json")))
-    if not methods:
+    """One row per method with finished runs: λ selected on validation, scores over that λ's seeds."""
+    runs_dir = Path(runs_dir)
+    found = [Run(p.parent) for p in sorted(runs_dir.rglob("done.json"))] if runs_dir.is_dir() else []
+    groups = by_method(found)
+    if not groups:
         raise HmicError(f"no finished runs under {runs_dir}; train some with 'hmic train'")
+    methods = [m for m in METHOD_ORDER if m in groups] + sorted(m for m in groups if m not in METHOD_ORDER)
+    rows = []
     for method in methods:
-        try:
-            lam, runs = selected_runs(runs_dir, method)
-        except HmicError:
-            continue
+        selection = select_lambda(groups[method])
+        lam = selection["selected_lambda"]
+        runs = [r for r in groups[method] if f"{r.lam:.2f}" == f"{lam:.2f}"]
         agg = evaluate_runs(runs, split)
-        rows.append({"method": method, "lambda": lam, "seeds": len(runs), "aggregate": agg.to_dict()})
+        rows.append({"method": method, "lambda": lam, "seeds": len(runs), "selection": selection,
+                     "aggregate": agg.to_dict()})
     return rows
 
 
@@ -75,16 +70,12 @@ def to_markdown(rows: list[dict], split: str) -> str:
 
 
 def to_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "lambda", "seeds"] + [f"{lv}_{m}_{s}" for lv in LEVELS for m in METRICS for s in ("mean", "std")])
+    header = ["method", "lambda", "seeds"] + [f"{lv}_{m}_{s}" for lv in LEVELS for m in METRICS for s in ("mean", "std")]
+    lines = []
     for r in rows:
-        vals = []
-        for lv in LEVELS:
-            for m in METRICS:
-                vals += [f"{v:.4f}" for v in _cell(r["aggregate"], lv, m)]
-        w.writerow([r["method"], f"{r['lambda']:.2f}", r["seeds"]] + vals)
-    return buf.getvalue()
+        vals = [f"{v:.4f}" for lv in LEVELS for m in METRICS for v in _cell(r["aggregate"], lv, m)]
+        lines.append([r["method"], f"{r['lambda']:.2f}", r["seeds"]] + vals)
+    return csv_text(header, lines)
 
 
 def figure3(rows: list[dict], path: Path) -> bool:
@@ -111,7 +102,7 @@ def figure3(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def figure4(runs_dir: Path, rows: list[dict], path: Path, n_clips: int = 4) -> bool:
+def figure4(rows: list[dict], path: Path, n_clips: int = 4) -> bool:
     """resatt attention maps (F × C) for a few test clips, with their predicted tags."""
     import matplotlib
 
@@ -121,11 +112,11 @@ def figure4(runs_dir: Path, rows: list[dict], path: Path, n_clips: int = 4) -> b
     row = next((r for r in rows if r["method"] == "resatt"), None)
     if row is None:
         return False
-    run = Path(row["aggregate"]["runs"][0])
-    pred = load_predictions(run, "test")
+    run = Run(Path(row["aggregate"]["runs"][0]))
+    pred = run.predictions("test")
     if "attention" not in pred:
         return False
-    thr = json.loads((run / "thresholds.json").read_text())
+    thr = run.thresholds()
     fine_names, coarse_names = [str(n) for n in pred["fine_names"]], [str(n) for n in pred["coarse_names"]]
     fine_thr = np.array([thr["fine"][n] for n in fine_names])
     n_pos = ((pred["fine_probs"] >= fine_thr)).sum(axis=1)
@@ -152,9 +143,10 @@ def write_table(runs_dir: Path, out: Path, split: str = "test") -> dict:
     write_text(out / "table1.md", md)
     write_text(out / "table1.csv", to_csv(rows))
     write_text(out / "table1.json", json.dumps(rows, indent=2) + "\n")
+    write_json(out / "lambda_selection.json", {r["method"]: r["selection"] for r in rows})
     figs = []
     if figure3(rows, out / "fig3_fine_boxplots.png"):
         figs.append(out / "fig3_fine_boxplots.png")
-    if figure4(runs_dir, rows, out / "fig4_resatt_attention.png"):
+    if figure4(rows, out / "fig4_resatt_attention.png"):
         figs.append(out / "fig4_resatt_attention.png")
     return {"rows": rows, "markdown": md, "figures": figs}

@@ -1,4 +1,19 @@
-"""Working with finished run folders: predictions, thresholds, evaluation across seeds."""
+"""The run: one trained (method, λ, seed) and its folder. The only module that knows the layout.
+
+A run folder holds, written in this order:
+
+    config.json            the resolved training configuration (written first); method, λ and seed
+                           are read from here, never from folder names
+    metrics.jsonl          one line per epoch: train loss, validation loss per level, lr, seconds
+    last.pt / best.pt      checkpoints (``hmic.checkpoint``), written atomically; best = lowest
+                           validation fine-level loss
+    predictions_val.npz, predictions_test.npz   the best checkpoint's outputs for later stages
+    done.json              the summary, once finished
+    thresholds.json        after ``hmic tune-thresholds``
+
+New runs are filed as ``<runs>/<method>/lam<λ>/seed<S>/`` (``Run.at``); any other folder holding
+these files is a run just the same.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +22,161 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import HmicError
-from .io import atomic_path, write_json
-from .metrics import METRICS, score_level, summarise, tune_thresholds
+from .fileio import append_jsonl, atomic_path, read_json, read_jsonl, write_json, write_text
 
+SPLITS = ("val", "test")
 LEVELS = ("fine", "coarse")
 
 
-def check_run(run: str | Path) -> Path:
-    run = Path(run)
-    if not (run / "done.json").exists():
-        hint = " (unfinished: continue it with 'hmic train ... --resume')" if (run / "last.pt").exists() else ""
-        raise HmicError(f"{run} is not a finished hmic run folder (no done.json){hint}")
-    return run
+@dataclass(frozen=True)
+class Run:
+    folder: Path
+
+    @classmethod
+    def at(cls, runs_dir: str | Path, method: str, lam: float, seed: int) -> "Run":
+        return cls(Path(runs_dir) / method / f"lam{lam:.2f}" / f"seed{seed}")
+
+    # -- paths ------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.folder / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.folder / "metrics.jsonl"
+
+    @property
+    def best_path(self) -> Path:
+        return self.folder / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def done_path(self) -> Path:
+        return self.folder / "done.json"
+
+    @property
+    def thresholds_path(self) -> Path:
+        return self.folder / "thresholds.json"
+
+    def predictions_path(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise HmicError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        return self.folder / f"predictions_{split}.npz"
+
+    def __str__(self) -> str:
+        return str(self.folder)
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self.config_path.exists()
+
+    @property
+    def finished(self) -> bool:
+        return self.done_path.exists()
+
+    @property
+    def resumable(self) -> bool:
+        return self.last_path.exists()
+
+    @property
+    def tuned(self) -> bool:
+        return self.thresholds_path.exists()
+
+    def require_finished(self) -> "Run":
+        if not self.finished:
+            hint = " (unfinished: continue it with 'hmic train ... --resume')" if self.resumable else ""
+            raise HmicError(f"{self.folder} is not a finished hmic run folder (no done.json){hint}")
+        return self
+
+    # -- config -----------------------------------------------------------------------------------
+    def config(self) -> dict:
+        if not self.config_path.exists():
+            raise HmicError(f"{self.config_path} is missing; {self.folder} is not an hmic run folder")
+        return read_json(self.config_path)
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.config_path, config)
+
+    @property
+    def method(self) -> str:
+        return str(self.config()["method"])
+
+    @property
+    def lam(self) -> float:
+        return float(self.config()["lam"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config()["seed"])
+
+    # -- history ----------------------------------------------------------------------------------
+    def metrics(self) -> list[dict]:
+        return read_jsonl(self.metrics_path)
+
+    def append_metrics(self, row: dict) -> None:
+        append_jsonl(self.metrics_path, row)
+
+    def keep_metrics_before(self, epoch: int) -> None:
+        """Drop rows of epochs from ``epoch`` on (written before a kill, not saved in last.pt)."""
+        rows = [r for r in self.metrics() if r["epoch"] < epoch]
+        write_text(self.metrics_path, "".join(_json_line(r) for r in rows))
+
+    def clear_metrics(self) -> None:
+        self.metrics_path.unlink(missing_ok=True)
+
+    # -- results ----------------------------------------------------------------------------------
+    def done(self) -> dict:
+        return read_json(self.require_finished().done_path)
+
+    def write_done(self, summary: dict) -> None:
+        write_json(self.done_path, summary)
+
+    def write_predictions(self, split: str, arrays: dict[str, np.ndarray]) -> None:
+        with atomic_path(self.predictions_path(split)) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+    def predictions(self, split: str) -> dict[str, np.ndarray]:
+        path = self.require_finished().predictions_path(split)
+        if not path.exists():
+            raise HmicError(f"{path} is missing; the run did not finish writing its predictions (re-run it with --force)")
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def thresholds(self) -> dict:
+        """{"fine": {tag: t}, "coarse": {tag: t}, ...}; a clear error when not tuned yet."""
+        if not self.tuned:
+            raise HmicError(f"{self.folder} has no thresholds; run 'hmic tune-thresholds {self.folder}' first")
+        return read_json(self.thresholds_path)
+
+    def write_thresholds(self, result: dict) -> None:
+        """thresholds.json, and the same thresholds inside best.pt (the checkpoint alone then predicts)."""
+        from .checkpoint import set_thresholds
+
+        write_json(self.thresholds_path, result)
+        if self.best_path.exists():
+            set_thresholds(self.best_path, {level: result[level] for level in LEVELS})
 
 
-def find_runs(paths: list[Path]) -> list[Path]:
+def _json_line(row: dict) -> str:
+    return json.dumps(row) + "\n"
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
     """Run folders given directly, or every finished run below the given folders."""
-    runs: list[Path] = []
+    runs: list[Run] = []
     for p in paths:
         p = Path(p)
-        if (p / "done.json").exists():
-            runs.append(p)
+        if Run(p).finished:
+            runs.append(Run(p))
         elif p.is_dir():
-            found = sorted(d.parent for d in p.rglob("done.json"))
+            found = [Run(d.parent) for d in sorted(p.rglob("done.json"))]
             if not found:
                 raise HmicError(f"no finished runs under {p}")
             runs.extend(found)
@@ -41,76 +185,39 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return runs
 
 
-def load_predictions(run: Path, split: str) -> dict[str, np.ndarray]:
-    path = check_run(run) / f"predictions_{split}.npz"
-    if not path.exists():
-        raise HmicError(f"{path} is missing; the run did not finish writing its predictions (re-run it with --force)")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+def latest_tuned_run(runs_dir: str | Path) -> Run:
+    """The most recently finished run that has tuned thresholds and a best checkpoint."""
+    candidates = [Run(p.parent) for p in Path(runs_dir).rglob("thresholds.json")]
+    candidates = [r for r in candidates if r.best_path.exists()]
+    if not candidates:
+        raise HmicError(f"no run with tuned thresholds under {runs_dir}; train one and run 'hmic tune-thresholds RUN', "
+                        "or pass --run")
+    return max(candidates, key=lambda r: r.done_path.stat().st_mtime if r.finished else 0)
 
 
-def tune_run(run: Path) -> dict:
-    """Tune per-tag thresholds on the run's validation predictions; write thresholds.json and put them
-    into best.pt so that the checkpoint alone is enough for `hmic predict`."""
-    pred = load_predictions(run, "val")
-    result = {"tuned_on": "val", "criterion": "max F1 per tag, observed entries only", "defaulted": {}}
-    for level in LEVELS:
-        names = [str(n) for n in pred[f"{level}_names"]]
-        thr, defaulted = tune_thresholds(pred[f"{level}_probs"], pred[f"{level}_targets"], pred[f"{level}_mask"])
-        result[level] = {n: float(t) for n, t in zip(names, thr)}
-        result["defaulted"][level] = [names[j] for j in defaulted]
-    write_json(run / "thresholds.json", result)
-    best = run / "best.pt"
-    if best.exists():
-        state = torch.load(best, map_location="cpu", weights_only=True)
-        state["thresholds"] = {level: result[level] for level in LEVELS}
-        with atomic_path(best) as tmp:
-            torch.save(state, tmp)
-    return result
+def by_method(runs: list[Run]) -> dict[str, list[Run]]:
+    """Finished runs grouped by the method in their config.json, in the order first seen."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.method, []).append(run)
+    return groups
 
 
-def thresholds_of(run: Path, tune_if_missing: bool = True) -> dict:
-    path = run / "thresholds.json"
-    if not path.exists():
-        if not tune_if_missing:
-            raise HmicError(f"{run} has no thresholds; run 'hmic tune-thresholds {run}'")
-        return tune_run(run)
-    return json.loads(path.read_text())
+def select_lambda(runs: list[Run]) -> dict:
+    """The λ with the lowest mean validation fine-level loss over its finished seeds (runs of one method).
 
-
-def evaluate_run(run: Path, split: str = "test") -> dict:
-    """Scores of one run at both levels: {level: LevelScores.to_dict()}."""
-    pred = load_predictions(run, split)
-    thr = thresholds_of(run)
-    out = {}
-    for level in LEVELS:
-        names = [str(n) for n in pred[f"{level}_names"]]
-        t = np.array([thr[level][n] for n in names])
-        out[level] = score_level(pred[f"{level}_probs"], pred[f"{level}_targets"], pred[f"{level}_mask"], t, names).to_dict()
-    return out
-
-
-@dataclass
-class Aggregate:
-    runs: list[str]
-    per_run: list[dict]
-    mean: dict  # level -> metric -> (mean, std)
-    per_tag: dict  # level -> tag -> metric -> mean over runs
-    left_out: dict  # level -> tags left out in any run
-
-    def to_dict(self) -> dict:
-        return {"runs": self.runs,
-                "macro": {lv: {m: {"mean": v[0], "std": v[1]} for m, v in d.items()} for lv, d in self.mean.items()},
-                "per_tag": self.per_tag, "left_out": self.left_out, "per_run": self.per_run}
-
-
-def evaluate_runs(runs: list[Path], split: str = "test") -> Aggregate:
-    per_run = [evaluate_run(r, split) for r in runs]
-    mean, per_tag, left_out = {}, {}, {}
-    for level in LEVELS:
-        mean[level] = {m: summarise([r[level]["macro"][m] for r in per_run]) for m in METRICS}
-        names = list(per_run[0][level]["per_tag"])
-        per_tag[level] = {n: {m: summarise([r[level]["per_tag"][n][m] for r in per_run])[0] for m in METRICS}
-                          for n in names}
-        left_out[level] = sorted({t for r in per_run for t in r[level]["left_out"]})
-    return Aggregate([str(r) for r in runs], per_run, mean, per_tag, left_out)
+    Returns {"method", "selected_lambda", "by_lambda": {"0.80": {mean_val_fine_loss, seeds}}, "criterion"};
+    reads only.
+    """
+    if not runs:
+        raise HmicError("no finished runs to select λ from")
+    methods = {r.method for r in runs}
+    if len(methods) != 1:
+        raise HmicError(f"λ is selected per method; got runs of {', '.join(sorted(methods))}")
+    losses: dict[float, list[float]] = {}
+    for run in runs:
+        losses.setdefault(run.lam, []).append(float(run.done()["best_val_fine_loss"]))
+    scores = {f"{lam:.2f}": {"mean_val_fine_loss": float(np.mean(v)), "seeds": len(v)} for lam, v in sorted(losses.items())}
+    chosen = min(scores, key=lambda k: scores[k]["mean_val_fine_loss"])
+    return {"method": methods.pop(), "selected_lambda": float(chosen), "by_lambda": scores,
+            "criterion": "lowest mean validation fine-level BCE over seeds"}

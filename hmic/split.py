@@ -15,7 +15,7 @@ import numpy as np
 
 from .dataset import OpenMIC, read_keys
 from .errors import HmicError
-from .io import write_json, write_text
+from .fileio import write_json, write_text
 
 PARTS = ("train", "val", "test")
 

@@ -1,23 +1,16 @@
-"""`hmic train`: the paper's protocol (methods.md §5) for one (method, λ, seed), and the λ × seed grid.
+"""`hmic train`: the paper's protocol for one (method, λ, seed) run (README, "Methods" and "Project
+choices"). The run's folder and files belong to ``hmic.runs.Run``; the grid of runs to ``hmic.grid``.
 
-A run folder ``<runs>/<method>/lam<λ>/seed<S>/`` holds, written in this order:
-    config.json          the resolved configuration (written first)
-    metrics.jsonl        one line per epoch: train loss, validation loss per level, lr, time
-    last.pt / best.pt    checkpoints, written atomically; best = lowest validation fine-level loss
-    predictions_val.npz, predictions_test.npz   the best checkpoint's outputs for later stages
-    done.json            the summary, once finished
-A killed run continues with ``--resume`` from last.pt and ends bit-identical to an uninterrupted one
-on CPU (model, optimiser, scheduler position and RNG states are all in the checkpoint).
+A killed run continues with ``resume=True`` from last.pt and ends bit-identical to an uninterrupted
+one on CPU (model, optimiser, scheduler position and RNG states are all in the checkpoint).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
-import platform
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +18,17 @@ import torch
 import yaml
 
 from .audio import FrontendConfig
+from .backbones import BackboneConfig, backbone_class
+from .checkpoint import read_state, save_checkpoint
 from .dataset import OpenMIC, resolve_data_dir, resolve_work_dir
+from .devices import autocast, check_device_name, resolve_device
 from .errors import HmicError
 from .features import FeatureStore
-from .heads import HEADS, hierarchical_loss
+from .heads import head_class, hierarchical_loss
 from .hierarchy import COARSE_RULES, Hierarchy, load_hierarchy
-from .io import append_jsonl, atomic_path, read_jsonl, write_json
-from .model import ARCHS, BackboneConfig, HierarchicalTagger, load_pretrained
+from .inference import infer
+from .model import HierarchicalTagger
+from .runs import Run
 from .split import load_split, split_dir
 
 DEFAULT_LAMBDA = 0.8
@@ -42,7 +39,7 @@ class TrainConfig:
     """Everything that defines a run. Loadable from YAML (--config), overridden by CLI flags."""
 
     method: str = "gmp"
-    lam: float = DEFAULT_LAMBDA  # λ: weight of the fine loss (flat always uses 1)
+    lam: float = DEFAULT_LAMBDA  # λ: weight of the fine loss (a head without coarse loss uses 1)
     seed: int = 0
     arch: str = "cnn14"
     pretrained: str = "data/checkpoints/Cnn14_16k_mAP=0.438.pth"  # or "none"
@@ -53,7 +50,7 @@ class TrainConfig:
     warmup_epochs: float = 5.0
     schedule: str = "cosine"  # or "constant" after warm-up
     specaugment: bool = True
-    alpha: float = 1.0  # levelwise consistency weight
+    alpha: float = 1.0  # weight of a head's extra loss term (levelwise's consistency items)
     coarse_rule: str = "any"
     clip_seconds: float = 10.0
     data_dir: str = "data/openmic-2018"
@@ -63,10 +60,8 @@ class TrainConfig:
     device: str = "auto"
 
     def validate(self) -> None:
-        if self.method not in HEADS:
-            raise HmicError(f"--method {self.method!r} is unknown; choose one of {', '.join(HEADS)}")
-        if self.arch not in ARCHS:
-            raise HmicError(f"--arch {self.arch!r} is unknown; choose one of {', '.join(ARCHS)}")
+        head_class(self.method)
+        backbone_class(self.arch)
         if not 0.0 <= self.lam <= 1.0:
             raise HmicError(f"--lambda must be in [0, 1], got {self.lam}")
         if self.coarse_rule not in COARSE_RULES:
@@ -75,15 +70,16 @@ class TrainConfig:
             raise HmicError("--schedule must be cosine or constant")
         if self.epochs < 1 or self.batch_size < 1:
             raise HmicError("--epochs and --batch-size must be at least 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise HmicError("--device must be auto, cpu or cuda")
+        check_device_name(self.device)
 
-    @property
-    def effective_lambda(self) -> float:
-        return 1.0 if self.method == "flat" else self.lam
+    def resolved(self) -> "TrainConfig":
+        """The configuration a run really uses: λ as its head takes it (1 for a head without coarse loss)."""
+        self.validate()
+        return replace(self, lam=head_class(self.method).lambda_for(self.lam))
 
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.method / f"lam{self.effective_lambda:.2f}" / f"seed{self.seed}"
+    def run(self) -> Run:
+        cfg = self.resolved()
+        return Run.at(cfg.runs_dir, cfg.method, cfg.lam, cfg.seed)
 
     def identity(self) -> dict:
         """The fields that make two runs the same run (device and folders aside)."""
@@ -108,14 +104,6 @@ def load_config_file(path: str | Path) -> dict:
     if unknown:
         raise HmicError(f"config {path}: unknown field '{unknown[0]}'; known fields: {', '.join(sorted(known))}")
     return data
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise HmicError("--device cuda but no CUDA device is visible")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -155,7 +143,7 @@ def load_data(cfg: TrainConfig) -> Data:
     work = resolve_work_dir(root, cfg.work_dir or None)
     hierarchy = load_hierarchy(cfg.hierarchy or None, dataset.class_names)
     split = load_split(split_dir(work))
-    store = FeatureStore.open(work, FrontendConfig(clip_seconds=cfg.clip_seconds))
+    store = FeatureStore.open(work, FrontendConfig(clip_seconds=cfg.clip_seconds, n_mels=backbone_class(cfg.arch).n_mels))
     data = Data(store, hierarchy)
     for name in ("train", "val", "test"):
         keys = store.usable(split.part(name), name)
@@ -178,66 +166,25 @@ def batches(part: Part, store: FeatureStore, batch_size: int, order: np.ndarray 
                torch.from_numpy(part.coarse_targets[idx]), torch.from_numpy(part.coarse_mask[idx]), idx)
 
 
-def build_model(cfg: TrainConfig, hierarchy: Hierarchy, console=None) -> HierarchicalTagger:
+def build_model(cfg: TrainConfig, hierarchy: Hierarchy, frontend: FrontendConfig, console=None) -> HierarchicalTagger:
     model = HierarchicalTagger(BackboneConfig(cfg.arch, specaugment=cfg.specaugment), cfg.method, hierarchy)
     if cfg.pretrained and cfg.pretrained.lower() != "none":
-        load_pretrained(model.backbone, cfg.pretrained, console)
+        model.backbone.check_frontend(frontend)
+        model.backbone.load_pretrained(cfg.pretrained, frontend, console)
     return model
 
 
-def versions() -> dict:
-    import hmic
-
-    return {"hmic": hmic.__version__, "torch": str(torch.__version__), "python": platform.python_version(),
-            "numpy": str(np.__version__)}
-
-
-def checkpoint_payload(model, cfg: TrainConfig, hierarchy: Hierarchy, **extra) -> dict:
-    """A self-describing checkpoint: weights + config + hierarchy + front-end + versions."""
-    return {
-        "model": model.state_dict(),
-        "config": asdict(cfg),
-        "backbone": asdict(model.backbone.cfg),
-        "hierarchy": hierarchy.to_dict(),
-        "frontend": FrontendConfig(clip_seconds=cfg.clip_seconds).to_dict(),
-        "versions": versions(),
-        **extra,
-    }
-
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-@torch.no_grad()
-def predict_part(model, part: Part, store: FeatureStore, device: torch.device, batch_size: int = 32) -> dict:
-    """Run the model on a part; returns numpy arrays for the predictions file and the mean losses."""
-    model.eval()
-    fine, coarse, attn = [], [], []
-    for x, *_ in batches(part, store, batch_size):
-        x = x.to(device)
-        with autocast(device):
-            out = model(x)
-        fine.append(out.fine_probs.float().cpu())
-        coarse.append(out.coarse_probs.float().cpu())
-        if out.attention is not None:
-            attn.append(out.attention.float().cpu())
-    fine_t, coarse_t = torch.cat(fine), torch.cat(coarse)
-    result = {"keys": np.array(part.keys), "fine_probs": fine_t.numpy(), "coarse_probs": coarse_t.numpy(),
+def predict_part(model: HierarchicalTagger, part: Part, store: FeatureStore, device: torch.device,
+                 batch_size: int = 32) -> dict:
+    """The model's outputs on a part, as the arrays of a run's predictions file."""
+    out = infer(model, (x for x, *_ in batches(part, store, batch_size)), device)
+    result = {"keys": np.array(part.keys), "fine_probs": out.fine_probs, "coarse_probs": out.coarse_probs,
               "fine_targets": part.fine_targets, "fine_mask": part.fine_mask,
               "coarse_targets": part.coarse_targets, "coarse_mask": part.coarse_mask,
-              "fine_names": np.array(model.head.hierarchy.fine_names),
-              "coarse_names": np.array(model.head.hierarchy.coarse_names),
-              "parent": np.array(model.head.hierarchy.parent)}
-    if attn:
-        result["attention"] = torch.cat(attn).numpy().astype(np.float16)
+              "fine_names": np.array(model.hierarchy.fine_names),
+              "coarse_names": np.array(model.hierarchy.coarse_names)}
+    if out.attention is not None:
+        result["attention"] = out.attention.astype(np.float16)
     return result
 
 
@@ -247,7 +194,6 @@ def _bce_np(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> float:
     return float((per * mask).sum() / max(mask.sum(), 1))
 
 
-@torch.no_grad()
 def validation_losses(model, part: Part, store: FeatureStore, device) -> tuple[dict, dict]:
     pred = predict_part(model, part, store, device)
     return {"val_fine_loss": _bce_np(pred["fine_probs"], part.fine_targets, part.fine_mask),
@@ -265,52 +211,50 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     console = console or Console(stderr=True)
-    cfg.validate()
-    run = cfg.run_dir()
-    config_path = run / "config.json"
-    if config_path.exists() and not force:
-        previous = TrainConfig(**json.loads(config_path.read_text()))
+    cfg = cfg.resolved()
+    run = Run.at(cfg.runs_dir, cfg.method, cfg.lam, cfg.seed)
+    if run.started and not force:
+        previous = TrainConfig(**run.config())
         if previous.identity() != cfg.identity():
             raise HmicError(f"{run} holds a run with another configuration; pass --force to start it again")
-        if (run / "done.json").exists():
+        if run.finished:
             console.print(f"[green]✓[/] {run} already finished, skipping")
-            return json.loads((run / "done.json").read_text())
-        if not resume and (run / "last.pt").exists():
+            return run.done()
+        if not resume and run.resumable:
             raise HmicError(f"{run} holds an unfinished run; pass --resume to continue it or --force to restart")
-    if force and run.exists():
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, asdict(cfg))
+    if force and run.folder.exists():
+        shutil.rmtree(run.folder)
+    run.folder.mkdir(parents=True, exist_ok=True)
+    run.write_config(asdict(cfg))
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # weight init, dropout and SpecAugment draw from torch's generator
     data = data or load_data(cfg)
+    frontend = data.store.frontend  # the features' own front-end goes into the checkpoints
     # channels-last convolutions: faster on CUDA and ~1.5x faster on CPU (oneDNN) for CNN14.
-    model = build_model(cfg, data.hierarchy, console).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg, data.hierarchy, frontend, console).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train = data.parts["train"]
     steps_per_epoch = math.ceil(len(train.keys) / cfg.batch_size)
     start_epoch, best = 0, {"val_fine_loss": float("inf"), "epoch": -1}
-    if resume and (run / "last.pt").exists():
-        state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    if resume and run.resumable:
+        state = read_state(run.last_path)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        optimizer.load_state_dict(state["training"]["optimizer"])
+        torch.set_rng_state(state["training"]["rng"]["torch"])
+        if device.type == "cuda" and state["training"]["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["training"]["rng"]["cuda"])
         start_epoch, best = state["epoch"] + 1, state["best"]
-        # drop metrics of epochs after the checkpoint (written before the kill, not saved in last.pt)
-        rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["epoch"] < start_epoch]
-        with atomic_path(run / "metrics.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        run.keep_metrics_before(start_epoch)
         console.print(f"resuming {run} at epoch {start_epoch + 1}/{cfg.epochs}")
-    elif (run / "metrics.jsonl").exists():
-        (run / "metrics.jsonl").unlink()
+    else:
+        run.clear_metrics()
+    config = asdict(cfg)
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not progress) as bar:
-        task = bar.add_task(f"{cfg.method} λ={cfg.effective_lambda:.2f} seed {cfg.seed}",
+        task = bar.add_task(f"{cfg.method} λ={cfg.lam:.2f} seed {cfg.seed}",
                             total=cfg.epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch, info="")
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
@@ -326,12 +270,12 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
                 x = x.to(device, non_blocking=True)
                 with autocast(device):
                     out = model(x)
-                parts = hierarchical_loss(out, model.head, ft.to(device), fm.to(device), ct.to(device), cm.to(device),
-                                          cfg.lam, cfg.alpha)
+                loss = hierarchical_loss(out, model.head, ft.to(device), fm.to(device), ct.to(device), cm.to(device),
+                                         cfg.lam, cfg.alpha)
                 optimizer.zero_grad(set_to_none=True)
-                parts.total.backward()
+                loss.backward()
                 optimizer.step()
-                total_loss += parts.total.item()
+                total_loss += loss.item()
                 n_batches += 1
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {total_loss / n_batches:.4f}")
             val, _ = validation_losses(model, data.parts["val"], data.store, device)
@@ -340,41 +284,21 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
             improved = val["val_fine_loss"] < best["val_fine_loss"]
             if improved:
                 best = {"val_fine_loss": val["val_fine_loss"], "epoch": epoch}
-                save_checkpoint(run / "best.pt", checkpoint_payload(model, cfg, data.hierarchy, epoch=epoch, best=best))
-            save_checkpoint(run / "last.pt", checkpoint_payload(
-                model, cfg, data.hierarchy, epoch=epoch, best=best, optimizer=optimizer.state_dict(),
-                rng={"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}))
-            append_jsonl(run / "metrics.jsonl", row)
+                save_checkpoint(run.best_path, model, frontend, config, epoch=epoch, best=best)
+            rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+            save_checkpoint(run.last_path, model, frontend, config, epoch=epoch, best=best,
+                            training={"optimizer": optimizer.state_dict(), "rng": rng})
+            run.append_metrics(row)
             bar.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} val fine {val['val_fine_loss']:.4f}"
                                   f"{' (best)' if improved else ''}")
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 return {"interrupted": True, "epoch": epoch}
 
-    best_state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(best_state["model"])
+    model.load_state_dict(read_state(run.best_path)["model"])
     for name in ("val", "test"):
-        pred = predict_part(model, data.parts[name], data.store, device)
-        with atomic_path(run / f"predictions_{name}.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **pred)
-    summary = {"run": str(run), "method": cfg.method, "lambda": cfg.effective_lambda, "seed": cfg.seed,
+        run.write_predictions(name, predict_part(model, data.parts[name], data.store, device))
+    summary = {"run": str(run), "method": cfg.method, "lambda": cfg.lam, "seed": cfg.seed,
                "best_epoch": best["epoch"], "best_val_fine_loss": best["val_fine_loss"],
                "epochs": cfg.epochs, "device": str(device)}
-    write_json(run / "done.json", summary)
+    run.write_done(summary)
     return summary
-
-
-def select_lambda(runs_dir: Path, method: str) -> dict:
-    """The λ with the lowest mean validation fine-level loss over its finished seeds."""
-    scores = {}
-    for lam_dir in sorted((Path(runs_dir) / method).glob("lam*")):
-        losses = [json.loads(p.read_text())["best_val_fine_loss"] for p in lam_dir.glob("seed*/done.json")]
-        if losses:
-            scores[lam_dir.name[3:]] = {"mean_val_fine_loss": float(np.mean(losses)), "seeds": len(losses)}
-    if not scores:
-        raise HmicError(f"no finished runs of {method} under {runs_dir}")
-    chosen = min(scores, key=lambda k: scores[k]["mean_val_fine_loss"])
-    result = {"method": method, "selected_lambda": float(chosen), "by_lambda": scores,
-              "criterion": "lowest mean validation fine-level BCE over seeds"}
-    write_json(Path(runs_dir) / method / "lambda_selection.json", result)
-    return result

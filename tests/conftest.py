@@ -15,9 +15,18 @@ from hmic.audio import FrontendConfig  # noqa: E402
 from hmic.dataset import OpenMIC  # noqa: E402
 from hmic.features import featurize  # noqa: E402
 from hmic.split import make_split, save_split, split_dir, split_meta  # noqa: E402
-from hmic.synth import SynthOptions, synthesize  # noqa: E402
+from hmic.synth.dataset import SynthOptions, synthesize  # noqa: E402
 
 METHODS = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt")
+# Tests that use these fixtures render audio, train or build: marked slow (make test runs them all;
+# `pytest -m "not slow"` is the quick loop).
+SLOW_FIXTURES = {"synth_root", "prepared", "trained", "song", "wheel"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +61,8 @@ def tiny_config(prepared, runs_dir, **overrides):
 @pytest.fixture(scope="session")
 def trained(prepared, tmp_path_factory) -> dict:
     """One tiny run of every method, with thresholds tuned. Keeps each run's epoch losses."""
-    from hmic.runs import tune_run
+    from hmic.evaluation import tune_run
+    from hmic.runs import Run
     from hmic.train import load_data, train_run
 
     runs_dir = tmp_path_factory.mktemp("runs")
@@ -61,5 +71,5 @@ def trained(prepared, tmp_path_factory) -> dict:
     for method in METHODS:
         cfg = tiny_config(prepared, runs_dir, method=method, epochs=3)
         summaries[method] = train_run(cfg, data=data, progress=False)
-        tune_run(Path(summaries[method]["run"]))
+        tune_run(Run(Path(summaries[method]["run"])))
     return {"runs_dir": runs_dir, "summaries": summaries, "data": data}

@@ -3,7 +3,7 @@ import pytest
 
 from hmic.errors import HmicError
 from hmic.hierarchy import DEFAULT_HIERARCHY, load_hierarchy, parse_hierarchy
-from hmic.synth import OPENMIC_TAGS
+from hmic.dataset import OPENMIC_TAGS
 
 TAGS = list(OPENMIC_TAGS)
 

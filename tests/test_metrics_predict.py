@@ -77,7 +77,7 @@ def test_table_has_every_method_and_figures(trained, tmp_path):
 
 @pytest.fixture(scope="module")
 def song(tmp_path_factory):
-    from hmic.synth import render_song
+    from hmic.synth.song import render_song
 
     path = tmp_path_factory.mktemp("song") / "song.wav"
     render_song(path, 180.0, seed=1)

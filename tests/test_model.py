@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from hmic.audio import LogMel
+from hmic.audio import FrontendConfig, LogMel
 from hmic.errors import HmicError
 from hmic.heads import HEADS, build_head, hierarchical_loss
 from hmic.hierarchy import load_hierarchy
-from hmic.model import (BackboneConfig, Cnn14, HierarchicalTagger, check_frontend_tensors, count, load_pretrained)
-from hmic.synth import OPENMIC_TAGS
+from hmic.backbones import BackboneConfig, build_backbone, check_frontend_tensors, count
+from hmic.dataset import OPENMIC_TAGS
+from hmic.model import HierarchicalTagger
 
 H = load_hierarchy(None, list(OPENMIC_TAGS))
 METHODS = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt")
@@ -80,12 +81,12 @@ def test_flat_loss_ignores_the_coarse_level():
     head = build_head("flat", 32, H)
     out = head(torch.randn(8, 32))
     ft, fm, ct, cm = labels()
-    a = hierarchical_loss(out, head, ft, fm, ct, cm, lam=0.5).total
-    b = hierarchical_loss(out, head, ft, fm, 1 - ct, cm, lam=0.5).total
+    a = hierarchical_loss(out, head, ft, fm, ct, cm, lam=0.5)
+    b = hierarchical_loss(out, head, ft, fm, 1 - ct, cm, lam=0.5)
     assert a.item() == b.item()
     gmp = build_head("gmp", 32, H)
     out = gmp(torch.randn(8, 32))
-    assert hierarchical_loss(out, gmp, ft, fm, ct, cm, 0.5).total.item() != hierarchical_loss(out, gmp, ft, fm, 1 - ct, cm, 0.5).total.item()
+    assert hierarchical_loss(out, gmp, ft, fm, ct, cm, 0.5).item() != hierarchical_loss(out, gmp, ft, fm, 1 - ct, cm, 0.5).item()
 
 
 def test_loss_uses_only_observed_entries():
@@ -94,8 +95,8 @@ def test_loss_uses_only_observed_entries():
     out = head(torch.randn(8, 32))
     ft, fm, ct, cm = labels()
     flipped = torch.where(fm, ft, 1 - ft)  # change only unobserved entries
-    a = hierarchical_loss(out, head, ft, fm, ct, cm, 0.8).total
-    b = hierarchical_loss(out, head, flipped, fm, ct, cm, 0.8).total
+    a = hierarchical_loss(out, head, ft, fm, ct, cm, 0.8)
+    b = hierarchical_loss(out, head, flipped, fm, ct, cm, 0.8)
     assert a.item() == pytest.approx(b.item())
 
 
@@ -105,7 +106,7 @@ def test_gradient_reaches_the_backbone(method):
     model = HierarchicalTagger(BackboneConfig("cnn14-tiny"), method, H)
     out = model(torch.randn(2, 200, 64))
     ft, fm, ct, cm = labels(2)
-    hierarchical_loss(out, model.head, ft, torch.ones_like(fm), ct, torch.ones_like(cm), 0.8).total.backward()
+    hierarchical_loss(out, model.head, ft, torch.ones_like(fm), ct, torch.ones_like(cm), 0.8).backward()
     grad = model.backbone.conv_block1.conv1.weight.grad
     assert grad is not None and grad.abs().sum() > 0
 
@@ -121,7 +122,7 @@ def test_cnn14_sizes():
 def checkpoint_state(seed=0):
     """A randomly filled state_dict with the 84 keys and shapes of the official 16 kHz checkpoint."""
     torch.manual_seed(seed)
-    backbone = Cnn14(BackboneConfig("cnn14"))
+    backbone = build_backbone(BackboneConfig("cnn14"))
     state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in backbone.state_dict().items()}
     n = 512
     k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
@@ -144,11 +145,11 @@ def test_checkpoint_shaped_file_loads_strictly(tmp_path, ckpt_state):
     assert len(ckpt_state) == 84
     path = tmp_path / "cnn14.pth"
     torch.save({"model": ckpt_state, "iteration": 10}, path)
-    backbone = Cnn14(BackboneConfig("cnn14"))
-    load_pretrained(backbone, path)
+    backbone = build_backbone(BackboneConfig("cnn14"))
+    backbone.load_pretrained(path, FrontendConfig())
     torch.testing.assert_close(backbone.fc1.weight, ckpt_state["fc1.weight"])
     torch.testing.assert_close(backbone.conv_block6.bn2.running_var, ckpt_state["conv_block6.bn2.running_var"])
-    assert check_frontend_tensors(ckpt_state) == []
+    assert check_frontend_tensors(ckpt_state, FrontendConfig()) == []
 
 
 def test_checkpoint_with_a_missing_key_or_a_wrong_shape_is_refused(tmp_path, ckpt_state):
@@ -156,23 +157,23 @@ def test_checkpoint_with_a_missing_key_or_a_wrong_shape_is_refused(tmp_path, ckp
     del missing["conv_block3.bn1.running_mean"]
     torch.save({"model": missing}, tmp_path / "a.pth")
     with pytest.raises(HmicError, match="missing keys: conv_block3.bn1.running_mean"):
-        load_pretrained(Cnn14(BackboneConfig("cnn14")), tmp_path / "a.pth")
+        build_backbone(BackboneConfig("cnn14")).load_pretrained(tmp_path / "a.pth", FrontendConfig())
     wrong = dict(ckpt_state)
     wrong["fc1.weight"] = torch.randn(2048, 1024)
     torch.save({"model": wrong}, tmp_path / "b.pth")
     with pytest.raises(HmicError, match=r"fc1.weight: \(2048, 1024\) in the file"):
-        load_pretrained(Cnn14(BackboneConfig("cnn14")), tmp_path / "b.pth")
+        build_backbone(BackboneConfig("cnn14")).load_pretrained(tmp_path / "b.pth", FrontendConfig())
     extra = dict(ckpt_state)
     extra["conv_block7.conv1.weight"] = torch.randn(1)
     torch.save({"model": extra}, tmp_path / "c.pth")
     with pytest.raises(HmicError, match="unexpected keys: conv_block7.conv1.weight"):
-        load_pretrained(Cnn14(BackboneConfig("cnn14")), tmp_path / "c.pth")
+        build_backbone(BackboneConfig("cnn14")).load_pretrained(tmp_path / "c.pth", FrontendConfig())
 
 
 def test_a_checkpoint_with_a_different_front_end_is_reported(tmp_path, ckpt_state):
     other = dict(ckpt_state)
     other["logmel_extractor.melW"] = other["logmel_extractor.melW"] * 1.01
-    problems = check_frontend_tensors(other)
+    problems = check_frontend_tensors(other, FrontendConfig())
     assert len(problems) == 1 and "logmel_extractor.melW" in problems[0]
 
 
@@ -180,7 +181,7 @@ def test_known_checkpoint_name_with_a_wrong_md5_and_pickles_are_refused(tmp_path
     path = tmp_path / "Cnn14_16k_mAP=0.438.pth"
     torch.save({"model": {}}, path)
     with pytest.raises(HmicError, match="MD5"):
-        load_pretrained(Cnn14(BackboneConfig("cnn14-tiny")), path)
+        build_backbone(BackboneConfig("cnn14-tiny")).load_pretrained(path, FrontendConfig())
 
     class Evil:
         def __reduce__(self):
@@ -190,12 +191,12 @@ def test_known_checkpoint_name_with_a_wrong_md5_and_pickles_are_refused(tmp_path
 
     (tmp_path / "evil.pth").write_bytes(pickle.dumps({"model": Evil()}))
     with pytest.raises(HmicError, match="not a loadable PyTorch checkpoint"):
-        load_pretrained(Cnn14(BackboneConfig("cnn14-tiny")), tmp_path / "evil.pth")
+        build_backbone(BackboneConfig("cnn14-tiny")).load_pretrained(tmp_path / "evil.pth", FrontendConfig())
 
 
 def test_specaugment_masks_stripes_only_in_training():
     torch.manual_seed(8)
-    from hmic.model import spec_augment
+    from hmic.backbones import spec_augment
 
     x = torch.ones(4, 1, 1001, 64)
     y = spec_augment(x, BackboneConfig())
@@ -205,7 +206,7 @@ def test_specaugment_masks_stripes_only_in_training():
     rows = zeros.all(dim=3, keepdim=True)
     cols = zeros.all(dim=2, keepdim=True)
     assert torch.equal(zeros, rows | cols)
-    model = Cnn14(BackboneConfig("cnn14-tiny"))
+    model = build_backbone(BackboneConfig("cnn14-tiny"))
     x = torch.randn(2, 300, 64)
     model.eval()
     torch.testing.assert_close(model(x), model(x))  # no SpecAugment, no dropout

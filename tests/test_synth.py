@@ -7,10 +7,10 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from hmic.cli import app
-from hmic.dataset import OpenMIC
+from hmic.dataset import OPENMIC_TAGS, OpenMIC
 from hmic.errors import HmicError
-from hmic.synth import (AUDIBLE_FLOOR_DB, OPENMIC_TAGS, SAMPLE_RATE, SynthOptions, build_labels, check_soundfont,
-                        default_soundfont, measure_levels, mix_clip, plan_dataset, synthesize)
+from hmic.synth.dataset import SynthOptions, build_labels, plan_dataset, synthesize
+from hmic.synth.render import AUDIBLE_FLOOR_DB, SAMPLE_RATE, check_soundfont, default_soundfont, measure_levels, mix_clip
 
 
 def read_csv(path):
@@ -129,6 +129,7 @@ def test_bad_soundfont_is_a_clear_error(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_every_tag_has_positives_and_negatives_in_both_partitions_at_the_default_size():
     """The default 2,000-clip set, labelled exactly as `hmic synth` does, from each stem's real level
     in its rendered mix (the audio itself is not encoded here)."""

@@ -47,12 +47,12 @@ def test_resume_after_interruption_is_bit_exact(prepared, tmp_path, trained):
     with pytest.raises(HmicError, match="--resume"):
         train_run(cut, data=data, progress=False)  # an unfinished run is not silently restarted
     train_run(cut, resume=True, data=data, progress=False)
-    a = torch.load(cfg.run_dir() / "last.pt", weights_only=True)["model"]
-    b = torch.load(cut.run_dir() / "last.pt", weights_only=True)["model"]
+    a = torch.load(cfg.run().last_path, weights_only=True)["model"]
+    b = torch.load(cut.run().last_path, weights_only=True)["model"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    lines = (cut.run_dir() / "metrics.jsonl").read_text().splitlines()
+    lines = cut.run().metrics_path.read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
 
 
@@ -63,7 +63,7 @@ def test_training_lowers_validation_loss_for_every_method(method, trained, prepa
     summary = trained["summaries"][method]
     cfg = TrainConfig(**json.loads((Path(summary["run"]) / "config.json").read_text()))
     torch.manual_seed(cfg.seed)
-    untrained = build_model(cfg, trained["data"].hierarchy)
+    untrained = build_model(cfg, trained["data"].hierarchy, trained["data"].store.frontend)
     before, _ = validation_losses(untrained, trained["data"].parts["val"], trained["data"].store, torch.device("cpu"))
     assert summary["best_val_fine_loss"] < before["val_fine_loss"] - 0.01
 
@@ -101,9 +101,10 @@ def test_cli_train_lambda_grid_selects_by_validation_fine_loss(prepared, tmp_pat
     assert result.exit_code == 0, result.output
     assert sorted(str(p.relative_to(runs)) for p in runs.glob("gmp/lam*/seed*")) == [
         "gmp/lam0.70/seed0", "gmp/lam0.70/seed1", "gmp/lam0.90/seed0", "gmp/lam0.90/seed1"]
-    selection = json.loads((runs / "gmp" / "lambda_selection.json").read_text())
-    means = {k: v["mean_val_fine_loss"] for k, v in selection["by_lambda"].items()}
-    assert selection["selected_lambda"] == float(min(means, key=means.get))
+    means = {lam: np.mean([json.loads((p / "done.json").read_text())["best_val_fine_loss"]
+                           for p in runs.glob(f"gmp/lam{lam}/seed*")]) for lam in ("0.70", "0.90")}
+    assert f"gmp: selected λ = {min(means, key=means.get)}" in result.output
+    assert not (runs / "gmp" / "lambda_selection.json").exists()  # the record goes with the table, not the runs
     again = CliRunner().invoke(app, args)  # finished runs are skipped, not retrained
     assert again.exit_code == 0 and "already finished" in again.output
 

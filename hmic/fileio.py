@@ -1,13 +1,22 @@
-"""Atomic writes: a reader never sees a half-written file, and a crash never destroys the old one."""
+"""File helpers every stage shares: atomic writes, JSON Lines, CSV, MD5.
+
+Atomic: a reader never sees a half-written file, and a crash never destroys the old one.
+(Named ``fileio`` so that it never shadows the standard library's ``io``.)
+"""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
+
+CHUNK = 1 << 20
 
 
 @contextlib.contextmanager
@@ -35,6 +44,10 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
     """Append one JSON line and fsync it (a killed run loses at most the line being written)."""
     with open(path, "a", encoding="utf-8") as f:
@@ -57,3 +70,25 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:  # a line cut by a crash: ignore it
             break
     return rows
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A CSV document (header + rows, '\\n' line ends) as a string."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    write_text(path, csv_text(header, rows))
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    """Hex MD5 of a file, read in 1 MiB blocks."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()

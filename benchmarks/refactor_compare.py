@@ -1,0 +1,51 @@
+"""Compare two refactor_check.sh folders: every decoded clip, feature, saved probability, metric, table and
+tag must be identical (usage: python benchmarks/refactor_compare.py BEFORE AFTER)."""
+import json, sys
+from pathlib import Path
+import numpy as np
+
+a, b = Path(sys.argv[1]), Path(sys.argv[2])
+bad = []
+def same(x, y, what):
+    if x != y:
+        bad.append(what)
+for name in ("meta.md5", "feat.md5"):
+    same((a / name).read_text(), (b / name).read_text(), name)
+import soundfile as sf  # OGG files carry random stream serials: compare the decoded samples
+oggs = sorted(p.relative_to(a) for p in a.glob("data/synth/audio/*/*.ogg"))
+same(oggs, sorted(p.relative_to(b) for p in b.glob("data/synth/audio/*/*.ogg")), "audio files")
+for p in oggs:
+    if not np.array_equal(sf.read(a / p)[0], sf.read(b / p)[0]):
+        bad.append(f"decoded {p}")
+runs_a = sorted(p.parent.relative_to(a) for p in a.glob("runs/**/done.json"))
+runs_b = sorted(p.parent.relative_to(b) for p in b.glob("runs/**/done.json"))
+same(runs_a, runs_b, "run folders")
+n_arrays = 0
+for r in runs_a:
+    for split in ("val", "test"):
+        za, zb = np.load(a / r / f"predictions_{split}.npz"), np.load(b / r / f"predictions_{split}.npz")
+        for k in za.files:
+            if k == "parent":
+                continue
+            n_arrays += 1
+            if k not in zb.files or not np.array_equal(za[k], zb[k]):
+                bad.append(f"{r} {split} {k}")
+    ma = [json.loads(l) for l in (a / r / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(l) for l in (b / r / "metrics.jsonl").read_text().splitlines()]
+    for x in ma + mb:
+        x.pop("seconds")
+    same(ma, mb, f"{r} metrics")
+    ta, tb = (json.loads((d / r / "thresholds.json").read_text()) for d in (a, b))
+    same({k: ta[k] for k in ("fine", "coarse")}, {k: tb[k] for k in ("fine", "coarse")}, f"{r} thresholds")
+ea, eb = (json.loads((d / "eval.json").read_text()) for d in (a, b))
+same(ea["macro"], eb["macro"], "eval macro"); same(ea["per_tag"], eb["per_tag"], "eval per tag")
+same((a / "results/table1.md").read_text(), (b / "results/table1.md").read_text(), "table1.md")
+same((a / "results/table1.csv").read_text(), (b / "results/table1.csv").read_text(), "table1.csv")
+for p in ("pred_resatt.json", "pred_gmp.json"):
+    pa, pb = (json.loads((d / p).read_text()) for d in (a, b))
+    for r in pa["results"] + pb["results"]:
+        r.pop("checkpoint")
+    same(pa, pb, p)
+same((a / "pred_resatt.csv").read_text(), (b / "pred_resatt.csv").read_text(), "pred csv")
+print(f"{len(runs_a)} runs, {n_arrays} prediction arrays compared")
+print("IDENTICAL" if not bad else "DIFFERENT: " + "; ".join(bad))

@@ -1,0 +1,270 @@
+"""Backbones, registered by name like the heads; each owns its own facts.
+
+A backbone maps the log-mel of ``hmic.audio`` (B, T, n_mels) to an embedding Z (B, D); the front-end
+runs once in ``hmic featurize``. What is specific to a backbone lives on its class: the mel bands it
+expects (``n_mels``), the shortest input it accepts (``min_frames``), and how its pretrained weights
+load (``load_pretrained``). A new backbone is one class and one ``@register_backbone`` line.
+
+CNN14 (PANNs; README, "Backbone sizes") keeps the attribute names of the official state_dict so that
+the AudioSet checkpoint loads strictly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .audio import FrontendConfig, LogMel
+from .errors import HmicError
+from .fileio import md5_file
+from .registry import Registry
+
+BACKBONES: Registry = Registry("--arch")
+# Class decorator: make a backbone available as ``--arch name``.
+register_backbone = BACKBONES.register
+backbone_class = BACKBONES.get
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """What builds a backbone: its registered name and its training-time augmentation."""
+
+    arch: str = "cnn14"
+    specaugment: bool = True
+    time_stripes: int = 2
+    time_width: int = 64  # widths drawn in [0, width) frames
+    freq_stripes: int = 2
+    freq_width: int = 8  # widths drawn in [0, width) bins
+
+
+class Backbone(nn.Module):
+    """Log-mel (B, T, n_mels) → embedding (B, embedding_dim)."""
+
+    registered_name = "?"  # set by @register_backbone
+    n_mels = 64
+    min_frames = 1
+    embedding_dim: int
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    @classmethod
+    def min_samples(cls, frontend: FrontendConfig) -> int:
+        """Shortest waveform (samples at the front-end's rate) that gives ``min_frames`` frames."""
+        return (cls.min_frames - 1) * frontend.hop_length
+
+    def check_frontend(self, frontend: FrontendConfig) -> None:
+        if frontend.n_mels != self.n_mels:
+            raise HmicError(f"{self.registered_name} expects {self.n_mels} mel bands but the features have {frontend.n_mels}; "
+                            f"re-run 'hmic featurize' with n_mels={self.n_mels}")
+
+    def load_pretrained(self, path: str | Path, frontend: FrontendConfig, console=None) -> None:
+        raise HmicError(f"no pretrained weights exist for --arch {self.registered_name}; pass --pretrained none")
+
+
+def build_backbone(cfg: BackboneConfig) -> Backbone:
+    return backbone_class(cfg.arch)(cfg)
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.bn2 = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
+        x = F.relu_(self.bn1(self.conv1(x)))
+        x = F.relu_(self.bn2(self.conv2(x)))
+        return F.avg_pool2d(x, kernel_size=pool)
+
+
+def spec_augment(x: torch.Tensor, cfg: BackboneConfig) -> torch.Tensor:
+    """PANNs SpecAugmentation on (B, 1, T, M): stripes set to 0, drawn independently per example."""
+    b, _, t, m = x.shape
+    x = x.clone()
+    for dim, size, stripes, width in ((2, t, cfg.time_stripes, cfg.time_width), (3, m, cfg.freq_stripes, cfg.freq_width)):
+        for _ in range(stripes):
+            widths = torch.randint(0, width, (b,))
+            starts = (torch.rand(b) * (size - widths).clamp(min=1)).long()
+            pos = torch.arange(size)
+            stripe = (pos[None] >= starts[:, None]) & (pos[None] < (starts + widths)[:, None])  # (B, size)
+            shape = (b, 1, size, 1) if dim == 2 else (b, 1, 1, size)
+            x = x.masked_fill(stripe.view(shape).to(x.device), 0.0)
+    return x
+
+
+CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)
+KNOWN_CHECKPOINT_NAME = "Cnn14_16k_mAP=0.438.pth"
+KNOWN_CHECKPOINT_MD5 = "362fc5ff18f1d6ad2f6d464b45893f2c"
+FRONTEND_KEYS = ("spectrogram_extractor.stft.conv_real.weight", "spectrogram_extractor.stft.conv_imag.weight",
+                 "logmel_extractor.melW")
+IGNORED_KEYS = ("fc_audioset.weight", "fc_audioset.bias")
+
+
+@register_backbone("cnn14")
+class Cnn14(Backbone):
+    """CNN14: log-mel (B, T, 64) → embedding Z (B, D); D = 2048 at full width."""
+
+    width = 1.0  # multiplier of every channel count (and of the embedding)
+    min_frames = 32  # five 2× poolings of time: 0.31 s at 16 kHz, hop 160
+
+    def __init__(self, cfg: BackboneConfig = BackboneConfig()):
+        super().__init__(cfg)
+        ch = self.channels()
+        self.embedding_dim = ch[-1]
+        self.bn0 = nn.BatchNorm2d(self.n_mels)
+        for i in range(6):
+            setattr(self, f"conv_block{i + 1}", ConvBlock(1 if i == 0 else ch[i - 1], ch[i]))
+        self.fc1 = nn.Linear(ch[-1], ch[-1], bias=True)
+        self.init_weights()
+
+    @classmethod
+    def channels(cls) -> tuple[int, ...]:
+        return tuple(max(4, int(round(c * cls.width))) for c in CNN14_CHANNELS)
+
+    @classmethod
+    def multiply_adds(cls, frames: int = 1001) -> int:
+        """Multiply-adds of one clip of ``frames`` frames (convolutions and fc1)."""
+        ch, m, t = cls.channels(), cls.n_mels, frames
+        macs, c_in = 0, 1
+        for i, c in enumerate(ch):
+            macs += t * m * 9 * (c_in * c + c * c)
+            if i < 5:
+                t, m = t // 2, m // 2
+            c_in = c
+        return macs + ch[-1] * ch[-1]
+
+    def init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        x = logmel.unsqueeze(1)  # (B, 1, T, M)
+        x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # normalise over the mel axis
+        if self.training and self.cfg.specaugment:
+            x = spec_augment(x, self.cfg)
+        for i in range(6):
+            x = getattr(self, f"conv_block{i + 1}")(x, pool=(2, 2) if i < 5 else (1, 1))
+            x = F.dropout(x, p=0.2, training=self.training)
+        x = x.mean(dim=3)  # over mel → (B, C, T')
+        x = x.max(dim=2).values + x.mean(dim=2)
+        x = F.dropout(x, p=0.5, training=self.training)
+        return F.relu_(self.fc1(x))
+
+
+    def load_pretrained(self, path: str | Path, frontend: FrontendConfig, console=None) -> None:
+        """Strictly load the backbone keys of an AudioSet CNN14 checkpoint (PANNs format)."""
+        load_panns_checkpoint(self, path, frontend, console)
+
+
+@register_backbone("cnn14-light")
+class Cnn14Light(Cnn14):
+    """CNN14 at 1/8 width: the demo and the stand-in protocol, from scratch."""
+
+    width = 0.125
+
+
+@register_backbone("cnn14-tiny")
+class Cnn14Tiny(Cnn14):
+    """CNN14 at 1/16 width: the test suite."""
+
+    width = 0.0625
+
+
+def count(cfg: BackboneConfig, frames: int = 1001) -> dict:
+    """Parameters and multiply-adds of a backbone for one clip of ``frames`` frames."""
+    cls = backbone_class(cfg.arch)
+    params = sum(p.numel() for p in cls(cfg).parameters())
+    return {"arch": cfg.arch, "params": params, "macs": cls.multiply_adds(frames)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The AudioSet checkpoint
+
+
+def read_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a PANNs checkpoint's state_dict safely (weights_only; a few numpy globals allow-listed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HmicError(f"checkpoint {path} does not exist; run 'hmic download cnn14' or pass --pretrained none")
+    if path.name == KNOWN_CHECKPOINT_NAME and md5_file(path) != KNOWN_CHECKPOINT_MD5:
+        raise HmicError(f"{path}: MD5 is not the published {KNOWN_CHECKPOINT_MD5}; delete it and run 'hmic download cnn14'")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        # Some PANNs files carry small numpy objects (e.g. in the sampler state): allow just those.
+        core = getattr(np, "_core", None) or np.core
+        allowed = [np.dtype, np.ndarray, core.multiarray._reconstruct, core.multiarray.scalar]
+        allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "bool")]
+        try:
+            with torch.serialization.safe_globals(allowed):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise HmicError(f"{path} is not a loadable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise HmicError(f"{path}: expected a dict with the weights under 'model' (a PANNs checkpoint)")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def check_frontend_tensors(state: dict[str, torch.Tensor], cfg: FrontendConfig) -> list[str]:
+    """Compare the checkpoint's frozen front-end tensors with ours; returns the disagreements."""
+    problems = []
+    n = cfg.n_fft
+    window = torch.hann_window(n, periodic=True, dtype=torch.float64)
+    k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
+    t = torch.arange(n, dtype=torch.float64)[None]
+    expected = {
+        FRONTEND_KEYS[0]: (torch.cos(2 * np.pi * k * t / n) * window)[:, None, :],
+        FRONTEND_KEYS[1]: (-torch.sin(2 * np.pi * k * t / n) * window)[:, None, :],
+        FRONTEND_KEYS[2]: LogMel(cfg).filterbank.double(),
+    }
+    for key, want in expected.items():
+        if key not in state:
+            continue
+        got = state[key].double()
+        if got.shape != want.shape:
+            problems.append(f"{key}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        elif (got - want).abs().max().item() > 1e-5:
+            problems.append(f"{key}: differs from hmic's front-end by {(got - want).abs().max().item():.2e}")
+    return problems
+
+
+def load_panns_checkpoint(backbone: Cnn14, path: str | Path, frontend: FrontendConfig, console=None) -> None:
+    """Strictly load the backbone keys of an AudioSet CNN14 checkpoint into ``backbone``; compare the
+    checkpoint's frozen front-end tensors with the run's front-end."""
+    state = read_checkpoint_state(path)
+    own = backbone.state_dict()
+    wanted = {k: v for k, v in state.items() if k not in FRONTEND_KEYS and k not in IGNORED_KEYS}
+    missing = sorted(set(own) - set(wanted))
+    unexpected = sorted(set(wanted) - set(own))
+    if missing or unexpected:
+        raise HmicError(
+            f"{path} does not match CNN14 ({backbone.cfg.arch}): "
+            + (f"missing keys: {', '.join(missing)}" if missing else "")
+            + ("; " if missing and unexpected else "")
+            + (f"unexpected keys: {', '.join(unexpected)}" if unexpected else "")
+        )
+    wrong = [f"{k}: {tuple(wanted[k].shape)} in the file, {tuple(own[k].shape)} expected"
+             for k in own if wanted[k].shape != own[k].shape]
+    if wrong:
+        raise HmicError(f"{path}: wrong shapes (is --arch right? pretrained weights need cnn14): " + "; ".join(wrong))
+    backbone.load_state_dict(wanted, strict=True)
+    problems = check_frontend_tensors(state, frontend)
+    if problems and console is not None:
+        console.print("[yellow]the checkpoint's front-end differs from hmic's: " + "; ".join(problems) + "[/]")
+    elif problems:
+        raise HmicError(f"{path}: front-end tensors disagree with hmic's front-end: " + "; ".join(problems))

@@ -1,0 +1,130 @@
+"""hmic checkpoints, saved and loaded side by side.
+
+A checkpoint is self-describing: loading needs only the file. It holds
+
+    format, format_version   "hmic-checkpoint", FORMAT_VERSION
+    model                    the state_dict of backbone + head
+    backbone                 BackboneConfig fields (the registered name and its augmentation)
+    head                     {"method": registered head name}
+    hierarchy                Hierarchy.to_dict()
+    frontend                 FrontendConfig fields of the features the model was trained on
+    config                   the run's resolved training configuration
+    thresholds               {"fine": {tag: t}, "coarse": {tag: t}} once tuned, else absent
+    versions                 hmic, torch, python, numpy
+    epoch, best              the epoch it was saved after, the best validation record so far
+    training                 last.pt only: optimizer state and RNG states, to resume bit-exactly
+
+Always read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import FrontendConfig
+from .backbones import BackboneConfig
+from .errors import HmicError
+from .fileio import atomic_path
+from .hierarchy import Hierarchy
+from .model import HierarchicalTagger
+
+FORMAT = "hmic-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED = ("model", "backbone", "head", "hierarchy", "frontend", "config")
+
+
+def versions() -> dict:
+    import hmic
+
+    return {"hmic": hmic.__version__, "torch": str(torch.__version__), "python": platform.python_version(),
+            "numpy": str(np.__version__)}
+
+
+def save_checkpoint(path: str | Path, model: HierarchicalTagger, frontend: FrontendConfig, config: dict, *,
+                    epoch: int, best: dict, thresholds: dict | None = None, training: dict | None = None) -> None:
+    """Write a checkpoint atomically (a crash leaves the previous file intact)."""
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model": model.state_dict(),
+        "backbone": asdict(model.backbone.cfg),
+        "head": {"method": model.method},
+        "hierarchy": model.hierarchy.to_dict(),
+        "frontend": frontend.to_dict(),
+        "config": dict(config),
+        "versions": versions(),
+        "epoch": epoch, "best": best,
+    }
+    if thresholds is not None:
+        payload["thresholds"] = thresholds
+    if training is not None:
+        payload["training"] = training
+    _write(path, payload)
+
+
+def _write(path: str | Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_state(path: str | Path) -> dict:
+    """The raw checkpoint dictionary, checked to be an hmic checkpoint of a known format version."""
+    path = Path(path)
+    if not path.is_file():
+        raise HmicError(f"{path} does not exist; pass a run folder with best.pt or an hmic checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise HmicError(f"{path} is not a loadable hmic checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise HmicError(f"{path} is not an hmic checkpoint (no format '{FORMAT}'); "
+                        "an AudioSet CNN14 file goes to 'hmic train --pretrained', not here")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise HmicError(f"{path} has checkpoint format version {state.get('format_version')}; this hmic reads "
+                        f"version {FORMAT_VERSION}. Retrain the run or use the hmic version that wrote it "
+                        f"({state.get('versions', {}).get('hmic', '?')})")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise HmicError(f"{path} is an incomplete hmic checkpoint (no '{missing[0]}')")
+    return state
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model rebuilt from the file alone, and what it describes."""
+
+    path: Path
+    model: HierarchicalTagger
+    frontend: FrontendConfig
+    config: dict
+    thresholds: dict | None
+    epoch: int
+    state: dict
+
+    @property
+    def method(self) -> str:
+        return self.model.method
+
+    @property
+    def hierarchy(self) -> Hierarchy:
+        return self.model.hierarchy
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Checkpoint":
+        state = read_state(path)
+        hierarchy = Hierarchy.from_dict(state["hierarchy"], source=str(path))
+        model = HierarchicalTagger(BackboneConfig(**state["backbone"]), state["head"]["method"], hierarchy)
+        model.load_state_dict(state["model"])
+        return cls(Path(path), model, FrontendConfig(**state["frontend"]), state["config"], state.get("thresholds"),
+                   int(state.get("epoch", -1)), state)
+
+
+def set_thresholds(path: str | Path, thresholds: dict) -> None:
+    """Store tuned thresholds inside a checkpoint, so that the file alone is enough for prediction."""
+    state = read_state(path)
+    state["thresholds"] = thresholds
+    _write(path, state)

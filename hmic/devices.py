@@ -1,0 +1,49 @@
+"""The one device resolver (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) every command and
+benchmark uses, and the mixed-precision context of the model's backbone."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .errors import HmicError
+
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+_PATTERN = re.compile(r"^(auto|cpu|cuda|mps|cuda:\d+)$")
+
+
+def check_device_name(name: str) -> str:
+    """Refuse a device string that is none of DEVICE_HELP (no availability check)."""
+    if not isinstance(name, str) or not _PATTERN.match(name):
+        raise HmicError(f"--device {name!r} is not a device; use {DEVICE_HELP}")
+    return name
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when visible, else CPU. A named device that is missing is a one-line error."""
+    check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise HmicError("--device mps: no Apple-silicon (MPS) device is available here; use --device cpu")
+        return torch.device("mps")
+    if not torch.cuda.is_available():
+        raise HmicError(f"--device {name}: no CUDA device is visible (torch.cuda.is_available() is False); "
+                        "use --device cpu or auto")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise HmicError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                        f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (the paper-scale path); full float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)

@@ -1,0 +1,62 @@
+"""Thresholds and scores of finished runs: tuning writes (``hmic tune-thresholds``), scoring only reads
+(``hmic evaluate``, ``hmic table``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .metrics import METRICS, score_level, summarise, tune_thresholds
+from .runs import LEVELS, Run
+
+
+def tune_run(run: Run) -> dict:
+    """Tune per-tag thresholds on the run's validation predictions; store them in the run."""
+    pred = run.predictions("val")
+    result = {"tuned_on": "val", "criterion": "max F1 per tag, observed entries only", "defaulted": {}}
+    for level in LEVELS:
+        names = [str(n) for n in pred[f"{level}_names"]]
+        thr, defaulted = tune_thresholds(pred[f"{level}_probs"], pred[f"{level}_targets"], pred[f"{level}_mask"])
+        result[level] = {n: float(t) for n, t in zip(names, thr)}
+        result["defaulted"][level] = [names[j] for j in defaulted]
+    run.write_thresholds(result)
+    return result
+
+
+def evaluate_run(run: Run, split: str = "test") -> dict:
+    """Scores of one run at both levels: {level: LevelScores.to_dict()}. Needs tuned thresholds."""
+    thr = run.thresholds()
+    pred = run.predictions(split)
+    out = {}
+    for level in LEVELS:
+        names = [str(n) for n in pred[f"{level}_names"]]
+        t = np.array([thr[level][n] for n in names])
+        out[level] = score_level(pred[f"{level}_probs"], pred[f"{level}_targets"], pred[f"{level}_mask"], t, names).to_dict()
+    return out
+
+
+@dataclass
+class Aggregate:
+    runs: list[str]
+    per_run: list[dict]
+    mean: dict  # level -> metric -> (mean, std)
+    per_tag: dict  # level -> tag -> metric -> mean over runs
+    left_out: dict  # level -> tags left out in any run
+
+    def to_dict(self) -> dict:
+        return {"runs": self.runs,
+                "macro": {lv: {m: {"mean": v[0], "std": v[1]} for m, v in d.items()} for lv, d in self.mean.items()},
+                "per_tag": self.per_tag, "left_out": self.left_out, "per_run": self.per_run}
+
+
+def evaluate_runs(runs: list[Run], split: str = "test") -> Aggregate:
+    per_run = [evaluate_run(r, split) for r in runs]
+    mean, per_tag, left_out = {}, {}, {}
+    for level in LEVELS:
+        mean[level] = {m: summarise([r[level]["macro"][m] for r in per_run]) for m in METRICS}
+        names = list(per_run[0][level]["per_tag"])
+        per_tag[level] = {n: {m: summarise([r[level]["per_tag"][n][m] for r in per_run])[0] for m in METRICS}
+                          for n in names}
+        left_out[level] = sorted({t for r in per_run for t in r[level]["left_out"]})
+    return Aggregate([str(r) for r in runs], per_run, mean, per_tag, left_out)

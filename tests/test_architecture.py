@@ -1,0 +1,156 @@
+"""The shape of the code: layers, registries, one owner per fact, and what a built wheel carries."""
+
+import ast
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "hmic"
+
+# Lowest first. A module may import from its own layer or below, never above.
+LAYERS = [
+    {"__init__", "errors", "fileio", "registry"},
+    {"devices", "hierarchy", "dataset", "audio", "metrics"},
+    {"split", "features", "download", "heads", "backbones", "synth", "synth.arrange"},
+    {"model", "synth.render", "synth.dataset", "synth.song"},
+    {"checkpoint"},
+    {"runs", "inference"},
+    {"evaluation", "train"},
+    {"grid", "report", "predict"},
+    {"cli", "__main__"},
+]
+LAYER = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """hmic modules imported anywhere in the file (lazy imports inside functions count too)."""
+    name = module_name(path)
+    package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+    if name == "__init__":
+        package = []
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = [target] if node.module else [".".join(base + [a.name]) for a in node.names]
+            elif node.module and node.module.split(".")[0] == "hmic":
+                names = [node.module[len("hmic."):] if node.module != "hmic" else "__init__"]
+            else:
+                continue
+            for n in names:
+                while n and n not in LAYER and "." in n:
+                    n = n.rsplit(".", 1)[0]
+                if n in LAYER:
+                    found.add(n)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("hmic."):
+                    found.add(a.name[len("hmic."):])
+                elif a.name == "hmic":
+                    found.add("__init__")
+    found.discard(name)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports_of(p) for p in PKG.rglob("*.py")}
+
+
+def test_every_module_has_a_layer():
+    assert set(graph()) <= set(LAYER), set(graph()) - set(LAYER)
+
+
+def test_no_import_goes_up_a_layer():
+    up = [f"{m} → {d}" for m, deps in graph().items() for d in deps if LAYER[d] > LAYER[m]]
+    assert up == []
+
+
+def test_no_import_cycles():
+    g = graph()
+    state: dict[str, int] = {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for d in g.get(node, ()):
+            if state.get(d) == 1:
+                raise AssertionError("cycle: " + " → ".join(stack + [node, d]))
+            if not state.get(d):
+                visit(d, stack + [node])
+        state[node] = 2
+
+    for node in g:
+        if not state.get(node):
+            visit(node, [])
+
+
+def test_readers_never_import_train_and_core_never_imports_cli():
+    g = graph()
+    assert "train" not in g["report"] and "train" not in g["predict"] and "train" not in g["evaluation"]
+    assert all("cli" not in deps for m, deps in g.items() if m != "__main__")
+
+
+def test_method_names_live_only_in_the_heads_module():
+    pattern = ('== "flat"', "== 'flat'", "isinstance(head", "isinstance(model.head")
+    offenders = [f"{p.relative_to(ROOT)}: {needle}" for p in PKG.rglob("*.py") if p.name != "heads.py"
+                 for needle in pattern if needle in p.read_text()]
+    assert offenders == []
+
+
+def test_no_module_shadows_the_standard_library():
+    stdlib = set(sys.stdlib_module_names)
+    assert [p.name for p in PKG.glob("*.py") if p.stem in stdlib] == []
+
+
+def test_the_default_hierarchy_ships_in_the_package_and_matches_the_top_level_file():
+    from hmic.hierarchy import DEFAULT_HIERARCHY
+
+    assert DEFAULT_HIERARCHY.is_relative_to(PKG)
+    assert DEFAULT_HIERARCHY.read_bytes() == (ROOT / "hierarchy.yaml").read_bytes(), \
+        "hierarchy.yaml and hmic/data/hierarchy.yaml must stay the same file"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(ROOT)], check=True, capture_output=True, text=True)
+    (path,) = out.glob("hmic-*.whl")
+    return path
+
+
+@pytest.mark.slow
+def test_built_wheel_carries_the_default_hierarchy(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "hmic/data/hierarchy.yaml" in names
+    assert "hmic/synth/render.py" in names
+
+
+@pytest.mark.slow
+def test_non_editable_install_runs_and_loads_the_default_hierarchy(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(target), "COLUMNS": "200"}
+    probe = ("import hmic, hmic.hierarchy as h; print(hmic.__file__); "
+             "print(len(h.load_hierarchy().coarse_names))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    where, n_coarse = out.stdout.split()
+    assert Path(where).is_relative_to(target) and n_coarse == "7"
+    helped = subprocess.run([sys.executable, "-m", "hmic", "train", "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert helped.returncode == 0 and "--method" in helped.stdout
