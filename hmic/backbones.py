@@ -39,6 +39,7 @@ class BackboneConfig:
     time_width: int = 64  # widths drawn in [0, width) frames
     freq_stripes: int = 2
     freq_width: int = 8  # widths drawn in [0, width) bins
+    embedding_dropout: float = 0.5  # PANNs' transfer recipe: dropout(relu(fc1(x)), 0.5) feeds the classifier
 
 
 class Backbone(nn.Module):
@@ -162,7 +163,8 @@ class Cnn14(Backbone):
         x = x.mean(dim=3)  # over mel → (B, C, T')
         x = x.max(dim=2).values + x.mean(dim=2)
         x = F.dropout(x, p=0.5, training=self.training)
-        return F.relu_(self.fc1(x))
+        x = F.relu_(self.fc1(x))
+        return F.dropout(x, p=self.cfg.embedding_dropout, training=self.training)
 
 
     def load_pretrained(self, path: str | Path, frontend: FrontendConfig, console=None) -> None:

@@ -158,6 +158,7 @@ def train(
     warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up epochs.")] = TRAIN_DEFAULTS["warmup_epochs"],
     schedule: Annotated[str, typer.Option(help="After warm-up: cosine or constant.")] = TRAIN_DEFAULTS["schedule"],
     specaugment: Annotated[bool, typer.Option("--specaugment/--no-specaugment", help="PANNs SpecAugment.")] = TRAIN_DEFAULTS["specaugment"],
+    embedding_dropout: Annotated[float, typer.Option(help="Dropout on the embedding before the head (PANNs' transfer recipe).")] = TRAIN_DEFAULTS["embedding_dropout"],
     alpha: Annotated[float, typer.Option(help="Weight of a head's extra loss term (levelwise consistency items).")] = TRAIN_DEFAULTS["alpha"],
     coarse_rule: Annotated[str, typer.Option(help="Coarse targets from partial fine labels: any or strict.")] = TRAIN_DEFAULTS["coarse_rule"],
     clip_seconds: Annotated[float, typer.Option(help="Clip length of the features.")] = TRAIN_DEFAULTS["clip_seconds"],
@@ -166,6 +167,8 @@ def train(
     hierarchy: HierarchyOpt = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path(TRAIN_DEFAULTS["runs_dir"]),
     device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = TRAIN_DEFAULTS["device"],
+    precision: Annotated[str, typer.Option(help="The backbone's precision: auto (bf16 autocast on CUDA, float32 elsewhere), bf16 or fp32; the head, loss and saved probabilities are always float32.")] = TRAIN_DEFAULTS["precision"],
+    limit_batches: Annotated[int, typer.Option(help="Train on at most this many batches per epoch; 0 = all (smoke tests).")] = TRAIN_DEFAULTS["limit_batches"],
     resume: Annotated[bool, typer.Option(help="Continue interrupted runs from last.pt.")] = False,
     force: Annotated[bool, typer.Option(help="Restart runs that exist.")] = False,
 ) -> None:
@@ -185,9 +188,10 @@ def train(
     base = load_config_file(config) if config else {}
     values = dict(method=method, seed=seed, lam=lam, arch=arch, pretrained=pretrained, epochs=epochs,
                   batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                  schedule=schedule, specaugment=specaugment, alpha=alpha, coarse_rule=coarse_rule,
-                  clip_seconds=clip_seconds, data_dir=data_dir, work_dir=work_dir, hierarchy=hierarchy,
-                  runs_dir=runs_dir, device=device)
+                  schedule=schedule, specaugment=specaugment, embedding_dropout=embedding_dropout, alpha=alpha,
+                  coarse_rule=coarse_rule, clip_seconds=clip_seconds, data_dir=data_dir, work_dir=work_dir,
+                  hierarchy=hierarchy, runs_dir=runs_dir, device=device, precision=precision,
+                  limit_batches=limit_batches)
     base.update({k: str(v) if isinstance(v, Path) else v for k, v in values.items() if given(k)})
     cfg0 = TrainConfig(**base)
     seed_list = list(range(seeds)) if seeds is not None else [cfg0.seed]

@@ -1,5 +1,10 @@
 """The one device resolver (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) every command and
-benchmark uses, and the mixed-precision context of the model's backbone."""
+benchmark uses, and the mixed-precision context of the model's backbone.
+
+Precision: ``auto`` runs the backbone in bf16 autocast on CUDA and in float32 elsewhere; ``bf16``
+forces bf16 autocast (CPUs with avx512_bf16 or AMX run it natively); ``fp32`` turns it off. The head,
+the loss and every saved probability are float32 whatever the precision (``HierarchicalTagger``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import torch
 from .errors import HmicError
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+PRECISIONS = ("auto", "bf16", "fp32")
 _PATTERN = re.compile(r"^(auto|cpu|cuda|mps|cuda:\d+)$")
 
 
@@ -42,8 +48,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (the paper-scale path); full float32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise HmicError(f"--precision {precision!r} is unknown; use {', '.join(PRECISIONS)}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The backbone's autocast context: bf16 where ``precision`` asks for it (``auto``: on CUDA only)."""
+    check_precision(precision)
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)

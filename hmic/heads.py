@@ -181,6 +181,26 @@ class LinearProjection(FineClassifier):
         return _attention_shares(c, fine_probs, attention)
 
 
+@register("lp-linear")
+class UnconstrainedProjection(FineClassifier):
+    """Linear projection without the softmax: P_c = σ(Aᵀ P_f + b), A (F, C) and b learned, unconstrained."""
+
+    def __init__(self, dim: int, hierarchy: Hierarchy):
+        super().__init__(dim, hierarchy)
+        self.projection = nn.Linear(hierarchy.n_fine, hierarchy.n_coarse)
+
+    def forward(self, z: torch.Tensor) -> HeadOutput:
+        logits = self.fine(z)
+        pf = torch.sigmoid(logits)
+        coarse_logits = self.projection(pf)
+        return HeadOutput(pf, torch.sigmoid(coarse_logits), logits, coarse_logits)
+
+    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
+        """Each fine tag's positive share of Aᵀ P_f (fine tags that push the coarse logit up)."""
+        weights = self.projection.weight[c].detach().float().cpu().numpy()  # (F,)
+        return _shares("projection", np.clip(weights * fine_probs, 0.0, None), weights)
+
+
 @register("resatt")
 class ResidualAttention(FineClassifier):
     """Fig. 2(d): attention, P_c = Wᵀ P_f with W = softmax over fine tags of Linear(Z) (no hierarchy prior).

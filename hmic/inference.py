@@ -19,13 +19,14 @@ class Outputs:
 
 
 @torch.no_grad()
-def infer(model: torch.nn.Module, batches: Iterable[torch.Tensor], device: torch.device) -> Outputs:
+def infer(model: torch.nn.Module, batches: Iterable[torch.Tensor], device: torch.device,
+          precision: str = "auto") -> Outputs:
     """Run ``model`` in eval mode over log-mel batches (B, T, M); probabilities come back as float32."""
     model.eval()
     fine, coarse, attention = [], [], []
     for x in batches:
         x = x.to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, precision):
             out = model(x)
         fine.append(out.fine_probs.float().cpu())
         coarse.append(out.coarse_probs.float().cpu())

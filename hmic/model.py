@@ -24,4 +24,10 @@ class HierarchicalTagger(nn.Module):
         return self.head.hierarchy
 
     def forward(self, logmel: torch.Tensor) -> HeadOutput:
-        return self.head(self.backbone(logmel))
+        """The backbone runs in whatever autocast is active; the head always runs in float32, so that
+        probabilities near 0 and 1, the loss and its coarse gradient keep full precision."""
+        embedding = self.backbone(logmel)
+        if torch.is_autocast_enabled(embedding.device.type):
+            with torch.autocast(embedding.device.type, enabled=False):
+                return self.head(embedding.float())
+        return self.head(embedding)

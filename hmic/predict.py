@@ -61,13 +61,9 @@ class Tagger:
         return cls(model, ckpt.frontend, thr, str(ckpt.path), dev)
 
     def windows(self, wave: torch.Tensor, hop_seconds: float) -> tuple[torch.Tensor, np.ndarray]:
-        """(L,) → (W, window) windows and their start times in seconds; the last one zero-padded."""
+        """(L,) → (W, window) windows and their start times in seconds (see ``window_starts``)."""
         sr, size = self.frontend.sample_rate, self.frontend.clip_samples
-        hop = max(1, int(round(hop_seconds * sr)))
-        length = wave.shape[0]
-        starts = list(range(0, max(length - size, 0) + 1, hop))
-        if starts[-1] + size < length:  # cover the tail
-            starts.append(starts[-1] + hop)
+        starts = window_starts(wave.shape[0], size, max(1, int(round(hop_seconds * sr))))
         chunks = torch.stack([fit_length(wave[s:s + size], size) for s in starts])
         return chunks, np.array(starts) / sr
 
@@ -117,6 +113,18 @@ class Tagger:
         return {"basis": e.basis, "window_start": round(float(starts[w]), 3), "carried_by": [
             {"tag": names[f], "share": round(float(e.shares[f]), 4),
              **({"weight": round(float(e.weights[f]), 4)} if e.weights is not None else {})} for f in e.order]}
+
+
+def window_starts(length: int, size: int, hop: int) -> list[int]:
+    """Start samples of the windows that cover a file of ``length`` samples: one every ``hop``, and for
+    a file longer than a window a last one that ends exactly at the file's end, so that no window holds
+    padding the model never saw in training. Only a file shorter than one window is zero-padded."""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, hop))
+    if starts[-1] + size < length:
+        starts.append(length - size)
+    return starts
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:

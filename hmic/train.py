@@ -21,7 +21,7 @@ from .audio import FrontendConfig
 from .backbones import BackboneConfig, backbone_class
 from .checkpoint import read_state, save_checkpoint
 from .dataset import OpenMIC, resolve_data_dir, resolve_work_dir
-from .devices import autocast, check_device_name, resolve_device
+from .devices import autocast, check_device_name, check_precision, resolve_device
 from .errors import HmicError
 from .features import FeatureStore
 from .heads import head_class, hierarchical_loss
@@ -50,6 +50,7 @@ class TrainConfig:
     warmup_epochs: float = 5.0
     schedule: str = "cosine"  # or "constant" after warm-up
     specaugment: bool = True
+    embedding_dropout: float = 0.5  # PANNs' transfer recipe: dropout on the embedding before the head
     alpha: float = 1.0  # weight of a head's extra loss term (levelwise's consistency items)
     coarse_rule: str = "any"
     clip_seconds: float = 10.0
@@ -58,6 +59,8 @@ class TrainConfig:
     hierarchy: str = ""
     runs_dir: str = "runs"
     device: str = "auto"
+    precision: str = "auto"  # the backbone's: bf16 autocast on CUDA, float32 elsewhere; the head is float32
+    limit_batches: int = 0  # train on at most this many batches per epoch (0: all); smoke tests, GPU check
 
     def validate(self) -> None:
         head_class(self.method)
@@ -71,6 +74,11 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise HmicError("--epochs and --batch-size must be at least 1")
         check_device_name(self.device)
+        check_precision(self.precision)
+        if not 0.0 <= self.embedding_dropout < 1.0:
+            raise HmicError(f"--embedding-dropout must be in [0, 1), got {self.embedding_dropout}")
+        if self.limit_batches < 0:
+            raise HmicError("--limit-batches must be 0 (all) or more")
 
     def resolved(self) -> "TrainConfig":
         """The configuration a run really uses: λ as its head takes it (1 for a head without coarse loss)."""
@@ -167,7 +175,8 @@ def batches(part: Part, store: FeatureStore, batch_size: int, order: np.ndarray 
 
 
 def build_model(cfg: TrainConfig, hierarchy: Hierarchy, frontend: FrontendConfig, console=None) -> HierarchicalTagger:
-    model = HierarchicalTagger(BackboneConfig(cfg.arch, specaugment=cfg.specaugment), cfg.method, hierarchy)
+    backbone = BackboneConfig(cfg.arch, specaugment=cfg.specaugment, embedding_dropout=cfg.embedding_dropout)
+    model = HierarchicalTagger(backbone, cfg.method, hierarchy)
     if cfg.pretrained and cfg.pretrained.lower() != "none":
         model.backbone.check_frontend(frontend)
         model.backbone.load_pretrained(cfg.pretrained, frontend, console)
@@ -175,9 +184,9 @@ def build_model(cfg: TrainConfig, hierarchy: Hierarchy, frontend: FrontendConfig
 
 
 def predict_part(model: HierarchicalTagger, part: Part, store: FeatureStore, device: torch.device,
-                 batch_size: int = 32) -> dict:
-    """The model's outputs on a part, as the arrays of a run's predictions file."""
-    out = infer(model, (x for x, *_ in batches(part, store, batch_size)), device)
+                 precision: str = "auto", batch_size: int = 32) -> dict:
+    """The model's outputs on a part, as the arrays of a run's predictions file (float32 probabilities)."""
+    out = infer(model, (x for x, *_ in batches(part, store, batch_size)), device, precision)
     result = {"keys": np.array(part.keys), "fine_probs": out.fine_probs, "coarse_probs": out.coarse_probs,
               "fine_targets": part.fine_targets, "fine_mask": part.fine_mask,
               "coarse_targets": part.coarse_targets, "coarse_mask": part.coarse_mask,
@@ -194,8 +203,8 @@ def _bce_np(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> float:
     return float((per * mask).sum() / max(mask.sum(), 1))
 
 
-def validation_losses(model, part: Part, store: FeatureStore, device) -> tuple[dict, dict]:
-    pred = predict_part(model, part, store, device)
+def validation_losses(model, part: Part, store: FeatureStore, device, precision: str = "auto") -> tuple[dict, dict]:
+    pred = predict_part(model, part, store, device, precision)
     return {"val_fine_loss": _bce_np(pred["fine_probs"], part.fine_targets, part.fine_mask),
             "val_coarse_loss": _bce_np(pred["coarse_probs"], part.coarse_targets, part.coarse_mask)}, pred
 
@@ -236,6 +245,8 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train = data.parts["train"]
     steps_per_epoch = math.ceil(len(train.keys) / cfg.batch_size)
+    if cfg.limit_batches:
+        steps_per_epoch = min(steps_per_epoch, cfg.limit_batches)
     start_epoch, best = 0, {"val_fine_loss": float("inf"), "epoch": -1}
     if resume and run.resumable:
         state = read_state(run.last_path)
@@ -263,12 +274,14 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
             order = torch.randperm(len(train.keys), generator=gen).numpy()
             total_loss, n_batches = 0.0, 0
             for i, (x, ft, fm, ct, cm, _) in enumerate(batches(train, data.store, cfg.batch_size, order)):
+                if i >= steps_per_epoch:
+                    break
                 step = epoch * steps_per_epoch + i
                 lr = lr_at(step, steps_per_epoch, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = x.to(device, non_blocking=True)
-                with autocast(device):
+                with autocast(device, cfg.precision):
                     out = model(x)
                 loss = hierarchical_loss(out, model.head, ft.to(device), fm.to(device), ct.to(device), cm.to(device),
                                          cfg.lam, cfg.alpha)
@@ -278,7 +291,7 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
                 total_loss += loss.item()
                 n_batches += 1
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {total_loss / n_batches:.4f}")
-            val, _ = validation_losses(model, data.parts["val"], data.store, device)
+            val, _ = validation_losses(model, data.parts["val"], data.store, device, cfg.precision)
             row = {"epoch": epoch, "train_loss": total_loss / max(n_batches, 1), **val, "lr": lr,
                    "seconds": round(time.time() - t0, 3)}
             improved = val["val_fine_loss"] < best["val_fine_loss"]
@@ -296,7 +309,7 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
 
     model.load_state_dict(read_state(run.best_path)["model"])
     for name in ("val", "test"):
-        run.write_predictions(name, predict_part(model, data.parts[name], data.store, device))
+        run.write_predictions(name, predict_part(model, data.parts[name], data.store, device, cfg.precision))
     summary = {"run": str(run), "method": cfg.method, "lambda": cfg.lam, "seed": cfg.seed,
                "best_epoch": best["epoch"], "best_val_fine_loss": best["val_fine_loss"],
                "epochs": cfg.epochs, "device": str(device)}

@@ -17,7 +17,7 @@ from hmic.features import featurize  # noqa: E402
 from hmic.split import make_split, save_split, split_dir, split_meta  # noqa: E402
 from hmic.synth.dataset import SynthOptions, synthesize  # noqa: E402
 
-METHODS = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt")
+METHODS = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt", "lp-linear")
 # Tests that use these fixtures render audio, train or build: marked slow (make test runs them all;
 # `pytest -m "not slow"` is the quick loop).
 SLOW_FIXTURES = {"synth_root", "prepared", "trained", "song", "wheel"}

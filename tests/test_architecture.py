@@ -17,7 +17,7 @@ LAYERS = [
     {"__init__", "errors", "fileio", "registry"},
     {"devices", "hierarchy", "dataset", "audio", "metrics"},
     {"split", "features", "download", "heads", "backbones", "synth", "synth.arrange"},
-    {"model", "synth.render", "synth.dataset", "synth.song"},
+    {"model", "synth.render", "synth.dataset", "synth.song", "synth.truth"},
     {"checkpoint"},
     {"runs", "inference"},
     {"evaluation", "train"},

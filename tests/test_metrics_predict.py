@@ -67,12 +67,12 @@ def test_table_has_every_method_and_figures(trained, tmp_path):
     result = CliRunner().invoke(app, ["table", str(trained["runs_dir"]), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     md = (tmp_path / "table1.md").read_text()
-    for method in ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt"):
+    for method in ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt", "lp-linear"):
         assert f"| {method} |" in md
     assert (tmp_path / "fig3_fine_boxplots.png").stat().st_size > 1000
     assert (tmp_path / "fig4_resatt_attention.png").stat().st_size > 1000
     lines = (tmp_path / "table1.csv").read_text().splitlines()
-    assert len(lines) == 8 and lines[0].startswith("method,lambda,seeds,fine_roc_auc_mean")
+    assert len(lines) == 9 and lines[0].startswith("method,lambda,seeds,fine_roc_auc_mean")
 
 
 @pytest.fixture(scope="module")

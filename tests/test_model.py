@@ -11,7 +11,7 @@ from hmic.dataset import OPENMIC_TAGS
 from hmic.model import HierarchicalTagger
 
 H = load_hierarchy(None, list(OPENMIC_TAGS))
-METHODS = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt")
+METHODS = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt", "lp-linear")
 
 
 def test_every_method_is_registered():
