@@ -11,6 +11,7 @@ the step uses (bf16 autocast on CUDA, float32 on CPU).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, matmul_peak, sync  # noqa: E402
 from hmic.backbones import BACKBONES, BackboneConfig, count  # noqa: E402
 from hmic.dataset import OPENMIC_TAGS  # noqa: E402
-from hmic.devices import DEVICE_HELP, autocast, resolve_device  # noqa: E402
+from hmic.devices import DEVICE_HELP, PRECISIONS, autocast, resolve_device  # noqa: E402
 from hmic.heads import hierarchical_loss  # noqa: E402
 from hmic.hierarchy import load_hierarchy  # noqa: E402
 from hmic.model import HierarchicalTagger  # noqa: E402
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="auto", help=DEVICE_HELP)
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS, help="the backbone's (auto: bf16 on CUDA)")
+    ap.add_argument("--json", default="", help="also write the figures to this JSON file")
     args = ap.parse_args()
     device = resolve_device(args.device)
     if device.type == "cuda":
@@ -51,7 +54,7 @@ def main() -> None:
     ct, cm = (torch.rand(args.batch, 7, device=device) < 0.5).float(), torch.ones(args.batch, 7, dtype=torch.bool, device=device)
 
     def step() -> None:
-        with autocast(device):
+        with autocast(device, args.precision):
             out = model(x)
         loss = hierarchical_loss(out, model.head, ft, fm, ct, cm, 0.8)
         opt.zero_grad(set_to_none=True)
@@ -69,9 +72,10 @@ def main() -> None:
     clips_per_s = args.batch * args.steps / seconds
     macs = count(cfg)["macs"]
     step_flop_per_clip = 3 * 2 * macs
-    peak = matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
+    peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
     achieved = clips_per_s * step_flop_per_clip
-    print(f"device: {device_name(device)}; torch {torch.__version__}; precision: {'bf16 autocast' if device.type == 'cuda' else 'float32'}; channels-last")
+    print(f"device: {device_name(device)}; torch {torch.__version__}; precision: {'bf16 autocast' if bf16 else 'float32'}; channels-last")
     print(f"{'quantity':<44}{'value':>16}")
     print(f"{'arch / head / batch':<44}{f'{args.arch} / {args.method} / {args.batch}':>16}")
     print(f"{'forward GFLOP per 10-s clip':<44}{2 * macs / 1e9:>16.2f}")
@@ -80,6 +84,12 @@ def main() -> None:
     print(f"{'matmul peak TFLOP/s (same run)':<44}{peak / 1e12:>16.3f}")
     print(f"{'FLOP-bound throughput (clips/s)':<44}{peak / step_flop_per_clip:>16.1f}")
     print(f"fraction of the FLOP bound: {achieved / peak:.3f}")
+    if args.json:
+        report = {"device": device_name(device), "torch": str(torch.__version__), "arch": args.arch, "method": args.method,
+                  "batch": args.batch, "precision": "bf16" if bf16 else "fp32", "clips_per_s": clips_per_s,
+                  "achieved_tflops": achieved / 1e12, "matmul_peak_tflops": peak / 1e12,
+                  "fraction_of_flop_bound": achieved / peak}
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
