@@ -7,6 +7,11 @@ STAMP   := $(VENV)/.installed
 METHODS := flat,levelwise,topdown,gap,lp,gmp,resatt
 LAMBDAS := 0.7,0.75,0.8,0.85,0.9
 SEEDS   ?= 8
+# make table1 ENGINE=ray GPUS_PER_RUN=0.25 [RAY_ADDRESS=auto]: the grid over a Ray cluster.
+ENGINE       ?= local
+GPUS_PER_RUN ?=
+RAY_ADDRESS  ?=
+GRID_FLAGS   := --engine $(ENGINE)$(if $(GPUS_PER_RUN), --gpus-per-run $(GPUS_PER_RUN))$(if $(RAY_ADDRESS), --ray-address $(RAY_ADDRESS))
 
 # make demo: a fresh stand-in dataset, all seven methods, a Table-1-shaped table, a tagged song.
 DEMO        := data/demo
@@ -31,7 +36,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	@# tinysoundfont declares pyaudio (live playback only), which does not build: skip its deps.
 	$(BIN)/pip install -q --no-deps 'tinysoundfont==0.3.7'
 	touch $(STAMP)
@@ -61,7 +66,7 @@ table1: install
 	$(HMIC) download all
 	$(HMIC) split
 	$(HMIC) featurize
-	$(HMIC) train --config configs/paper.yaml --method $(METHODS) --lambdas $(LAMBDAS) --seeds $(SEEDS) --runs-dir runs/paper --resume
+	$(HMIC) train --config configs/paper.yaml --method $(METHODS) --lambdas $(LAMBDAS) --seeds $(SEEDS) --runs-dir runs/paper --resume $(GRID_FLAGS)
 	$(HMIC) tune-thresholds runs/paper
 	$(HMIC) table runs/paper --out results/table1
 
@@ -69,7 +74,7 @@ table1-synth: install
 	$(HMIC) synth --out $(SYNTH_DATA) --clips $(SYNTH_CLIPS) --seed 0
 	$(HMIC) split --data-dir $(SYNTH_DATA)
 	$(HMIC) featurize --data-dir $(SYNTH_DATA)
-	$(HMIC) train --config configs/synth.yaml --method $(METHODS) --lambdas $(LAMBDAS) --seeds $(SEEDS) --data-dir $(SYNTH_DATA) --runs-dir runs/synth --resume
+	$(HMIC) train --config configs/synth.yaml --method $(METHODS) --lambdas $(LAMBDAS) --seeds $(SEEDS) --data-dir $(SYNTH_DATA) --runs-dir runs/synth --resume $(GRID_FLAGS)
 	$(HMIC) tune-thresholds runs/synth
 	$(HMIC) table runs/synth --out results/table1-synth
 

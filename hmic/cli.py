@@ -47,6 +47,11 @@ HierarchyOpt = Annotated[
 ]
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class What(str, Enum):
     openmic = "openmic"
     cnn14 = "cnn14"
@@ -171,9 +176,13 @@ def train(
     limit_batches: Annotated[int, typer.Option(help="Train on at most this many batches per epoch; 0 = all (smoke tests).")] = TRAIN_DEFAULTS["limit_batches"],
     resume: Annotated[bool, typer.Option(help="Continue interrupted runs from last.pt.")] = False,
     force: Annotated[bool, typer.Option(help="Restart runs that exist.")] = False,
+    engine: Annotated[Engine, typer.Option(help="local: one run after another here; ray: one Ray task per run, over a cluster.")] = Engine.local,
+    gpus_per_run: Annotated[Optional[float], typer.Option(help="Ray: GPUs per run; 0.25 packs four runs on a GPU.", show_default="1 where the cluster has GPUs, else 0")] = None,
+    cpus_per_run: Annotated[float, typer.Option(help="Ray: CPUs per run (also its torch threads).")] = 1.0,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray: join this cluster ('auto' or host:port).", show_default="a local Ray instance for the length of the command")] = None,
 ) -> None:
     """Train CNN14 + a hierarchical head for each (method, λ, seed); keep the best validation epoch."""
-    from .grid import plan_grid, run_grid
+    from .grid import GridError, LocalExecutor, plan_grid, run_grid
     from .runs import Run, select_lambda
     from .train import load_config_file
 
@@ -198,8 +207,20 @@ def train(
     lam_list = _floats(lambdas, "--lambdas") if lambdas else [cfg0.lam]
     methods = [m.strip() for m in cfg0.method.split(",") if m.strip()]
     configs = plan_grid(cfg0, methods, lam_list, seed_list)
-    summaries = run_grid(configs, resume=resume, force=force, console=err)
-    if len(lam_list) > 1:
+    if engine == Engine.ray:
+        from .ray_engine import RayExecutor
+
+        executor = RayExecutor(ray_address, gpus_per_run, cpus_per_run)
+    else:
+        if gpus_per_run is not None or ray_address is not None or given("cpus_per_run"):
+            raise typer.BadParameter("--gpus-per-run, --cpus-per-run and --ray-address go with --engine ray")
+        executor = LocalExecutor()
+    failed: GridError | None = None
+    try:
+        summaries = run_grid(configs, executor, resume=resume, force=force, console=err)
+    except GridError as e:
+        failed, summaries = e, e.summaries
+    if len(lam_list) > 1 and failed is None:
         for m in dict.fromkeys(c.method for c in configs):
             runs = [Run(Path(s["run"])) for s, c in zip(summaries, configs) if c.method == m]
             selection = select_lambda(runs)
@@ -208,9 +229,14 @@ def train(
     table = Table(title="training runs")
     for col in ("run", "best epoch", "val fine loss", "device"):
         table.add_column(col)
-    for s in summaries:
-        table.add_row(s["run"], str(s["best_epoch"] + 1), f"{s['best_val_fine_loss']:.4f}", s.get("device", ""))
+    for c, s in zip(configs, summaries):
+        if s is None:
+            table.add_row(str(c.run()), "[red]failed[/]", failed.failures.get(str(c.run()), "")[:70] if failed else "", "")
+        else:
+            table.add_row(s["run"], str(s["best_epoch"] + 1), f"{s['best_val_fine_loss']:.4f}", s.get("device", ""))
     console.print(table)
+    if failed is not None:
+        raise failed
 
 
 class Split(str, Enum):

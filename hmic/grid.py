@@ -2,8 +2,9 @@
 
 ``plan_grid`` lists the runs; ``run_grid`` validates them all before anything starts and hands them to
 an executor. ``LocalExecutor`` (the default) trains them one after another in this process, sharing
-the loaded data. Another executor only needs ``run(configs, resume=, force=, console=)`` returning
-one summary (done.json) per config, in order.
+the loaded data; ``hmic.ray_engine.RayExecutor`` spreads them over a Ray cluster. An executor only
+needs ``run(configs, resume=, force=, console=)`` returning one summary (done.json) per config, in
+order, and raising ``GridError`` at the end when some runs failed while the others went on.
 """
 
 from __future__ import annotations
@@ -11,8 +12,20 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Protocol
 
+from .errors import HmicError
 from .heads import head_class
 from .train import Data, TrainConfig, load_data, train_run
+
+
+class GridError(HmicError):
+    """Some runs of a grid failed; the others finished. ``summaries`` holds one entry per config:
+    its summary, or None where it failed; ``failures`` maps a run folder to its error."""
+
+    def __init__(self, summaries: list[dict | None], failures: dict[str, str]):
+        self.summaries, self.failures = summaries, failures
+        lines = "; ".join(f"{run}: {error}" for run, error in failures.items())
+        super().__init__(f"{len(failures)} of {len(summaries)} runs failed ({lines}); "
+                         "fix the cause and run the same command again: finished runs are skipped")
 
 
 def plan_grid(base: TrainConfig, methods: list[str], lambdas: list[float], seeds: list[int]) -> list[TrainConfig]:
@@ -25,26 +38,44 @@ def plan_grid(base: TrainConfig, methods: list[str], lambdas: list[float], seeds
     return configs
 
 
+def data_key(cfg: TrainConfig) -> tuple:
+    """Runs with the same key read the same data (dataset, split, features, hierarchy, targets)."""
+    return (cfg.data_dir, cfg.work_dir, cfg.hierarchy, cfg.coarse_rule, cfg.clip_seconds, cfg.arch)
+
+
 class Executor(Protocol):
     def run(self, configs: list[TrainConfig], *, resume: bool, force: bool, console) -> list[dict]: ...
 
 
 class LocalExecutor:
-    """One run after another in this process; the dataset and features are loaded once per data set."""
+    """One run after another in this process; the dataset and features are loaded once per data set.
+    A run that fails is reported and the next one starts."""
 
     def __init__(self, progress: bool = True):
         self.progress = progress
         self._data: dict[tuple, Data] = {}
 
     def data_for(self, cfg: TrainConfig) -> Data:
-        key = (cfg.data_dir, cfg.work_dir, cfg.hierarchy, cfg.coarse_rule, cfg.clip_seconds, cfg.arch)
+        key = data_key(cfg)
         if key not in self._data:
             self._data[key] = load_data(cfg)
         return self._data[key]
 
     def run(self, configs: list[TrainConfig], *, resume: bool = False, force: bool = False, console=None) -> list[dict]:
-        return [train_run(cfg, resume=resume, force=force, console=console, progress=self.progress,
-                          data=self.data_for(cfg)) for cfg in configs]
+        summaries: list[dict | None] = []
+        failures: dict[str, str] = {}
+        for cfg in configs:
+            try:
+                summaries.append(train_run(cfg, resume=resume, force=force, console=console, progress=self.progress,
+                                           data=self.data_for(cfg)))
+            except Exception as e:  # one broken run must not stop the grid; KeyboardInterrupt still does
+                failures[str(cfg.run())] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                summaries.append(None)
+                if console is not None:
+                    console.print(f"[red]✗ {cfg.run()}: {failures[str(cfg.run())]}[/]", highlight=False, soft_wrap=True)
+        if failures:
+            raise GridError(summaries, failures)
+        return summaries
 
 
 def run_grid(configs: list[TrainConfig], executor: Executor | None = None, *, resume: bool = False,

@@ -209,6 +209,27 @@ def validation_losses(model, part: Part, store: FeatureStore, device, precision:
             "val_coarse_loss": _bce_np(pred["coarse_probs"], part.coarse_targets, part.coarse_mask)}, pred
 
 
+def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False) -> tuple[Run, dict | None]:
+    """May ``cfg`` train in its folder? Returns (run, its summary if it already finished).
+
+    Refuses a folder holding another configuration, and an unfinished run without ``resume``;
+    ``force`` deletes the folder so the run starts again.
+    """
+    cfg = cfg.resolved()
+    run = Run.at(cfg.runs_dir, cfg.method, cfg.lam, cfg.seed)
+    if run.started and not force:
+        previous = TrainConfig(**run.config())
+        if previous.identity() != cfg.identity():
+            raise HmicError(f"{run} holds a run with another configuration; pass --force to start it again")
+        if run.finished:
+            return run, run.done()
+        if not resume and run.resumable:
+            raise HmicError(f"{run} holds an unfinished run; pass --resume to continue it or --force to restart")
+    if force and run.folder.exists():
+        shutil.rmtree(run.folder)
+    return run, None
+
+
 def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, console=None, progress: bool = True,
               data: Data | None = None, stop_after_epoch: int | None = None) -> dict:
     """Train one (method, λ, seed) run into its folder. Returns the summary (done.json).
@@ -221,18 +242,10 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
 
     console = console or Console(stderr=True)
     cfg = cfg.resolved()
-    run = Run.at(cfg.runs_dir, cfg.method, cfg.lam, cfg.seed)
-    if run.started and not force:
-        previous = TrainConfig(**run.config())
-        if previous.identity() != cfg.identity():
-            raise HmicError(f"{run} holds a run with another configuration; pass --force to start it again")
-        if run.finished:
-            console.print(f"[green]✓[/] {run} already finished, skipping")
-            return run.done()
-        if not resume and run.resumable:
-            raise HmicError(f"{run} holds an unfinished run; pass --resume to continue it or --force to restart")
-    if force and run.folder.exists():
-        shutil.rmtree(run.folder)
+    run, done = open_run(cfg, resume, force)
+    if done is not None:
+        console.print(f"[green]✓[/] {run} already finished, skipping")
+        return done
     run.folder.mkdir(parents=True, exist_ok=True)
     run.write_config(asdict(cfg))
 

@@ -22,6 +22,7 @@ LAYERS = [
     {"runs", "inference"},
     {"evaluation", "train"},
     {"grid", "report", "predict"},
+    {"ray_engine"},
     {"cli", "__main__"},
 ]
 LAYER = {name: i for i, layer in enumerate(LAYERS) for name in layer}

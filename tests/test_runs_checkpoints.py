@@ -147,3 +147,16 @@ def test_checkpoint_is_self_describing_and_versioned(trained, tmp_path):
         Checkpoint.load(tmp_path / "panns.pth")
     with pytest.raises(HmicError, match="does not exist"):
         Checkpoint.load(tmp_path / "none.pt")
+
+
+def test_local_grid_reports_a_failing_run_and_finishes_the_others(prepared, tmp_path, trained):
+    from hmic.grid import GridError, LocalExecutor
+
+    configs = plan_grid(tiny_config(prepared, tmp_path, epochs=1), ["gmp"], [0.8], [0, 1, 2])
+    configs[1] = replace(configs[1], pretrained=str(tmp_path / "missing.pth"))
+    executor = LocalExecutor(progress=False)
+    with pytest.raises(GridError) as e:
+        run_grid(configs, executor)
+    assert list(e.value.failures) == [str(configs[1].run())] and "does not exist" in str(e.value)
+    assert [s is None for s in e.value.summaries] == [False, True, False]
+    assert Run(configs[2].run().folder).finished

@@ -1,0 +1,147 @@
+"""`hmic train --engine ray`: the grid spread over a Ray cluster, one Ray task per (method, λ, seed).
+
+Every run trains through the same ``train_run`` as the local engine, in a Ray worker with the
+resources given (``gpus_per_run`` may be a fraction: 0.25 packs four runs on one GPU). The data,
+work (features) and runs folders must be on storage every node sees; the driver checks that the
+feature store is complete before it submits anything, and follows the runs through their folders.
+
+Fault tolerance: a run whose worker dies (node lost, out of memory, preempted, SIGKILL) is retried by
+Ray and resumes from its ``last.pt``; a run that raises is reported with its error while the others
+go on; the command ends by listing the failed runs (``GridError``). Running it again skips finished
+runs. Ray is optional: ``pip install 'hmic[ray]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict
+
+from .errors import HmicError
+from .grid import GridError, data_key
+from .runs import Run
+from .train import TrainConfig, load_data, open_run, train_run
+
+POLL_SECONDS = 1.0
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise HmicError("--engine ray needs Ray: pip install 'hmic[ray]' (or use --engine local)") from None
+    return ray
+
+
+def train_task(config: dict, threads: int) -> dict:
+    """What one Ray task runs: the run, resumed from last.pt when an earlier attempt left one."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return train_run(TrainConfig(**config), resume=True, force=False, progress=False)
+
+
+def task_name(cfg: TrainConfig) -> str:
+    """Also the worker's process title (``ray::hmic:gmp:0.80:3``), to find it in ps or top."""
+    return f"hmic:{cfg.method}:{cfg.lam:.2f}:{cfg.seed}"
+
+
+class RayExecutor:
+    def __init__(self, address: str | None = None, gpus_per_run: float | None = None, cpus_per_run: float = 1.0,
+                 max_retries: int = 3, progress: bool = True):
+        if gpus_per_run is not None and gpus_per_run < 0:
+            raise HmicError("--gpus-per-run must be 0 or more")
+        if cpus_per_run <= 0:
+            raise HmicError("--cpus-per-run must be more than 0")
+        self.address, self.gpus_per_run, self.cpus_per_run = address, gpus_per_run, cpus_per_run
+        self.max_retries, self.progress = max_retries, progress
+
+    def run(self, configs: list[TrainConfig], *, resume: bool = False, force: bool = False, console=None) -> list[dict]:
+        from rich.console import Console
+
+        console = console or Console(stderr=True)
+        ray = import_ray()
+        checked = set()
+        for cfg in configs:  # shared storage: every run's data must be complete before anything is submitted
+            if data_key(cfg) not in checked:
+                load_data(cfg)
+                checked.add(data_key(cfg))
+        summaries: list[dict | None] = [None] * len(configs)
+        todo = []
+        for i, cfg in enumerate(configs):
+            run, done = open_run(cfg, resume, force)
+            if done is not None:
+                summaries[i] = done
+            else:
+                todo.append(i)
+        started_here = not ray.is_initialized()
+        if started_here:
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
+            else:  # a local instance on this machine's loopback, for the length of the command
+                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                         _node_ip_address="127.0.0.1", object_store_memory=100 * 1024 * 1024)
+        try:
+            failures = self._submit_and_follow(ray, configs, todo, summaries, console)
+        finally:
+            if started_here:
+                ray.shutdown()
+        folders = sorted({cfg.runs_dir for cfg in configs})
+        console.line()
+        console.print(f"run folders under {', '.join(folders)}")
+        if failures:
+            raise GridError(summaries, failures)
+        return summaries  # type: ignore[return-value]
+
+    def _submit_and_follow(self, ray, configs, todo, summaries, console) -> dict[str, str]:
+        from rich.live import Live
+
+        gpus = self.gpus_per_run
+        if gpus is None:  # one run per GPU where the cluster has GPUs
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        remote = ray.remote(train_task)
+        threads = max(1, int(self.cpus_per_run))
+        refs = {remote.options(name=task_name(configs[i]), num_cpus=self.cpus_per_run, num_gpus=gpus,
+                               max_retries=self.max_retries, retry_exceptions=False)
+                .remote(asdict(configs[i]), threads): i for i in todo}
+        failures: dict[str, str] = {}
+        pending = list(refs)
+        live = Live(self._table(configs, summaries, failures), console=console, refresh_per_second=2) \
+            if self.progress else contextlib.nullcontext()
+        with live:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_SECONDS)
+                for ref in ready:
+                    i = refs[ref]
+                    try:
+                        summaries[i] = ray.get(ref)
+                    except Exception as e:  # the run's own error (RayTaskError wraps it) or its worker's death
+                        cause = getattr(e, "cause", None) or e
+                        text = str(cause).strip().splitlines()
+                        failures[str(configs[i].run())] = text[-1] if text else type(cause).__name__
+                if self.progress:
+                    live.update(self._table(configs, summaries, failures))
+        return failures
+
+    @staticmethod
+    def _table(configs: list[TrainConfig], summaries: list, failures: dict[str, str]):
+        from rich.table import Table
+
+        table = Table(title=f"{len(configs)} runs on Ray")
+        for col in ("run", "state", "epoch", "val fine loss"):
+            table.add_column(col)
+        for cfg, summary in zip(configs, summaries):
+            run = Run.at(cfg.runs_dir, cfg.method, cfg.lam, cfg.seed)
+            if str(run) in failures:
+                table.add_row(str(run), "[red]failed[/]", "", failures[str(run)][:60])
+                continue
+            if summary is not None:
+                table.add_row(str(run), "[green]done[/]", str(summary["best_epoch"] + 1),
+                              f"{summary['best_val_fine_loss']:.4f} (best)")
+                continue
+            rows = run.metrics() if run.started else []
+            if rows:
+                table.add_row(str(run), "running", f"{rows[-1]['epoch'] + 1}/{cfg.epochs}", f"{rows[-1]['val_fine_loss']:.4f}")
+            else:
+                table.add_row(str(run), "running" if run.started else "queued", "", "")
+        return table
