@@ -314,11 +314,15 @@ def predict(
     segments: Annotated[bool, typer.Option(help="Print (and keep in JSON) the per-window timeline.")] = False,
     explain: Annotated[bool, typer.Option(help="Show which fine tags carried each present coarse tag.")] = False,
     device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = "cpu",
+    truth: Annotated[Optional[Path], typer.Option(help="A song's ground truth (.truth.json from 'hmic synth-song'): print found, missed and false tags, per section too.", show_default=False)] = None,
 ) -> None:
     """Tag songs of any length with fine and coarse instrument tags."""
     from .audio import AudioError
     from .predict import Tagger, expand_inputs, write_outputs
     from .runs import latest_tuned_run
+    from .synth.song import read_truth
+
+    truth_data = read_truth(truth) if truth else None
 
     if run is None:
         run = latest_tuned_run(runs_dir).folder
@@ -327,6 +331,8 @@ def predict(
     files = expand_inputs(audio)
     if not files:
         raise HmicError("no audio files found in " + ", ".join(map(str, audio)))
+    if truth_data is not None and len(files) != 1:
+        raise typer.BadParameter("--truth compares one song: give exactly one audio file")
     results, failures = [], []
     for path in files:
         try:
@@ -337,6 +343,11 @@ def predict(
             continue
         results.append(result)
         _print_song(result, segments, explain)
+        if truth_data is not None:
+            from .songcheck import compare_song
+
+            result["truth_comparison"] = compare_song(result, truth_data, tagger)
+            _print_comparison(result["truth_comparison"], truth)
     write_outputs(results, failures, json_out, csv_out, segments)
     if failures:
         err.print(f"{len(results)} file(s) tagged, {len(failures)} failed")
@@ -344,9 +355,28 @@ def predict(
         raise typer.Exit(1)
 
 
+def _print_comparison(comparison: dict, truth: Path) -> None:
+    table = Table(title=f"the whole song against its truth ({truth})")
+    for col in ("level", "found", "missed", "false", "precision", "recall", "F1"):
+        table.add_column(col, justify="right" if col in ("precision", "recall", "F1") else "left")
+    for level, s in comparison["song"].items():
+        table.add_row(level, ", ".join(s["found"]) or "-", ", ".join(s["missed"]) or "-", ", ".join(s["false"]) or "-",
+                      f"{s['precision']:.2f}", f"{s['recall']:.2f}", f"{s['f1']:.2f}")
+    console.print(table)
+    t = Table(title=f"per section (fine tags): {comparison['sections_right']} of {len(comparison['sections'])} "
+                    f"sections right (F1 ≥ {comparison['right_f1']:.1f})")
+    for col in ("section", "found", "missed", "false", "F1"):
+        t.add_column(col, justify="right" if col == "F1" else "left")
+    for s in comparison["sections"]:
+        t.add_row(f"{s['start']:.0f}–{s['end']:.0f} s", "[green]" + (", ".join(s["found"]) or "-") + "[/]",
+                  "[yellow]" + (", ".join(s["missed"]) or "-") + "[/]", "[red]" + (", ".join(s["false"]) or "-") + "[/]",
+                  f"{s['f1']:.2f}")
+    console.print(t)
+
+
 def _print_song(result: dict, segments: bool, explain: bool) -> None:
     table = Table(title=f"{result['file']} ({result['duration_seconds']:.1f} s, {result['method']}, "
-                        f"{result['aggregate']} over {len(result['segments'])} windows)")
+                        f"{result['aggregate']} over {len(result['segments'])} windows, {result['threshold_basis']} thresholds)")
     for col in ("coarse", "p", "", "fine", "p", ""):
         table.add_column(col, justify="right" if col == "p" else "left")
     mark = lambda present: "[green]✓[/]" if present else "[dim]·[/]"  # noqa: E731
@@ -367,7 +397,7 @@ def _print_song(result: dict, segments: bool, explain: bool) -> None:
         t = Table(title="timeline (present coarse tags per window)")
         t.add_column("window")
         t.add_column("coarse tags above threshold")
-        thr = {c["tag"]: c["threshold"] for c in result["coarse"]}
+        thr = result["window_thresholds"]["coarse"]
         for s in result["segments"]:
             tags = [f"{k} {v:.2f}" for k, v in s["coarse"].items() if v >= thr[k]]
             t.add_row(f"{s['start']:.0f}–{s['end']:.0f} s", ", ".join(tags) or "-")
@@ -419,7 +449,7 @@ def synth_song(
     seed: Annotated[int, typer.Option(help="Seed of the arrangement.")] = 0,
     soundfont: Annotated[Optional[Path], typer.Option(help="SF2/SF3 file.", show_default="TimGM6mb.sf2 of pretty_midi")] = None,
 ) -> None:
-    """Render a song of changing ensembles (sections of 15-30 s) to try `hmic predict` on."""
+    """Render a song of changing ensembles (sections of 15-30 s) and its ground truth, to try `hmic predict` on."""
     from .synth.song import render_song
 
     if seconds < 1:
@@ -431,6 +461,9 @@ def synth_song(
     for s in sections:
         table.add_row(f"{s['start']:.0f} s", f"{s['end']:.0f} s", s["ensemble"], ", ".join(s["instruments"]))
     console.print(table)
+    from .synth.song import truth_path
+
+    console.print(f"ground truth: {truth_path(out)} (compare with 'hmic predict {out} --truth {truth_path(out)}')")
 
 
 def main() -> None:

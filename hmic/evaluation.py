@@ -7,19 +7,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import METRICS, score_level, summarise, tune_thresholds
+from .metrics import METRICS, SONG_CLIPS, score_level, summarise, tune_song_thresholds, tune_thresholds
 from .runs import LEVELS, Run
 
 
 def tune_run(run: Run) -> dict:
-    """Tune per-tag thresholds on the run's validation predictions; store them in the run."""
+    """Tune per-tag thresholds on the run's validation predictions only; store them in the run.
+
+    ``fine``/``coarse``: for one clip (window). ``song``: for the maximum over the windows of a longer
+    file, per pseudo-song length in clips (``hmic.metrics.tune_song_thresholds``).
+    """
     pred = run.predictions("val")
-    result = {"tuned_on": "val", "criterion": "max F1 per tag, observed entries only", "defaulted": {}}
+    result = {"tuned_on": "val", "criterion": "max F1 per tag, observed entries only", "defaulted": {},
+              "song": {"clips": list(SONG_CLIPS), "tuned_on": "val",
+                       "criterion": "max F1 per tag on pseudo-songs of validation clips (max over clips)"}}
     for level in LEVELS:
         names = [str(n) for n in pred[f"{level}_names"]]
-        thr, defaulted = tune_thresholds(pred[f"{level}_probs"], pred[f"{level}_targets"], pred[f"{level}_mask"])
+        probs, targets, mask = pred[f"{level}_probs"], pred[f"{level}_targets"], pred[f"{level}_mask"]
+        thr, defaulted = tune_thresholds(probs, targets, mask)
         result[level] = {n: float(t) for n, t in zip(names, thr)}
         result["defaulted"][level] = [names[j] for j in defaulted]
+        per_length = [tune_song_thresholds(probs, targets, mask, k)[0] for k in SONG_CLIPS]
+        result["song"][level] = {n: [float(t[j]) for t in per_length] for j, n in enumerate(names)}
     run.write_thresholds(result)
     return result
 

@@ -20,6 +20,7 @@ from .errors import HmicError
 from .fileio import csv_text, write_text
 from .hierarchy import Hierarchy
 from .inference import infer
+from .metrics import SONG_CLIPS, song_clips_for
 from .model import HierarchicalTagger
 from .runs import LEVELS, Run
 
@@ -30,9 +31,10 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".ai
 class Tagger:
     model: HierarchicalTagger
     frontend: FrontendConfig
-    thresholds: dict[str, np.ndarray]  # level -> (K,)
+    thresholds: dict[str, np.ndarray]  # level -> (K,): for one window (clip)
     source: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    song_thresholds: dict[str, np.ndarray] | None = None  # level -> (len(SONG_CLIPS), K): max over a song's windows
 
     @property
     def hierarchy(self) -> Hierarchy:
@@ -54,11 +56,25 @@ class Tagger:
         if thresholds is None:
             raise HmicError(f"{ckpt.path} has no tuned thresholds; run 'hmic tune-thresholds {run or path.parent}'")
         h = ckpt.hierarchy
-        thr = {level: np.array([thresholds[level][n] for n in names])
-               for level, names in zip(LEVELS, (h.fine_names, h.coarse_names))}
+        levels = dict(zip(LEVELS, (h.fine_names, h.coarse_names)))
+        thr = {level: np.array([thresholds[level][n] for n in names]) for level, names in levels.items()}
+        song = thresholds.get("song")
+        song_thr = None
+        if song is not None and tuple(song.get("clips", ())) == SONG_CLIPS:
+            song_thr = {level: np.array([song[level][n] for n in names]).T for level, names in levels.items()}
         dev = resolve_device(device)
         model = ckpt.model.to(dev, memory_format=torch.channels_last).eval()
-        return cls(model, ckpt.frontend, thr, str(ckpt.path), dev)
+        return cls(model, ckpt.frontend, thr, str(ckpt.path), dev, song_thr)
+
+    def thresholds_for(self, seconds: float, windows: int, aggregate: str = "max") -> tuple[dict[str, np.ndarray], str]:
+        """The thresholds for the max over ``windows`` windows spanning ``seconds``: the clip thresholds
+        for one window (or for mean aggregation, or a run tuned without song thresholds), else the song
+        thresholds of the nearest pseudo-song length. Returns (level -> (K,), what they are)."""
+        if windows <= 1 or aggregate != "max" or self.song_thresholds is None:
+            return self.thresholds, "clip"
+        clips = song_clips_for(seconds, self.frontend.clip_seconds)
+        i = SONG_CLIPS.index(clips)
+        return {level: t[i] for level, t in self.song_thresholds.items()}, f"song ({clips} clips)"
 
     def windows(self, wave: torch.Tensor, hop_seconds: float) -> tuple[torch.Tensor, np.ndarray]:
         """(L,) → (W, window) windows and their start times in seconds (see ``window_starts``)."""
@@ -82,16 +98,17 @@ class Tagger:
         fine_w, coarse_w, attention = out.fine_probs, out.coarse_probs, out.attention  # (W, F), (W, C), (W, F, C)
         reduce = np.max if aggregate == "max" else np.mean
         fine_p, coarse_p = reduce(fine_w, axis=0), reduce(coarse_w, axis=0)
+        thresholds, basis = self.thresholds_for(duration, len(starts), aggregate)
         h = self.hierarchy
         coarse_rows = []
         for c, cname in enumerate(h.coarse_names):
             kids = h.children(c)
             row = {"tag": cname, "probability": round(float(coarse_p[c]), 4),
-                   "threshold": round(float(self.thresholds["coarse"][c]), 4),
-                   "present": bool(coarse_p[c] >= self.thresholds["coarse"][c]),
+                   "threshold": round(float(thresholds["coarse"][c]), 4),
+                   "present": bool(coarse_p[c] >= thresholds["coarse"][c]),
                    "fine": [{"tag": h.fine_names[f], "probability": round(float(fine_p[f]), 4),
-                             "threshold": round(float(self.thresholds["fine"][f]), 4),
-                             "present": bool(fine_p[f] >= self.thresholds["fine"][f])} for f in kids]}
+                             "threshold": round(float(thresholds["fine"][f]), 4),
+                             "present": bool(fine_p[f] >= thresholds["fine"][f])} for f in kids]}
             if row["present"]:
                 row["explanation"] = self.explain(c, fine_w, coarse_w, attention, starts)
             coarse_rows.append(row)
@@ -102,7 +119,10 @@ class Tagger:
                     for i, (s, e) in enumerate(zip(starts, end))]
         return {"file": str(path), "duration_seconds": round(duration, 3), "checkpoint": self.source,
                 "method": self.method, "aggregate": aggregate, "window_seconds": self.frontend.clip_seconds,
-                "hop_seconds": hop_seconds, "coarse": coarse_rows, "segments": segments}
+                "hop_seconds": hop_seconds, "threshold_basis": basis, "coarse": coarse_rows,
+                "window_thresholds": {level: {n: round(float(t), 4) for n, t in zip(names, self.thresholds[level])}
+                                      for level, names in zip(LEVELS, (h.fine_names, h.coarse_names))},
+                "segments": segments}
 
     def explain(self, c: int, fine_w: np.ndarray, coarse_w: np.ndarray, attention: np.ndarray | None,
                 starts: np.ndarray) -> dict:

@@ -161,7 +161,7 @@ class Run:
 
         write_json(self.thresholds_path, result)
         if self.best_path.exists():
-            set_thresholds(self.best_path, {level: result[level] for level in LEVELS})
+            set_thresholds(self.best_path, {key: result[key] for key in (*LEVELS, "song") if key in result})
 
 
 def _json_line(row: dict) -> str:

@@ -22,6 +22,7 @@ LAYERS = [
     {"runs", "inference"},
     {"evaluation", "train"},
     {"grid", "report", "predict"},
+    {"songcheck"},
     {"ray_engine"},
     {"cli", "__main__"},
 ]

@@ -1,0 +1,45 @@
+"""A tagged song against its ground truth (the ``.truth.json`` that ``hmic synth-song`` writes): which
+tags were found, missed or false for the whole song and per section, with precision, recall and F1."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .predict import Tagger
+
+RIGHT_F1 = 0.8  # a section counts as right when its fine-level F1 reaches this
+
+
+def set_scores(predicted: set[str], truth: set[str]) -> dict:
+    found, missed, false = sorted(predicted & truth), sorted(truth - predicted), sorted(predicted - truth)
+    precision = len(found) / len(predicted) if predicted else (1.0 if not truth else 0.0)
+    recall = len(found) / len(truth) if truth else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"found": found, "missed": missed, "false": false, "precision": precision, "recall": recall, "f1": f1}
+
+
+def compare_song(result: dict, truth: dict, tagger: Tagger) -> dict:
+    """``result``: ``Tagger.tag`` output (with its segments); ``truth``: a song truth file's content."""
+    h = tagger.hierarchy
+    parent_of = {f: h.coarse_names[h.parent[i]] for i, f in enumerate(h.fine_names)}
+    truth_fine = set(truth["instruments"])
+    predicted_fine = {f["tag"] for c in result["coarse"] for f in c["fine"] if f["present"]}
+    predicted_coarse = {c["tag"] for c in result["coarse"] if c["present"]}
+    song = {"fine": set_scores(predicted_fine, truth_fine),
+            "coarse": set_scores(predicted_coarse, {parent_of[f] for f in truth_fine})}
+    segments = result["segments"]
+    centres = np.array([(s["start"] + s["end"]) / 2 for s in segments])
+    sections = []
+    for section in truth["sections"]:
+        start, end = float(section["start"]), float(section["end"])
+        inside = [i for i, c in enumerate(centres) if start <= c < end]
+        if not inside:  # a section shorter than a window: the window that overlaps it most
+            overlap = [min(end, s["end"]) - max(start, s["start"]) for s in segments]
+            inside = [int(np.argmax(overlap))]
+        fine = np.array([[segments[i]["fine"][f] for f in h.fine_names] for i in inside]).max(axis=0)
+        thresholds, basis = tagger.thresholds_for(end - start, len(inside), result["aggregate"])
+        predicted = {f for f, p, t in zip(h.fine_names, fine, thresholds["fine"]) if p >= t}
+        scores = set_scores(predicted, set(section["instruments"]))
+        sections.append({"start": start, "end": end, "windows": len(inside), "thresholds": basis, **scores})
+    right = sum(s["f1"] >= RIGHT_F1 for s in sections)
+    return {"song": song, "sections": sections, "sections_right": right, "right_f1": RIGHT_F1}
