@@ -17,6 +17,7 @@ GRID_FLAGS   := --engine $(ENGINE)$(if $(GPUS_PER_RUN), --gpus-per-run $(GPUS_PE
 DEMO        := data/demo
 DEMO_DATA   := $(DEMO)/openmic-synth
 DEMO_RUNS   := $(DEMO)/runs
+DEMO_SONG_RUNS := $(DEMO)/song-runs
 DEMO_CLIPS  ?= 900
 
 # make table1-synth: the paper's protocol on the stand-in dataset with the light backbone.
@@ -45,22 +46,23 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 demo: install
-	@echo "== 1/7  rendering a $(DEMO_CLIPS)-clip OpenMIC-format stand-in dataset into $(DEMO_DATA)"
+	@echo "== 1/8  rendering a $(DEMO_CLIPS)-clip OpenMIC-format stand-in dataset into $(DEMO_DATA)"
 	$(HMIC) synth --out $(DEMO_DATA) --clips $(DEMO_CLIPS) --seed 0
-	@echo "== 2/7  carving a stratified validation set out of the train partition"
+	@echo "== 2/8  carving a stratified validation set out of the train partition"
 	$(HMIC) split --data-dir $(DEMO_DATA)
-	@echo "== 3/7  computing the CNN14 log-mel features"
+	@echo "== 3/8  computing the CNN14 log-mel features"
 	$(HMIC) featurize --data-dir $(DEMO_DATA)
-	@echo "== 4/7  training all seven heads on cnn14-light (configs/demo.yaml, 1 seed, CPU)"
+	@echo "== 4/8  training all seven heads on cnn14-light (configs/demo.yaml, 1 seed, CPU)"
 	$(HMIC) train --config configs/demo.yaml --method $(METHODS) --seed 0 --data-dir $(DEMO_DATA) --runs-dir $(DEMO_RUNS) --resume
-	@echo "== 5/7  tuning per-tag thresholds on validation"
-	$(HMIC) tune-thresholds $(DEMO_RUNS)
-	@echo "== 6/7  Table 1 on the stand-in test split (results/demo/)"
+	@echo "== 5/8  one longer gmp run for the song (configs/demo-song.yaml)"
+	$(HMIC) train --config configs/demo-song.yaml --method gmp --seed 0 --data-dir $(DEMO_DATA) --runs-dir $(DEMO_SONG_RUNS) --resume
+	@echo "== 6/8  tuning per-tag thresholds (clips and whole songs) on validation"
+	$(HMIC) tune-thresholds $(DEMO_RUNS) $(DEMO_SONG_RUNS)
+	@echo "== 7/8  Table 1 on the stand-in test split (results/demo/)"
 	$(HMIC) table $(DEMO_RUNS) --out results/demo
-	@echo "== 7/7  rendering a 75-s song and tagging it with the resatt run"
+	@echo "== 8/8  a 75-s song the model never heard, tagged and shown against its truth (results/demo/song.json)"
 	$(HMIC) synth-song $(DEMO)/song.wav --seconds 75 --seed 7
-	$(HMIC) predict $(DEMO)/song.wav --run $(DEMO_RUNS)/resatt/lam0.80/seed0 --explain --json results/demo/song.json
-	@echo "== done: results/demo/table1.md, results/demo/*.png, results/demo/song.json"
+	$(HMIC) predict $(DEMO)/song.wav --run $(DEMO_SONG_RUNS)/gmp/lam0.80/seed0 --explain --truth $(DEMO)/song.truth.json --json results/demo/song.json
 
 table1: install
 	$(HMIC) download all
