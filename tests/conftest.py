@@ -48,6 +48,21 @@ def prepared(synth_root, tmp_path_factory) -> dict:
     return {"data_dir": synth_root, "work_dir": work, "dataset": dataset, "split": split}
 
 
+def panns_frontend_tensors() -> dict:
+    """The frozen front-end tensors of a PANNs CNN14 checkpoint (STFT kernels, mel filterbank)."""
+    import numpy as np
+
+    from hmic.audio import LogMel
+
+    n = 512
+    k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
+    t = torch.arange(n, dtype=torch.float64)[None]
+    window = torch.hann_window(n, periodic=True, dtype=torch.float64)
+    return {"spectrogram_extractor.stft.conv_real.weight": (torch.cos(2 * np.pi * k * t / n) * window)[:, None].float(),
+            "spectrogram_extractor.stft.conv_imag.weight": (-torch.sin(2 * np.pi * k * t / n) * window)[:, None].float(),
+            "logmel_extractor.melW": LogMel(FrontendConfig()).filterbank.clone()}
+
+
 def tiny_config(prepared, runs_dir, **overrides):
     from hmic.train import TrainConfig
 

@@ -9,8 +9,7 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from conftest import tiny_config
-from hmic.audio import FrontendConfig, LogMel
+from conftest import panns_frontend_tensors, tiny_config
 from hmic.backbones import BackboneConfig, build_backbone
 from hmic.checkpoint import Checkpoint
 from hmic.cli import app
@@ -121,13 +120,7 @@ def audioset_shaped_checkpoint(path: Path) -> None:
             state[key] = torch.rand_like(value) + 0.5
         elif key.endswith("running_mean"):
             state[key] = torch.randn_like(value) * 0.1
-    n = 512
-    k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
-    t = torch.arange(n, dtype=torch.float64)[None]
-    window = torch.hann_window(n, periodic=True, dtype=torch.float64)
-    state["spectrogram_extractor.stft.conv_real.weight"] = (torch.cos(2 * np.pi * k * t / n) * window)[:, None].float()
-    state["spectrogram_extractor.stft.conv_imag.weight"] = (-torch.sin(2 * np.pi * k * t / n) * window)[:, None].float()
-    state["logmel_extractor.melW"] = LogMel(FrontendConfig()).filterbank.clone()
+    state.update(panns_frontend_tensors())
     state["fc_audioset.weight"] = torch.randn(527, 2048) * 0.01
     state["fc_audioset.bias"] = torch.zeros(527)
     assert len(state) == 84

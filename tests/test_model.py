@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from hmic.audio import FrontendConfig, LogMel
+from conftest import panns_frontend_tensors
+from hmic.audio import FrontendConfig
 from hmic.errors import HmicError
 from hmic.heads import HEADS, build_head, hierarchical_loss
 from hmic.hierarchy import load_hierarchy
@@ -124,13 +125,7 @@ def checkpoint_state(seed=0):
     torch.manual_seed(seed)
     backbone = build_backbone(BackboneConfig("cnn14"))
     state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in backbone.state_dict().items()}
-    n = 512
-    k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
-    t = torch.arange(n, dtype=torch.float64)[None]
-    window = torch.hann_window(n, periodic=True, dtype=torch.float64)
-    state["spectrogram_extractor.stft.conv_real.weight"] = (torch.cos(2 * np.pi * k * t / n) * window)[:, None].float()
-    state["spectrogram_extractor.stft.conv_imag.weight"] = (-torch.sin(2 * np.pi * k * t / n) * window)[:, None].float()
-    state["logmel_extractor.melW"] = LogMel().filterbank.clone()
+    state.update(panns_frontend_tensors())
     state["fc_audioset.weight"] = torch.randn(527, 2048)
     state["fc_audioset.bias"] = torch.randn(527)
     return state
