@@ -37,7 +37,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,ray]'
+	$(BIN)/pip install -q -e '.[dev,ray,onnx]'
 	@# tinysoundfont declares pyaudio (live playback only), which does not build: skip its deps.
 	$(BIN)/pip install -q --no-deps 'tinysoundfont==0.3.7'
 	touch $(STAMP)

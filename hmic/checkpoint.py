@@ -71,13 +71,14 @@ def _write(path: str | Path, payload: dict) -> None:
         torch.save(payload, tmp)
 
 
-def read_state(path: str | Path) -> dict:
-    """The raw checkpoint dictionary, checked to be an hmic checkpoint of a known format version."""
+def read_state(path: str | Path, mmap: bool = False) -> dict:
+    """The raw checkpoint dictionary, checked to be an hmic checkpoint of a known format version.
+    ``mmap``: tensors stay memory-mapped from the file (pages are read when first touched)."""
     path = Path(path)
     if not path.is_file():
         raise HmicError(f"{path} does not exist; pass a run folder with best.pt or an hmic checkpoint file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise HmicError(f"{path} is not a loadable hmic checkpoint ({str(e).splitlines()[0]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -115,10 +116,10 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: str | Path) -> "Checkpoint":
-        state = read_state(path)
+        state = read_state(path, mmap=True)
         hierarchy = Hierarchy.from_dict(state["hierarchy"], source=str(path))
-        model = HierarchicalTagger(BackboneConfig(**state["backbone"]), state["head"]["method"], hierarchy)
-        model.load_state_dict(state["model"])
+        model = HierarchicalTagger.from_state(BackboneConfig(**state["backbone"]), state["head"]["method"],
+                                              hierarchy, state["model"])
         return cls(Path(path), model, FrontendConfig(**state["frontend"]), state["config"], state.get("thresholds"),
                    int(state.get("epoch", -1)), state)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import fields
 from enum import Enum
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.table import Table
 from .backbones import BACKBONES
 from .devices import DEVICE_HELP
 from .errors import HmicError
+from .fileio import append_jsonl, write_text
 from .heads import describe_heads
 from .train import TrainConfig
 
@@ -301,58 +303,118 @@ def evaluate(
         console.print(f"written {json_out}")
 
 
+class Backend(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+TABLES_UP_TO = 20  # files: above this, tables are printed only with --tables
+
+
 @app.command()
 def predict(
     audio: Annotated[list[Path], typer.Argument(help="Audio files or folders (any length, any format soundfile reads).")],
-    run: Annotated[Optional[Path], typer.Option(help="Run folder or checkpoint.", show_default="the latest run with tuned thresholds")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="Run folder or checkpoint (with --backend onnx: a file from 'hmic export --onnx').", show_default="the latest run with tuned thresholds")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where to look for the latest run.")] = Path("runs"),
     hop: Annotated[float, typer.Option(help="Hop between 10-s windows, seconds.")] = 5.0,
     aggregate: Annotated[Aggregation, typer.Option(help="Song-level aggregation of window probabilities.")] = Aggregation.max,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON (schema in README).")] = None,
-    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write results as CSV.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass (windows of several files share a batch).")] = 8,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write this run's results as JSON (schema in README).")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write this run's results as CSV.")] = None,
+    jsonl: Annotated[Optional[Path], typer.Option(help="Append one JSON line per finished file; files already in it are skipped, so a killed run resumes.", show_default=False)] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Write a label track per file here (start, end, label; tab-separated: Audacity, Sonic Visualiser).", show_default=False)] = None,
     segments: Annotated[bool, typer.Option(help="Print (and keep in JSON) the per-window timeline.")] = False,
     explain: Annotated[bool, typer.Option(help="Show which fine tags carried each present coarse tag.")] = False,
-    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = "cpu",
+    tables: Annotated[Optional[bool], typer.Option(help="Print a table per file.", show_default=f"for up to {TABLES_UP_TO} files")] = None,
+    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, else fp32), fp32, or bf16 (CUDA, or a CPU with avx512_bf16/AMX); the head is float32 always.")] = "auto",
+    backend: Annotated[Backend, typer.Option(help="torch, or onnx (onnxruntime; pip install 'hmic[onnx]').")] = Backend.torch,
+    workers: Annotated[Optional[int], typer.Option(help="Processes decoding and resampling ahead of the model (0: in this process).", show_default="0 for one file, else min(4, CPUs/2)")] = None,
     truth: Annotated[Optional[Path], typer.Option(help="A song's ground truth (.truth.json from 'hmic synth-song'): print found, missed and false tags, per section too.", show_default=False)] = None,
 ) -> None:
-    """Tag songs of any length with fine and coarse instrument tags."""
-    from .audio import AudioError
-    from .predict import Tagger, expand_inputs, write_outputs
+    """Tag songs of any length, or whole libraries, with fine and coarse instrument tags."""
+    from .predict import Tagger, done_in_jsonl, expand_inputs, label_path, label_track, write_outputs
     from .runs import latest_tuned_run
     from .synth.song import read_truth
 
     truth_data = read_truth(truth) if truth else None
-
+    found = expand_inputs(audio)
+    if not found.files and not found.unreadable:
+        raise HmicError("no audio files found in " + ", ".join(map(str, audio)))
+    if truth_data is not None and len(found.files) != 1:
+        raise typer.BadParameter("--truth compares one song: give exactly one audio file")
+    if found.not_audio:
+        err.print(f"{found.not_audio} folder entries without an audio suffix were left out", highlight=False, soft_wrap=True)
+    names = dict(zip(map(str, found.files), found.names))
+    todo = found.files
+    if jsonl is not None:
+        done = done_in_jsonl(jsonl)
+        todo = [f for f in todo if os.path.abspath(f) not in done]
+        if len(todo) < len(found.files):
+            err.print(f"{jsonl}: {len(found.files) - len(todo)} file(s) already tagged there are skipped", highlight=False, soft_wrap=True)
     if run is None:
         run = latest_tuned_run(runs_dir).folder
         err.print(f"using the latest run with tuned thresholds: {run}")
-    tagger = Tagger.load(run, device)
-    files = expand_inputs(audio)
-    if not files:
-        raise HmicError("no audio files found in " + ", ".join(map(str, audio)))
-    if truth_data is not None and len(files) != 1:
-        raise typer.BadParameter("--truth compares one song: give exactly one audio file")
-    results, failures = [], []
-    for path in files:
-        try:
-            result = tagger.tag(path, hop, aggregate.value, batch_size)
-        except AudioError as e:
-            err.print(f"[yellow]skipping: {e}[/]", highlight=False, soft_wrap=True)
-            failures.append({"file": str(path), "error": str(e)})
-            continue
-        results.append(result)
-        _print_song(result, segments, explain)
-        if truth_data is not None:
-            from .songcheck import compare_song
+    if backend is Backend.onnx:
+        from .export import load_onnx_tagger
 
-            result["truth_comparison"] = compare_song(result, truth_data, tagger)
-            _print_comparison(result["truth_comparison"], truth)
+        tagger = load_onnx_tagger(run, device, precision)
+    else:
+        tagger = Tagger.load(run, device, precision)
+    if workers is None:
+        workers = 0 if len(todo) <= 1 else max(1, min(4, (os.cpu_count() or 2) // 2))
+    show = tables if tables is not None else len(found.files) <= TABLES_UP_TO
+    results, failures = [], []
+
+    def failed(entry: dict) -> None:
+        err.print(f"[yellow]failed: {escape(entry['error'])}[/]", highlight=False, soft_wrap=True)
+        failures.append(entry)
+        if jsonl is not None:
+            append_jsonl(jsonl, entry)
+
+    for entry in found.unreadable:
+        failed(entry)
+    with _file_progress(len(todo)) as advance:
+        for path, result, error in tagger.stream(todo, hop, aggregate.value, batch_size, workers):
+            advance()
+            if error is not None:
+                failed({"file": path, "error": error})
+                continue
+            if truth_data is not None:
+                from .songcheck import compare_song
+
+                result["truth_comparison"] = compare_song(result, truth_data, tagger)
+            if labels is not None:
+                write_text(label_path(labels, names[path]), label_track(result))
+            if jsonl is not None:
+                append_jsonl(jsonl, result if segments else {k: v for k, v in result.items() if k != "segments"})
+            results.append(result)
+            if show:
+                _print_song(result, segments, explain)
+                if truth_data is not None:
+                    _print_comparison(result["truth_comparison"], truth)
     write_outputs(results, failures, json_out, csv_out, segments)
-    if failures:
-        err.print(f"{len(results)} file(s) tagged, {len(failures)} failed")
-    if not results:
+    if labels is not None and results:
+        err.print(f"label tracks: {labels}/", highlight=False, soft_wrap=True)
+    if failures or len(found.files) > 1:
+        err.print(f"{len(results)} file(s) tagged, {len(failures)} failed"
+                  + (f", {len(found.files) - len(todo)} already in {jsonl}" if jsonl is not None else ""), highlight=False, soft_wrap=True)
+    if failures and not results:
         raise typer.Exit(1)
+
+
+@contextmanager
+def _file_progress(total: int):
+    """One progress bar over files (with an ETA) on stderr when there is more than one file."""
+    if total <= 1:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("tagging"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=err) as progress:
+        task = progress.add_task("files", total=total)
+        yield lambda: progress.advance(task)
 
 
 def _print_comparison(comparison: dict, truth: Path) -> None:
@@ -402,6 +464,22 @@ def _print_song(result: dict, segments: bool, explain: bool) -> None:
             tags = [f"{k} {v:.2f}" for k, v in s["coarse"].items() if v >= thr[k]]
             t.add_row(f"{s['start']:.0f}–{s['end']:.0f} s", ", ".join(tags) or "-")
         console.print(t)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder (its best.pt) or checkpoint, with tuned thresholds.")],
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX file to write.", show_default="RUN/model.onnx")] = None,
+) -> None:
+    """Export a run to ONNX (log-mel front-end inside the graph; hierarchy and thresholds in its metadata)."""
+    from .export import export_onnx
+
+    out = onnx or (run / "model.onnx" if run.is_dir() else run.with_suffix(".onnx"))
+    report = export_onnx(run, out)
+    console.print(f"written {out} ({report['bytes'] / 1e6:.1f} MB, {report['method']}, outputs "
+                  f"{', '.join(report['outputs'])}); onnxruntime against PyTorch on {report['probe_windows']} "
+                  f"probe windows: max |Δp| = {report['max_abs_probability_difference']:.2e}")
+    console.print(f"tag with it: hmic predict SONG --backend onnx --run {out}")
 
 
 @app.command()

@@ -54,6 +54,32 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def cpu_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (x86 avx512_bf16 or AMX, Arm bf16). Without it
+    PyTorch emulates bf16, many times slower than float32."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """``bf16`` or ``fp32`` for inference on ``device`` (``auto``: bf16 on CUDA only). bf16 on a CPU
+    that would only emulate it is refused, since it would be slower, not faster."""
+    check_precision(precision)
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_native_bf16():
+        raise HmicError("--precision bf16: this CPU has no native bf16 (no avx512_bf16 or AMX), so PyTorch "
+                        "would emulate it, slower than float32; use --precision fp32 (or a GPU)")
+    return precision
+
+
 def autocast(device: torch.device, precision: str = "auto"):
     """The backbone's autocast context: bf16 where ``precision`` asks for it (``auto``: on CUDA only)."""
     check_precision(precision)

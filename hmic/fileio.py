@@ -56,6 +56,16 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
+def trim_partial_line(path: str | os.PathLike) -> bool:
+    """Cut a last line that has no newline (a write interrupted by a kill); True if one was cut."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        f.truncate(data.rfind(b"\n") + 1)
+        return True
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     rows = []
     p = Path(path)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score
+
+# scikit-learn is imported inside the functions that use it: `hmic predict` needs this module's
+# constants but not scikit-learn, whose import costs about a second.
 
 DEFAULT_THRESHOLD = 0.5  # for a tag without observed positives (or negatives) in validation
 METRICS = ("roc_auc", "pr_auc", "f1")
@@ -30,6 +32,8 @@ def tune_thresholds(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) ->
         if y.sum() == 0 or (~y).sum() == 0:
             defaulted.append(j)
             continue
+        from sklearn.metrics import precision_recall_curve
+
         precision, recall, cut = precision_recall_curve(y, p)
         precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
         f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
@@ -51,6 +55,8 @@ class LevelScores:
 def score_level(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, thresholds: np.ndarray,
                 names: list[str]) -> LevelScores:
     """Macro ROC-AUC, PR-AUC (average precision) and F1 over tags, observed entries only."""
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
     per_tag: dict[str, dict[str, float]] = {}
     left_out = []
     for j, name in enumerate(names):

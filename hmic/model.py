@@ -13,11 +13,23 @@ from .hierarchy import Hierarchy
 class HierarchicalTagger(nn.Module):
     """Backbone + head: log-mel (B, T, M) → HeadOutput (fine (B, F) and coarse (B, C) probabilities)."""
 
-    def __init__(self, backbone_cfg: BackboneConfig, method: str, hierarchy: Hierarchy):
+    def __init__(self, backbone_cfg: BackboneConfig, method: str, hierarchy: Hierarchy, backbone: nn.Module | None = None):
         super().__init__()
         self.method = method
-        self.backbone = build_backbone(backbone_cfg)
+        self.backbone = backbone if backbone is not None else build_backbone(backbone_cfg)
         self.head = build_head(method, self.backbone.embedding_dim, hierarchy)
+
+    @classmethod
+    def from_state(cls, backbone_cfg: BackboneConfig, method: str, hierarchy: Hierarchy,
+                   state_dict: dict[str, torch.Tensor]) -> "HierarchicalTagger":
+        """Rebuild a saved model without first initialising weights the state replaces: the backbone is
+        built on the meta device and takes the state's tensors as they are (memory-mapped when the
+        checkpoint was loaded so). The head is built normally (it is small and has derived buffers)."""
+        with torch.device("meta"):
+            backbone = build_backbone(backbone_cfg)
+        model = cls(backbone_cfg, method, hierarchy, backbone=backbone)
+        model.load_state_dict(state_dict, assign=True)
+        return model
 
     @property
     def hierarchy(self) -> Hierarchy:

@@ -1,70 +1,216 @@
-"""Whole-song tagging: sliding windows → batched model → song-level fine and coarse tags.
+"""Tagging audio files of any length: sliding windows → batched model → song-level fine and coarse tags.
 
-``Tagger.tag(path)`` returns clip-level (song) probabilities, presence by the run's tuned thresholds,
-the per-window timeline with timestamps, and, for each present coarse tag, which fine tags carried it.
+``Tagger.stream(files)`` is the library path: decoding, resampling and the log-mel run in worker
+processes ahead of the model (bounded read-ahead), windows of several files share batches, and each
+file's result comes back in input order as soon as its last window is through. ``Tagger.tag(path)``
+tags one file. The model runs behind a *runner*: PyTorch (``TorchRunner``, fp32 or bf16 backbone) or
+onnxruntime (``hmic.export.OnnxRunner``: the graph takes waveforms and holds the front-end).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
 
-from .audio import FrontendConfig, fit_length, load_wave, logmel_of_wave
+from .audio import AudioError, FrontendConfig, fit_length, load_wave, logmel_of_wave
 from .checkpoint import Checkpoint
-from .devices import resolve_device
+from .devices import resolve_device, resolve_precision
 from .errors import HmicError
 from .fileio import csv_text, write_text
+from .heads import Head
 from .hierarchy import Hierarchy
-from .inference import infer
+from .inference import Outputs, infer
 from .metrics import SONG_CLIPS, song_clips_for
-from .model import HierarchicalTagger
 from .runs import LEVELS, Run
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".opus", ".w64", ".caf"}
+MEL_CHUNK = 16  # windows per log-mel call while preparing a file (bounds its memory)
+
+
+class Runner(Protocol):
+    """Runs the model on one batch of prepared windows."""
+
+    inputs: str  # "logmel": (B, T, M) log-mel; "wave": (B, clip_samples) 16-kHz waveforms
+    backend: str
+    precision: str
+
+    def __call__(self, x: np.ndarray) -> Outputs: ...
+
+
+@dataclass
+class TorchRunner:
+    model: torch.nn.Module
+    device: torch.device
+    precision: str = "fp32"
+    inputs: str = "logmel"
+    backend: str = "torch"
+
+    def __call__(self, x: np.ndarray) -> Outputs:
+        return infer(self.model, [torch.from_numpy(x)], self.device, self.precision)
+
+
+@dataclass
+class Prepared:
+    """One file made ready for the model (in a worker process): its windows' inputs and start times."""
+
+    index: int
+    path: str
+    duration: float = 0.0
+    starts: np.ndarray | None = None  # (W,) seconds
+    inputs: np.ndarray | None = None  # (W, T, M) log-mel or (W, L) waves
+    error: str | None = None
+
+
+@dataclass
+class Job:
+    """What every worker needs to prepare a file (sent once, to each worker's initializer)."""
+
+    frontend: FrontendConfig
+    min_samples: int
+    hop_seconds: float
+    inputs: str
+
+
+def prepare(index: int, path: str | Path, job: Job) -> Prepared:
+    """Decode → mono → resample → windows (``window_starts``) → log-mel (when the runner takes it)."""
+    try:
+        wave = load_wave(path, job.frontend, job.min_samples)
+    except AudioError as e:
+        return Prepared(index, str(path), error=str(e))
+    except OSError as e:  # unreadable although it exists (permissions, I/O error)
+        return Prepared(index, str(path), error=f"{path}: cannot be read ({e.strerror or e})")
+    sr, size = job.frontend.sample_rate, job.frontend.clip_samples
+    starts = window_starts(wave.shape[0], size, max(1, int(round(job.hop_seconds * sr))))
+    chunks = [fit_length(wave[s:s + size], size) for s in starts]
+    if job.inputs == "wave":
+        inputs = torch.stack(chunks).numpy()
+    else:
+        inputs = np.concatenate([logmel_of_wave(torch.stack(chunks[i:i + MEL_CHUNK]), job.frontend).numpy()
+                                 for i in range(0, len(chunks), MEL_CHUNK)])
+    return Prepared(index, str(path), wave.shape[0] / sr, np.array(starts) / sr, inputs)
+
+
+_WORKER_JOB: Job | None = None
+
+
+def _init_worker(job: Job) -> None:
+    global _WORKER_JOB
+    torch.set_num_threads(1)
+    _WORKER_JOB = job
+
+
+def _prepare_in_worker(index: int, path: str) -> Prepared:
+    assert _WORKER_JOB is not None
+    return prepare(index, path, _WORKER_JOB)
+
+
+def prepare_all(paths: list[str], job: Job, workers: int, read_ahead: int | None = None) -> Iterator[Prepared]:
+    """Prepared files in input order. ``workers`` > 0: that many processes work ahead of the caller,
+    at most ``read_ahead`` files (default 2 per worker) beyond the one being consumed."""
+    if workers <= 0:
+        for i, p in enumerate(paths):
+            yield prepare(i, p, job)
+        return
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(job,))
+    try:
+        todo = iter(enumerate(paths))
+        futures = deque(pool.submit(_prepare_in_worker, i, p) for i, p in _take(todo, read_ahead or 2 * workers))
+        while futures:
+            prepared = futures.popleft().result()
+            futures.extend(pool.submit(_prepare_in_worker, i, p) for i, p in _take(todo, 1))
+            yield prepared
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _take(it: Iterator, n: int) -> list:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            break
+    return out
+
+
+@dataclass
+class _Pending:
+    prepared: Prepared
+    taken: int = 0  # windows sent to the model
+    outputs: list[Outputs] = field(default_factory=list)
+    done: int = 0  # windows back from the model
+
+    @property
+    def windows(self) -> int:
+        return 0 if self.prepared.inputs is None else len(self.prepared.inputs)
+
+
+def load_checkpoint(run_or_checkpoint: str | Path) -> tuple[Checkpoint, dict]:
+    """A run folder's best.pt (or a checkpoint file) and its tuned thresholds (stored in the file, or
+    the run's thresholds.json); untuned is an error naming the command that tunes it."""
+    path = Path(run_or_checkpoint)
+    run = Run(path) if path.is_dir() else None
+    ckpt = Checkpoint.load(run.best_path if run else path)
+    thresholds = ckpt.thresholds
+    if thresholds is None and run is not None and run.tuned:
+        thresholds = run.thresholds()
+    if thresholds is None:
+        raise HmicError(f"{ckpt.path} has no tuned thresholds; run 'hmic tune-thresholds {run or path.parent}'")
+    return ckpt, thresholds
 
 
 @dataclass
 class Tagger:
-    model: HierarchicalTagger
+    runner: Runner
+    head: Head
     frontend: FrontendConfig
+    min_samples: int
     thresholds: dict[str, np.ndarray]  # level -> (K,): for one window (clip)
     source: str
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     song_thresholds: dict[str, np.ndarray] | None = None  # level -> (len(SONG_CLIPS), K): max over a song's windows
 
     @property
     def hierarchy(self) -> Hierarchy:
-        return self.model.hierarchy
+        return self.head.hierarchy
 
     @property
     def method(self) -> str:
-        return self.model.method
+        return self.head.registered_name
 
     @classmethod
-    def load(cls, run_or_checkpoint: str | Path, device: str = "cpu") -> "Tagger":
-        """From a run folder (its best.pt) or a checkpoint file; needs tuned thresholds."""
-        path = Path(run_or_checkpoint)
-        run = Run(path) if path.is_dir() else None
-        ckpt = Checkpoint.load(run.best_path if run else path)
-        thresholds = ckpt.thresholds
-        if thresholds is None and run is not None and run.tuned:
-            thresholds = run.thresholds()
-        if thresholds is None:
-            raise HmicError(f"{ckpt.path} has no tuned thresholds; run 'hmic tune-thresholds {run or path.parent}'")
-        h = ckpt.hierarchy
+    def load(cls, run_or_checkpoint: str | Path, device: str = "cpu", precision: str = "fp32") -> "Tagger":
+        """From a run folder (its best.pt) or an hmic checkpoint, over PyTorch; needs tuned thresholds.
+        (An exported ONNX file: ``hmic.export.load_onnx_tagger``.)"""
+        ckpt, thresholds = load_checkpoint(run_or_checkpoint)
+        dev = resolve_device(device)
+        model = ckpt.model.to(dev, memory_format=torch.channels_last).eval()
+        runner = TorchRunner(model, dev, resolve_precision(dev, precision))
+        return cls.build(runner, model.head, ckpt.frontend, model.backbone.min_samples(ckpt.frontend),
+                         thresholds, str(ckpt.path))
+
+    @classmethod
+    def build(cls, runner: Runner, head: Head, frontend: FrontendConfig, min_samples: int, thresholds: dict,
+              source: str) -> "Tagger":
+        """``thresholds``: as stored by tune-thresholds ({"fine": {tag: t}, "coarse": …, "song": …})."""
+        h = head.hierarchy
         levels = dict(zip(LEVELS, (h.fine_names, h.coarse_names)))
-        thr = {level: np.array([thresholds[level][n] for n in names]) for level, names in levels.items()}
+        try:
+            thr = {level: np.array([thresholds[level][n] for n in names]) for level, names in levels.items()}
+        except KeyError as e:
+            raise HmicError(f"{source}: its thresholds have no entry for {e}; re-run 'hmic tune-thresholds'") from None
         song = thresholds.get("song")
         song_thr = None
         if song is not None and tuple(song.get("clips", ())) == SONG_CLIPS:
             song_thr = {level: np.array([song[level][n] for n in names]).T for level, names in levels.items()}
-        dev = resolve_device(device)
-        model = ckpt.model.to(dev, memory_format=torch.channels_last).eval()
-        return cls(model, ckpt.frontend, thr, str(ckpt.path), dev, song_thr)
+        return cls(runner, head, frontend, min_samples, thr, source, song_thr)
 
     def thresholds_for(self, seconds: float, windows: int, aggregate: str = "max") -> tuple[dict[str, np.ndarray], str]:
         """The thresholds for the max over ``windows`` windows spanning ``seconds``: the clip thresholds
@@ -76,26 +222,73 @@ class Tagger:
         i = SONG_CLIPS.index(clips)
         return {level: t[i] for level, t in self.song_thresholds.items()}, f"song ({clips} clips)"
 
-    def windows(self, wave: torch.Tensor, hop_seconds: float) -> tuple[torch.Tensor, np.ndarray]:
-        """(L,) → (W, window) windows and their start times in seconds (see ``window_starts``)."""
-        sr, size = self.frontend.sample_rate, self.frontend.clip_samples
-        starts = window_starts(wave.shape[0], size, max(1, int(round(hop_seconds * sr))))
-        chunks = torch.stack([fit_length(wave[s:s + size], size) for s in starts])
-        return chunks, np.array(starts) / sr
+    def job(self, hop_seconds: float) -> Job:
+        return Job(self.frontend, self.min_samples, hop_seconds, self.runner.inputs)
+
+    def tag(self, path: str | Path, hop_seconds: float = 5.0, aggregate: str = "max", batch_size: int = 8) -> dict:
+        """Tag one audio file of any length (raises AudioError). See the README for the JSON schema."""
+        for _, result, error in self.stream([path], hop_seconds, aggregate, batch_size):
+            if error is not None:
+                raise AudioError(error)
+            return result
+        raise AssertionError("unreachable")
 
     @torch.no_grad()
-    def tag(self, path: str | Path, hop_seconds: float = 5.0, aggregate: str = "max", batch_size: int = 8) -> dict:
-        """Tag one audio file of any length. See the README for the returned (JSON) schema."""
+    def stream(self, paths: Iterable[str | Path], hop_seconds: float = 5.0, aggregate: str = "max",
+               batch_size: int = 8, workers: int = 0) -> Iterator[tuple[str, dict | None, str | None]]:
+        """(path, result, None) or (path, None, error) for every file, in input order."""
         if aggregate not in ("max", "mean"):
             raise HmicError("--aggregate must be max or mean")
         if hop_seconds <= 0:
             raise HmicError("--hop must be positive")
-        wave = load_wave(path, self.frontend, self.model.backbone.min_samples(self.frontend))
-        duration = wave.shape[0] / self.frontend.sample_rate
-        chunks, starts = self.windows(wave, hop_seconds)
-        out = infer(self.model, (logmel_of_wave(chunks[i:i + batch_size], self.frontend)
-                                 for i in range(0, len(chunks), batch_size)), self.device)
-        fine_w, coarse_w, attention = out.fine_probs, out.coarse_probs, out.attention  # (W, F), (W, C), (W, F, C)
+        if batch_size < 1:
+            raise HmicError("--batch-size must be at least 1")
+        pending: deque[_Pending] = deque()
+        for prepared in prepare_all([str(p) for p in paths], self.job(hop_seconds), workers):
+            pending.append(_Pending(prepared))
+            while sum(p.windows - p.taken for p in pending) >= batch_size:
+                self._run_batch(pending, batch_size)
+            yield from self._finished(pending, hop_seconds, aggregate)
+        while any(p.windows > p.taken for p in pending):
+            self._run_batch(pending, batch_size)
+        yield from self._finished(pending, hop_seconds, aggregate)
+
+    def _run_batch(self, pending: deque[_Pending], batch_size: int) -> None:
+        """One forward pass over the next ``batch_size`` windows, whichever files they come from."""
+        parts, owners = [], []
+        for p in pending:
+            n = min(p.windows - p.taken, batch_size - sum(len(x) for x in parts))
+            if n > 0:
+                parts.append(p.prepared.inputs[p.taken:p.taken + n])
+                owners.append((p, n))
+                p.taken += n
+        out = self.runner(np.concatenate(parts) if len(parts) > 1 else np.ascontiguousarray(parts[0]))
+        i = 0
+        for p, n in owners:
+            p.outputs.append(Outputs(out.fine_probs[i:i + n], out.coarse_probs[i:i + n],
+                                     None if out.attention is None else out.attention[i:i + n]))
+            p.done += n
+            i += n
+            if p.done == p.windows:
+                p.prepared.inputs = None  # free it: the result needs only the outputs
+
+    def _finished(self, pending: deque[_Pending], hop_seconds: float, aggregate: str):
+        while pending and (pending[0].prepared.error is not None or
+                           (pending[0].done == len(pending[0].prepared.starts) and pending[0].done > 0)):
+            p = pending.popleft()
+            if p.prepared.error is not None:
+                yield p.prepared.path, None, p.prepared.error
+                continue
+            outs = p.outputs
+            attention = None if outs[0].attention is None else np.concatenate([o.attention for o in outs])
+            yield p.prepared.path, self.summarize(p.prepared, np.concatenate([o.fine_probs for o in outs]),
+                                                  np.concatenate([o.coarse_probs for o in outs]), attention,
+                                                  hop_seconds, aggregate), None
+
+    def summarize(self, prepared: Prepared, fine_w: np.ndarray, coarse_w: np.ndarray, attention: np.ndarray | None,
+                  hop_seconds: float, aggregate: str) -> dict:
+        """Window probabilities (W, F), (W, C), attention (W, F, C) → the file's result."""
+        starts, duration = prepared.starts, prepared.duration
         reduce = np.max if aggregate == "max" else np.mean
         fine_p, coarse_p = reduce(fine_w, axis=0), reduce(coarse_w, axis=0)
         thresholds, basis = self.thresholds_for(duration, len(starts), aggregate)
@@ -117,8 +310,9 @@ class Tagger:
                      "fine": {n: round(float(v), 4) for n, v in zip(h.fine_names, fine_w[i])},
                      "coarse": {n: round(float(v), 4) for n, v in zip(h.coarse_names, coarse_w[i])}}
                     for i, (s, e) in enumerate(zip(starts, end))]
-        return {"file": str(path), "duration_seconds": round(duration, 3), "checkpoint": self.source,
-                "method": self.method, "aggregate": aggregate, "window_seconds": self.frontend.clip_seconds,
+        return {"file": prepared.path, "duration_seconds": round(duration, 3), "checkpoint": self.source,
+                "method": self.method, "backend": self.runner.backend, "precision": self.runner.precision,
+                "aggregate": aggregate, "window_seconds": self.frontend.clip_seconds,
                 "hop_seconds": hop_seconds, "threshold_basis": basis, "coarse": coarse_rows,
                 "window_thresholds": {level: {n: round(float(t), 4) for n, t in zip(names, self.thresholds[level])}
                                       for level, names in zip(LEVELS, (h.fine_names, h.coarse_names))},
@@ -128,7 +322,7 @@ class Tagger:
                 starts: np.ndarray) -> dict:
         """Which fine tags carried coarse tag c, at the window where c is most probable (the head decides how)."""
         w = int(np.argmax(coarse_w[:, c]))
-        e = self.model.head.explain(c, fine_w[w], attention[w] if attention is not None else None)
+        e = self.head.explain(c, fine_w[w], attention[w] if attention is not None else None)
         names = self.hierarchy.fine_names
         return {"basis": e.basis, "window_start": round(float(starts[w]), 3), "carried_by": [
             {"tag": names[f], "share": round(float(e.shares[f]), 4),
@@ -147,15 +341,84 @@ def window_starts(length: int, size: int, hop: int) -> list[int]:
     return starts
 
 
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for p in inputs:
-        p = Path(p)
-        if p.is_dir():
-            files.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in AUDIO_SUFFIXES))
-        else:
-            files.append(p)
-    return files
+@dataclass
+class Inputs:
+    """The files to tag, the name each one's outputs take (its path below the folder it was found in),
+    and the entries that could not be read (reported like any other failure)."""
+
+    files: list[Path] = field(default_factory=list)
+    names: list[Path] = field(default_factory=list)
+    unreadable: list[dict] = field(default_factory=list)
+    not_audio: int = 0  # folder entries skipped for their suffix (see AUDIO_SUFFIXES)
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> Inputs:
+    """Files stay as given; folders are walked (links followed, in sorted order) for AUDIO_SUFFIXES.
+    A dangling link, an entry without read permission or a folder that cannot be listed is reported."""
+    found = Inputs()
+    for arg in map(Path, inputs):
+        if not arg.is_dir():
+            found.files.append(arg)
+            found.names.append(Path(arg.name))
+            continue
+
+        def unlistable(e: OSError) -> None:
+            found.unreadable.append({"file": str(e.filename), "error": f"{e.filename}: folder cannot be read ({e.strerror})"})
+
+        for folder, dirs, names in os.walk(arg, onerror=unlistable, followlinks=True):
+            dirs.sort()
+            for name in sorted(names):
+                path = Path(folder) / name
+                if path.suffix.lower() not in AUDIO_SUFFIXES:
+                    found.not_audio += 1
+                elif not path.exists():
+                    found.unreadable.append({"file": str(path), "error": f"{path}: dangling symbolic link "
+                                                                         f"(to {os.readlink(path)})"})
+                elif not os.access(path, os.R_OK):
+                    found.unreadable.append({"file": str(path), "error": f"{path}: cannot be read (permission denied)"})
+                else:
+                    found.files.append(path)
+                    found.names.append(path.relative_to(arg))
+    return found
+
+
+def label_track(result: dict) -> str:
+    """Audacity / Sonic Visualiser labels (``start<TAB>end<TAB>label``, seconds): for each tag, the
+    stretches covered by windows whose probability reaches the tag's window (clip) threshold;
+    overlapping or touching windows merge. Labels are ``fine:<tag>`` and ``coarse:<tag>``."""
+    rows = []
+    for level in LEVELS:
+        for tag, threshold in result["window_thresholds"][level].items():
+            stretch = None
+            for seg in result["segments"]:
+                if seg[level][tag] < threshold:
+                    continue
+                if stretch is not None and seg["start"] <= stretch[1]:
+                    stretch[1] = max(stretch[1], seg["end"])
+                else:
+                    if stretch is not None:
+                        rows.append((*stretch, f"{level}:{tag}"))
+                    stretch = [seg["start"], seg["end"]]
+            if stretch is not None:
+                rows.append((*stretch, f"{level}:{tag}"))
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    return "".join(f"{a:.3f}\t{b:.3f}\t{label}\n" for a, b, label in rows)
+
+
+def label_path(labels_dir: Path, name: Path) -> Path:
+    """Where a file's label track goes: its name below the input folder, plus ``.txt``."""
+    return Path(labels_dir) / name.with_name(name.name + ".txt")
+
+
+def done_in_jsonl(path: Path) -> set[str]:
+    """Absolute paths of the files that already have a result line in a --jsonl file (failures are
+    retried). A last line cut short by a killed run is removed first, so appending stays valid."""
+    from .fileio import read_jsonl, trim_partial_line
+
+    if not Path(path).exists():
+        return set()
+    trim_partial_line(path)
+    return {os.path.abspath(r["file"]) for r in read_jsonl(path) if "error" not in r and "file" in r}
 
 
 CSV_COLUMNS = ("file", "level", "tag", "parent", "probability", "threshold", "present")

@@ -22,7 +22,7 @@ LAYERS = [
     {"runs", "inference"},
     {"evaluation", "train"},
     {"grid", "report", "predict"},
-    {"songcheck"},
+    {"songcheck", "export"},
     {"ray_engine"},
     {"cli", "__main__"},
 ]

@@ -1,6 +1,7 @@
 """Paper-scale fidelity on CPU: float32 head under bf16 autocast, the transfer recipe's dropout, coarse
 labels against the stand-in's truth, the last window of a song, and the full-size path end to end."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from hmic.devices import autocast
 from hmic.evaluation import tune_run
 from hmic.hierarchy import load_hierarchy
 from hmic.model import HierarchicalTagger
-from hmic.predict import Tagger, window_starts
+from hmic.predict import Tagger, prepare, window_starts
 from hmic.runs import Run
 from hmic.synth.truth import coarse_rule_accuracy
 from hmic.train import batches, train_run
@@ -107,8 +108,9 @@ def test_an_11_second_file_gets_two_full_windows(trained, tmp_path):
     sf.write(tmp_path / "eleven.wav", wave, 16000)
     result = tagger.tag(tmp_path / "eleven.wav")
     assert [(s["start"], s["end"]) for s in result["segments"]] == [(0.0, 10.0), (1.0, 11.0)]
-    chunks, _ = tagger.windows(torch.from_numpy(wave), 5.0)
-    assert (chunks[-1][-16000:] != 0).all()  # the last window holds the file's last second, not padding
+    prepared = prepare(0, tmp_path / "eleven.wav", replace(tagger.job(5.0), inputs="wave"))
+    assert prepared.inputs.shape == (2, 160_000)
+    assert (prepared.inputs[-1][-16000:] != 0).all()  # the last window holds the file's last second, not padding
 
 
 def audioset_shaped_checkpoint(path: Path) -> None:

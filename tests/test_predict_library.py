@@ -1,0 +1,222 @@
+"""`hmic predict` at library scale: shared batches across files, worker decoding, resumable JSON Lines,
+unreadable folder entries, label tracks, precision, fast checkpoint loading and the ONNX backend."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+import hmic.devices
+import hmic.predict
+from hmic.checkpoint import Checkpoint, read_state
+from hmic.cli import app
+from hmic.devices import resolve_precision
+from hmic.errors import HmicError
+from hmic.predict import Tagger, expand_inputs, label_track
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def noise_file(path: Path, seconds: float, seed: int, sr: int = 22_050) -> Path:
+    x = np.random.default_rng(seed).standard_normal(int(sr * seconds)).astype(np.float32) * 0.1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x, sr)
+    return path
+
+
+@pytest.fixture
+def library(tmp_path) -> Path:
+    """Three files of 1, 3 and 4 windows (at hop 5 s), one in a sub-folder."""
+    folder = tmp_path / "library"
+    noise_file(folder / "a.wav", 4.0, 0)
+    noise_file(folder / "b.flac", 18.0, 1)
+    noise_file(folder / "sub" / "c.wav", 23.0, 2)
+    return folder
+
+
+def gmp_run(trained) -> str:
+    return str(Path(trained["summaries"]["gmp"]["run"]))
+
+
+class Recording:
+    """A runner wrapper that records the batch sizes it was given."""
+
+    def __init__(self, runner):
+        self.runner, self.sizes = runner, []
+        self.inputs, self.backend, self.precision = runner.inputs, runner.backend, runner.precision
+
+    def __call__(self, x):
+        self.sizes.append(len(x))
+        return self.runner(x)
+
+
+def test_windows_of_several_files_share_batches_and_match_one_file_at_a_time(trained, library):
+    tagger = Tagger.load(gmp_run(trained))
+    files = expand_inputs([library]).files
+    alone = {str(f): tagger.tag(f, batch_size=1) for f in files}
+    tagger.runner = Recording(tagger.runner)
+    streamed = list(tagger.stream(files, batch_size=8, workers=1))
+    assert [p for p, _, _ in streamed] == [str(f) for f in files]  # input order
+    assert tagger.runner.sizes == [8]  # 1 + 3 + 4 windows in one forward pass
+    for path, result, error in streamed:
+        assert error is None
+        for a, b in zip(result["segments"], alone[path]["segments"]):
+            assert a["start"] == b["start"]
+            for level in ("fine", "coarse"):
+                assert np.allclose(list(a[level].values()), list(b[level].values()), atol=2e-4)
+
+
+def test_jsonl_resumes_after_a_kill_and_tags_each_file_once(trained, library, tmp_path):
+    out = tmp_path / "tags.jsonl"
+    args = ["predict", str(library), "--run", gmp_run(trained), "--jsonl", str(out), "--workers", "1"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and all("segments" not in json.loads(l) for l in lines)
+    # a run killed while writing its second line: one whole line and half of the next
+    out.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "1 file(s) already tagged there are skipped" in second.output
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert sorted(Path(r["file"]).name for r in rows) == ["a.wav", "b.flac", "c.wav"]
+    third = CliRunner().invoke(app, args)
+    assert third.exit_code == 0 and "3 file(s) already tagged" in third.output
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_unreadable_folder_entries_are_reported_not_skipped(trained, library, tmp_path, monkeypatch):
+    os.symlink(tmp_path / "gone.wav", library / "dangling.wav")
+    locked = noise_file(library / "locked.wav", 3.0, 5)
+    real_access = os.access
+    # tests may run as root, who reads any file: deny the permission the way the OS would
+    monkeypatch.setattr(hmic.predict.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    found = expand_inputs([library])
+    errors = {Path(e["file"]).name: e["error"] for e in found.unreadable}
+    assert "dangling symbolic link" in errors["dangling.wav"] and "permission denied" in errors["locked.wav"]
+    out = tmp_path / "p.json"
+    result = CliRunner().invoke(app, ["predict", str(library), "--run", gmp_run(trained), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert sorted(Path(f["file"]).name for f in data["failures"]) == ["dangling.wav", "locked.wav"]
+    assert len(data["results"]) == 3 and "3 file(s) tagged, 2 failed" in result.output
+
+
+def test_label_track_merges_overlapping_windows():
+    seg = lambda s, e, v, c: {"start": s, "end": e, "fine": {"violin": v}, "coarse": {"strings": c}}  # noqa: E731
+    result = {"window_thresholds": {"fine": {"violin": 0.5}, "coarse": {"strings": 0.3}},
+              "segments": [seg(0, 10, 0.9, 0.9), seg(5, 15, 0.6, 0.1), seg(10, 20, 0.2, 0.1),
+                           seg(15, 25, 0.7, 0.8), seg(20, 27, 0.1, 0.9)]}
+    # violin: 0-10, 5-15 overlap and 15-25 touches them; strings: 0-10, then a gap, then 15-25 and 20-27
+    assert label_track(result) == ("0.000\t10.000\tcoarse:strings\n0.000\t25.000\tfine:violin\n"
+                                   "15.000\t27.000\tcoarse:strings\n")
+
+
+def test_labels_dir_mirrors_the_library(trained, library, tmp_path):
+    labels = tmp_path / "labels"
+    result = CliRunner().invoke(app, ["predict", str(library), "--run", gmp_run(trained), "--labels", str(labels),
+                                      "--segments", "--json", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    written = sorted(str(p.relative_to(labels)) for p in labels.rglob("*.txt"))
+    assert written == ["a.wav.txt", "b.flac.txt", "sub/c.wav.txt"]
+    data = {Path(r["file"]).name: r for r in json.loads((tmp_path / "p.json").read_text())["results"]}
+    for line in (labels / "sub" / "c.wav.txt").read_text().splitlines():
+        start, end, label = line.split("\t")
+        level, tag = label.split(":")
+        assert 0 <= float(start) < float(end) <= data["c.wav"]["duration_seconds"] + 1e-3
+        assert any(s[level][tag] >= data["c.wav"]["window_thresholds"][level][tag] for s in data["c.wav"]["segments"]
+                   if s["start"] >= float(start) and s["end"] <= float(end))
+
+
+def test_bf16_is_refused_on_a_cpu_that_only_emulates_it(monkeypatch):
+    monkeypatch.setattr(hmic.devices, "cpu_native_bf16", lambda: False)
+    with pytest.raises(HmicError, match="no native bf16"):
+        resolve_precision(torch.device("cpu"), "bf16")
+    assert resolve_precision(torch.device("cpu"), "auto") == "fp32"
+    monkeypatch.setattr(hmic.devices, "cpu_native_bf16", lambda: True)
+    assert resolve_precision(torch.device("cpu"), "bf16") == "bf16"
+
+
+def test_bf16_decisions_agree_with_fp32(trained, library, monkeypatch):
+    monkeypatch.setattr(hmic.devices, "cpu_native_bf16", lambda: True)  # emulated here, fine for a tiny model
+    files = expand_inputs([library]).files
+    run = str(Path(trained["summaries"]["resatt"]["run"]))
+    fp32 = [r for _, r, _ in Tagger.load(run, "cpu", "fp32").stream(files)]
+    bf16 = [r for _, r, _ in Tagger.load(run, "cpu", "bf16").stream(files)]
+    assert bf16[0]["precision"] == "bf16" and fp32[0]["precision"] == "fp32"
+    same = total = 0
+    for a, b in zip(fp32, bf16):
+        for sa, sb in zip(a["segments"], b["segments"]):
+            for level, thr in a["window_thresholds"].items():
+                for tag, t in thr.items():
+                    same += (sa[level][tag] >= t) == (sb[level][tag] >= t)
+                    total += 1
+    assert total == 8 * 27 and same / total >= 0.9
+
+
+def test_checkpoint_loads_memory_mapped_without_meta_tensors(trained):
+    path = Path(trained["summaries"]["resatt"]["run"]) / "best.pt"
+    model = Checkpoint.load(path).model
+    state = read_state(path)["model"]
+    loaded = model.state_dict()
+    assert set(loaded) == set(state)
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+
+
+def test_the_predict_path_does_not_import_scikit_learn():
+    code = "import sys, hmic.cli, hmic.predict; print(sorted(m for m in ('sklearn', 'skmultilearn', 'scipy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_onnx_export_parity_and_predict_backend(trained, library, tmp_path):
+    pytest.importorskip("onnxruntime")
+    run = Path(trained["summaries"]["resatt"]["run"])
+    model = tmp_path / "resatt.onnx"
+    result = CliRunner().invoke(app, ["export", str(run), "--onnx", str(model)])
+    assert result.exit_code == 0, result.output
+    assert "max |Δp|" in result.output
+    from hmic.export import export_onnx, load_onnx_tagger
+
+    report = export_onnx(run, tmp_path / "again.onnx")
+    assert report["outputs"] == ["fine_probs", "coarse_probs", "attention"]
+    assert report["max_abs_probability_difference"] < 1e-4
+    files = expand_inputs([library]).files
+    onnx_results = [r for _, r, _ in load_onnx_tagger(model).stream(files)]
+    torch_results = [r for _, r, _ in Tagger.load(run).stream(files)]
+    for a, b in zip(onnx_results, torch_results):
+        assert a["backend"] == "onnx" and b["backend"] == "torch"
+        for sa, sb in zip(a["segments"], b["segments"]):
+            for level in ("fine", "coarse"):
+                assert np.allclose(list(sa[level].values()), list(sb[level].values()), atol=1e-3)
+        assert [c["present"] for c in a["coarse"]] == [c["present"] for c in b["coarse"]]
+        assert [c.get("explanation", {}).get("basis") for c in a["coarse"]] == [c.get("explanation", {}).get("basis") for c in b["coarse"]]
+    cli = CliRunner().invoke(app, ["predict", str(files[1]), "--run", str(model), "--backend", "onnx",
+                                   "--json", str(tmp_path / "o.json")])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads((tmp_path / "o.json").read_text())["results"][0]["backend"] == "onnx"
+    refused = CliRunner().invoke(app, ["predict", str(files[1]), "--run", str(model), "--backend", "onnx",
+                                       "--precision", "bf16"])
+    assert isinstance(refused.exception, HmicError) and "not available with --backend onnx" in str(refused.exception)
+    not_ours = CliRunner().invoke(app, ["predict", str(files[1]), "--run", str(run / "best.pt"), "--backend", "onnx"])
+    assert isinstance(not_ours.exception, HmicError) and "not a loadable ONNX model" in str(not_ours.exception)
+
+
+def test_graph_logmel_equals_the_front_end():
+    from hmic.audio import FrontendConfig, LogMel
+    from hmic.export import GraphLogMel, probe_waves
+
+    cfg = FrontendConfig()
+    x = probe_waves(cfg, n=3)
+    a, b = LogMel(cfg)(x), GraphLogMel(cfg)(x)
+    assert a.shape == b.shape == (3, 1001, 64)
+    loud = a > -60  # where the dB values are not dominated by float32 rounding of tiny powers
+    assert (a - b)[loud].abs().max() < 1e-3
