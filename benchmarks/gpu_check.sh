@@ -81,4 +81,8 @@ report = {
 (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
 print(json.dumps(report, indent=2))
 PYEOF
-rm -rf "$WORK"
+if [ -n "${KEEP_WORK:-}" ]; then  # the caller uses the trained run, then removes $WORK itself
+    echo "$WORK" > "$KEEP_WORK"
+else
+    rm -rf "$WORK"
+fi
