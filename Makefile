@@ -24,13 +24,20 @@ DEMO_CLIPS  ?= 900
 SYNTH_DATA  := data/synth
 SYNTH_CLIPS ?= 2000
 
-.PHONY: help install test demo table1 table1-synth clean
+# make soundfonts: MuseScore_General (Debian's musescore-general-soundfont-small, MIT), fetched with apt-get
+# download and unpacked here (no root needed), for a stand-in rendered with several fonts.
+SOUNDFONTS  := data/soundfonts
+MUSESCORE   := $(SOUNDFONTS)/MuseScore_General_Lite.sf3
+
+.PHONY: help install test demo table1 table1-synth soundfonts transfer clean
 
 help:
 	@echo "make demo          fresh clone -> stand-in dataset, Table-1-shaped table, predict a 75-s song"
 	@echo "make test          install and run the test suite"
 	@echo "make table1        the paper's full protocol on the real OpenMIC-2018 with pretrained CNN14"
 	@echo "make table1-synth  the same protocol on the stand-in dataset with the light backbone"
+	@echo "make soundfonts    fetch MuseScore_General (a second GM SoundFont) into $(SOUNDFONTS)"
+	@echo "make transfer      leave-one-font-out transfer of the stand-in, before/after variety and augmentation"
 
 install: $(STAMP)
 
@@ -82,3 +89,15 @@ table1-synth: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+soundfonts: $(MUSESCORE)
+
+$(MUSESCORE):
+	mkdir -p $(SOUNDFONTS)/deb
+	cd $(SOUNDFONTS)/deb && apt-get download musescore-general-soundfont-small
+	dpkg -x $(SOUNDFONTS)/deb/musescore-general-soundfont-small_*.deb $(SOUNDFONTS)/deb/root
+	cp $(SOUNDFONTS)/deb/root/usr/share/sounds/sf3/MuseScore_General_Lite.sf3 $@
+	rm -rf $(SOUNDFONTS)/deb
+
+transfer: install $(MUSESCORE)
+	$(BIN)/python benchmarks/transfer.py --test-font $(MUSESCORE) --out data/transfer

@@ -19,6 +19,7 @@ ARCH=${ARCH:-cnn14}
 CLIPS=${CLIPS:-400}
 SONG_SECONDS=${SONG_SECONDS:-180}
 STEPS=${STEPS:-30}
+EPOCHS=${EPOCHS:-1}
 WORKERS=${WORKERS:-$(nproc)}
 PY=${PY:-python3}
 if ! $PY -c "import soundfile, skmultilearn, tinysoundfont, pretty_midi" 2> /dev/null && ls .whl/*.whl > /dev/null 2>&1; then
@@ -44,7 +45,7 @@ step train_step $PY benchmarks/train_step.py --arch "$ARCH" --device "$DEVICE" -
 step synth $HMIC synth --out "$WORK/data" --clips "$CLIPS" --seed 0 --workers "$WORKERS"
 step split $HMIC split --data-dir "$WORK/data"
 step featurize $HMIC featurize --data-dir "$WORK/data" --workers "$WORKERS"
-step train_epoch $HMIC train --method resatt --arch "$ARCH" --pretrained none --epochs 1 --batch-size 16 --lr 1e-3 \
+step train_epoch $HMIC train --method resatt --arch "$ARCH" --pretrained none --epochs "$EPOCHS" --batch-size 16 --lr 1e-3 \
     --warmup-epochs 0.5 --data-dir "$WORK/data" --runs-dir "$WORK/runs" --device "$DEVICE"
 step tune $HMIC tune-thresholds "$WORK/runs"
 step evaluate $HMIC evaluate "$WORK/runs" --json "$OUT/evaluate.json"

@@ -53,8 +53,9 @@ class FrontendConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def decode(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read any format libsndfile reads. Returns (audio (channels, L) float32 in [-1, 1], sample rate).
+def decode(path: str | Path, start: float = 0.0, end: float | None = None) -> tuple[np.ndarray, int]:
+    """Read any format libsndfile reads (from ``start`` to ``end`` seconds, reading only that stretch).
+    Returns (audio (channels, L) float32 in [-1, 1], sample rate).
 
     Integer PCM of any width is scaled to [-1, 1] by soundfile. Raises AudioError for a missing,
     unreadable, empty or non-finite file.
@@ -65,7 +66,12 @@ def decode(path: str | Path) -> tuple[np.ndarray, int]:
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        if start or end is not None:
+            sr = sf.info(str(path)).samplerate
+            data, sr = sf.read(str(path), dtype="float32", always_2d=True, start=int(round(start * sr)),
+                               stop=None if end is None else int(round(end * sr)))
+        else:
+            data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile errors come in several types
         raise AudioError(f"{path}: not a readable audio file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if data.shape[0] == 0:
@@ -157,12 +163,12 @@ def logmel_of_wave(wave: torch.Tensor, cfg: FrontendConfig = FrontendConfig()) -
     return out if wave.dim() == 2 else out[0]
 
 
-def clip_features(path: str | Path, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
-    """The features of one clip: decode, mono, resample, fit to cfg.clip_seconds, log-mel.
-
-    Returns (cfg.n_frames, cfg.n_mels) float32.
+def clip_features(path, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
+    """The features of one clip: decode, mono, resample, fit to cfg.clip_seconds, log-mel. ``path``:
+    a file, or an ``AudioSource`` (a stretch of a file). Returns (cfg.n_frames, cfg.n_mels) float32.
     """
-    audio, sr = decode(path)
+    start, end = getattr(path, "start", 0.0), getattr(path, "end", None)
+    audio, sr = decode(getattr(path, "path", path), start, end)
     wave = fit_length(to_mono(audio, sr, cfg), cfg.clip_samples)
     return logmel_of_wave(wave, cfg).numpy()
 
@@ -178,3 +184,16 @@ def load_wave(path: str | Path, cfg: FrontendConfig = FrontendConfig(), min_samp
             f"{min_samples / cfg.sample_rate:.2f} s of audio"
         )
     return wave
+
+
+def window_starts(length: int, size: int, hop: int) -> list[int]:
+    """Start samples of the windows that cover a file of ``length`` samples: one every ``hop``, and for
+    a file longer than a window a last one that ends exactly at the file's end, so that no window holds
+    padding the model never saw in training. Only a file shorter than one window is zero-padded.
+    (``hmic predict``'s windows and ``hmic import``'s clips.)"""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, hop))
+    if starts[-1] + size < length:
+        starts.append(length - size)
+    return starts

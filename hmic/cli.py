@@ -128,7 +128,7 @@ def featurize(
     root = resolve_data_dir(data_dir)
     dataset = OpenMIC.load(root)
     keys = sorted(dataset.train_keys + dataset.test_keys)
-    paths = [dataset.audio_path(k) for k in keys]
+    paths = [dataset.audio_source(k) for k in keys]
     cfg = FrontendConfig(clip_seconds=clip_seconds)
     s = run_featurize(keys, paths, resolve_work_dir(root, work_dir), cfg, workers=workers, force=force, console=err)
     table = Table(title=f"featurize → {s.folder}")
@@ -176,6 +176,9 @@ def train(
     device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = TRAIN_DEFAULTS["device"],
     precision: Annotated[str, typer.Option(help="The backbone's precision: auto (bf16 autocast on CUDA, float32 elsewhere), bf16 or fp32; the head, loss and saved probabilities are always float32.")] = TRAIN_DEFAULTS["precision"],
     limit_batches: Annotated[int, typer.Option(help="Train on at most this many batches per epoch; 0 = all (smoke tests).")] = TRAIN_DEFAULTS["limit_batches"],
+    aug_gain_db: Annotated[float, typer.Option(help="Augmentation: random gain of up to ± this many dB per clip (0: off).")] = TRAIN_DEFAULTS["aug_gain_db"],
+    aug_shift: Annotated[float, typer.Option(help="Augmentation: random circular time shift of up to ± this many seconds (0: off).")] = TRAIN_DEFAULTS["aug_shift_seconds"],
+    mixup: Annotated[float, typer.Option(help="Augmentation: mixup with Beta(α, α) weights; presence labels mixed under partial observation (0: off).")] = TRAIN_DEFAULTS["mixup_alpha"],
     resume: Annotated[bool, typer.Option(help="Continue interrupted runs from last.pt.")] = False,
     force: Annotated[bool, typer.Option(help="Restart runs that exist.")] = False,
     engine: Annotated[Engine, typer.Option(help="local: one run after another here; ray: one Ray task per run, over a cluster.")] = Engine.local,
@@ -202,8 +205,9 @@ def train(
                   schedule=schedule, specaugment=specaugment, embedding_dropout=embedding_dropout, alpha=alpha,
                   coarse_rule=coarse_rule, clip_seconds=clip_seconds, data_dir=data_dir, work_dir=work_dir,
                   hierarchy=hierarchy, runs_dir=runs_dir, device=device, precision=precision,
-                  limit_batches=limit_batches)
-    base.update({k: str(v) if isinstance(v, Path) else v for k, v in values.items() if given(k)})
+                  limit_batches=limit_batches, aug_gain_db=aug_gain_db, aug_shift_seconds=aug_shift, mixup_alpha=mixup)
+    params = {"aug_shift_seconds": "aug_shift", "mixup_alpha": "mixup"}  # config field -> option name
+    base.update({k: str(v) if isinstance(v, Path) else v for k, v in values.items() if given(params.get(k, k))})
     cfg0 = TrainConfig(**base)
     seed_list = list(range(seeds)) if seeds is not None else [cfg0.seed]
     lam_list = _floats(lambdas, "--lambdas") if lambdas else [cfg0.lam]
@@ -466,6 +470,29 @@ def _print_song(result: dict, segments: bool, explain: bool) -> None:
         console.print(t)
 
 
+@app.command("import")
+def import_(
+    manifest: Annotated[Path, typer.Argument(help="CSV: path[,start,end][,group][,split], then one column per fine tag (1, 0 or blank).")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder to create (new or empty).")],
+    hierarchy: HierarchyOpt = None,
+    copy: Annotated[bool, typer.Option(help="Copy the audio instead of linking it.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the grouped train/test draw (without a split column).")] = 0,
+    test_fraction: Annotated[float, typer.Option(help="Share of clips drawn (by whole groups) into test.")] = 0.25,
+    clip_seconds: Annotated[float, typer.Option(help="Clip length; longer stretches are cut into clips.")] = 10.0,
+) -> None:
+    """Turn your own labelled audio (a CSV manifest) into a dataset the other commands read."""
+    from .hierarchy import load_hierarchy
+    from .ingest import import_manifest
+
+    h = load_hierarchy(hierarchy)
+    s = import_manifest(manifest, out, h, copy=copy, seed=seed, test_fraction=test_fraction, clip_seconds=clip_seconds)
+    console.print(f"{s['rows']} rows, {s['files']} files ({s['audio']}) → {s['clips']} clips of {clip_seconds:g} s in {out}/: "
+                  f"{s['train_clips']} train, {s['test_clips']} test, {s['groups']} groups")
+    if s["weakly_labelled_clips"]:
+        console.print(f"{s['weakly_labelled_clips']} clips were cut from longer files and carry their file's labels (weak labels)")
+    console.print(f"next: hmic split --data-dir {out} && hmic featurize --data-dir {out} && hmic train --data-dir {out} ...")
+
+
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Run folder (its best.pt) or checkpoint, with tuned thresholds.")],
@@ -505,14 +532,15 @@ def synth(
     seed: Annotated[int, typer.Option(help="Seed: same seed and options give the same data.")] = 0,
     duration: Annotated[float, typer.Option(help="Clip length in seconds.")] = 10.0,
     label_noise: Annotated[float, typer.Option(help="Probability of flipping an observed label.")] = 0.0,
-    soundfont: Annotated[Optional[Path], typer.Option(help="SF2/SF3 file.", show_default="TimGM6mb.sf2 of pretty_midi")] = None,
+    soundfont: Annotated[Optional[list[Path]], typer.Option(help="SF2/SF3 file; repeat it to draw each part's font from several.", show_default="TimGM6mb.sf2 of pretty_midi")] = None,
+    variety: Annotated[bool, typer.Option(help="Vary tempo, articulation, register, per-stem EQ, compression and room, and add background noise.")] = False,
     workers: Annotated[int, typer.Option(help="Parallel rendering processes.")] = max(1, min(4, os.cpu_count() or 1)),
 ) -> None:
-    """Render an OpenMIC-format stand-in dataset from a General MIDI SoundFont."""
+    """Render an OpenMIC-format stand-in dataset from General MIDI SoundFonts."""
     from .synth.dataset import SynthOptions, synthesize
 
     opts = SynthOptions(clips=clips, seed=seed, duration=duration, label_noise=label_noise,
-                        soundfont=str(soundfont) if soundfont else "")
+                        soundfonts=tuple(str(f) for f in soundfont or ()), variety=variety)
     summary = synthesize(out, opts, workers=workers, console=err)
     console.print(
         f"{summary['clips']} clips in {out}/ ({summary['train']} train / {summary['test']} test), "

@@ -1,8 +1,15 @@
 """The OpenMIC-2018 layout: class map, partitions, labels from the aggregated CSV, audio paths.
 
-The same code reads the real dataset and the stand-in rendered by ``hmic synth``. Labels are built
-from ``openmic-2018-aggregated-labels.csv`` (the last row of a duplicated pair wins, as in the
-official npz); the npz is never read because its ``sample_key`` is a pickled object array.
+The same code reads the real dataset, the stand-in rendered by ``hmic synth`` and a dataset made by
+``hmic import``. Labels are built from ``openmic-2018-aggregated-labels.csv`` (the last row of a
+duplicated pair wins, as in the official npz); the npz is never read because its ``sample_key`` is a
+pickled object array.
+
+Two optional files extend the layout (``hmic import`` writes them; OpenMIC has neither):
+``clips.csv`` (sample_key, path, start, end): a clip is a stretch of an audio file (path relative to
+the root, seconds; ``end`` blank = the file's end), instead of ``audio/<key[:3]>/<key>.ogg``;
+``groups.csv`` (sample_key, group): clips of one group (a file, an artist, a session) are never split
+between train and validation (``hmic split``).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ CLASS_MAP = "class-map.json"
 LABELS_CSV = "openmic-2018-aggregated-labels.csv"
 TRAIN_PARTITION = "partitions/split01_train.csv"
 TEST_PARTITION = "partitions/split01_test.csv"
+CLIPS_CSV = "clips.csv"
+GROUPS_CSV = "groups.csv"
 AUDIO_EXTENSIONS = (".ogg", ".wav", ".flac", ".mp3")
 # The 20 instrument tags of OpenMIC-2018's class map, in index order (what ``hmic synth`` writes too).
 OPENMIC_TAGS = (
@@ -136,6 +145,52 @@ def read_labels(root: Path, class_names: list[str], keys: list[str]) -> Labels:
     return Labels(list(keys), relevance, mask)
 
 
+@dataclass(frozen=True)
+class AudioSource:
+    """Where a clip's audio is: a file, or a stretch of one (seconds; ``end`` None = to the end)."""
+
+    path: Path
+    start: float = 0.0
+    end: float | None = None
+
+    def __str__(self) -> str:
+        if self.start == 0.0 and self.end is None:
+            return str(self.path)
+        return f"{self.path} [{self.start:g}-{'end' if self.end is None else f'{self.end:g}'} s]"
+
+
+def read_clips(root: Path) -> dict[str, AudioSource]:
+    """``clips.csv`` if the dataset has one, else {}."""
+    path = root / CLIPS_CSV
+    if not path.exists():
+        return {}
+    clips = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"sample_key", "path", "start", "end"} <= set(reader.fieldnames):
+            raise HmicError(f"{path}: header must be sample_key,path,start,end; got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                start = float(row["start"] or 0)
+                end = float(row["end"]) if row["end"] else None
+            except ValueError:
+                raise HmicError(f"{path}, line {line}: start/end {row['start']!r}/{row['end']!r} are not seconds") from None
+            clips[row["sample_key"]] = AudioSource(root / row["path"], start, end)
+    return clips
+
+
+def read_groups(root: Path) -> dict[str, str]:
+    """``groups.csv`` if the dataset has one, else {}."""
+    path = root / GROUPS_CSV
+    if not path.exists():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"sample_key", "group"} <= set(reader.fieldnames):
+            raise HmicError(f"{path}: header must be sample_key,group; got {reader.fieldnames}")
+        return {row["sample_key"]: row["group"] for row in reader}
+
+
 @dataclass
 class OpenMIC:
     """An OpenMIC-layout folder: the official partitions, the labels of every partitioned clip."""
@@ -145,6 +200,8 @@ class OpenMIC:
     train_keys: list[str]
     test_keys: list[str]
     labels: Labels = field(repr=False)
+    clips: dict[str, AudioSource] = field(default_factory=dict, repr=False)
+    groups: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, root: str | os.PathLike) -> "OpenMIC":
@@ -161,10 +218,17 @@ class OpenMIC:
         if overlap:
             raise HmicError(f"{root / TEST_PARTITION}: {len(overlap)} keys are also in the train partition, e.g. {min(overlap)}")
         keys = sorted(train + test)
-        return cls(root, class_names, train, test, read_labels(root, class_names, keys))
+        return cls(root, class_names, train, test, read_labels(root, class_names, keys), read_clips(root),
+                   read_groups(root))
+
+    def audio_source(self, key: str) -> AudioSource:
+        """The clip's stretch of audio: from ``clips.csv`` where the dataset has one, else its file."""
+        return self.clips.get(key) or AudioSource(self.audio_path(key))
 
     def audio_path(self, key: str) -> Path:
         """audio/<key[:3]>/<key>.ogg (another extension is accepted if the .ogg is absent)."""
+        if key in self.clips:
+            return self.clips[key].path
         folder = self.root / "audio" / key[:3]
         path = folder / f"{key}.ogg"
         if not path.exists():

@@ -164,7 +164,8 @@ class OnnxRunner:
     precision: str = "fp32"
 
     @classmethod
-    def open(cls, path: str | Path, device: str = "cpu") -> "OnnxRunner":
+    def open(cls, path: str | Path, device: str = "cpu", threads: int | None = None) -> "OnnxRunner":
+        """``threads``: onnxruntime's intra-op threads (default: PyTorch's, so both backends use the same cores)."""
         ort = _need("onnxruntime", "--backend onnx")
         path = Path(path)
         if not path.is_file():
@@ -179,7 +180,9 @@ class OnnxRunner:
         elif device not in ("cpu",):
             raise HmicError(f"--device {device} is not supported with --backend onnx; use cpu or cuda")
         try:
-            session = ort.InferenceSession(str(path), providers=providers)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads or torch.get_num_threads()
+            session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:
             raise HmicError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0]})") from None
         raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)

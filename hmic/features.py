@@ -43,7 +43,7 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _featurize_one(job: tuple[int, str, FrontendConfig]) -> tuple[int, np.ndarray | None, str]:
+def _featurize_one(job: tuple[int, object, FrontendConfig]) -> tuple[int, np.ndarray | None, str]:
     index, path, cfg = job
     try:
         return index, clip_features(path, cfg).astype(np.float16), ""
@@ -115,7 +115,7 @@ def featurize(keys: list[str], paths: list[Path], work_dir: Path, cfg: FrontendC
         done.flush()
         pending.clear()
 
-    jobs = [(i, str(paths[i]), cfg) for i in todo]
+    jobs = [(i, paths[i] if hasattr(paths[i], "path") else str(paths[i]), cfg) for i in todo]  # AudioSource or a file
     try:
         if workers <= 1:
             _init_worker()

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Protocol
 import numpy as np
 import torch
 
-from .audio import AudioError, FrontendConfig, fit_length, load_wave, logmel_of_wave
+from .audio import AudioError, FrontendConfig, fit_length, load_wave, logmel_of_wave, window_starts  # noqa: F401 (re-exported)
 from .checkpoint import Checkpoint
 from .devices import resolve_device, resolve_precision
 from .errors import HmicError
@@ -327,18 +327,6 @@ class Tagger:
         return {"basis": e.basis, "window_start": round(float(starts[w]), 3), "carried_by": [
             {"tag": names[f], "share": round(float(e.shares[f]), 4),
              **({"weight": round(float(e.weights[f]), 4)} if e.weights is not None else {})} for f in e.order]}
-
-
-def window_starts(length: int, size: int, hop: int) -> list[int]:
-    """Start samples of the windows that cover a file of ``length`` samples: one every ``hop``, and for
-    a file longer than a window a last one that ends exactly at the file's end, so that no window holds
-    padding the model never saw in training. Only a file shorter than one window is zero-padded."""
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size + 1, hop))
-    if starts[-1] + size < length:
-        starts.append(length - size)
-    return starts
 
 
 @dataclass

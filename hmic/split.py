@@ -66,10 +66,26 @@ def stratified_split(targets: np.ndarray, val_fraction: float, seed: int, order:
 
 
 def make_split(dataset: OpenMIC, val_fraction: float = 0.15, seed: int = 0, order: int = 2) -> Split:
+    """Validation carved out of the train partition by iterative stratification; a dataset with
+    groups (``groups.csv``) is stratified over its groups (a group's labels: any of its clips'), so
+    that no group is split between train and validation."""
     train_labels = dataset.labels.subset(dataset.train_keys)
-    is_val = stratified_split(train_labels.targets, val_fraction, seed, order)
+    if dataset.groups:
+        groups = [dataset.groups.get(k, k) for k in dataset.train_keys]
+        names = sorted(set(groups))
+        member = _indices(groups, names)
+        group_targets = np.zeros((len(names), train_labels.targets.shape[1]), dtype=np.float32)
+        np.maximum.at(group_targets, member, train_labels.targets)
+        is_val = stratified_split(group_targets, val_fraction, seed, order)[member]
+    else:
+        is_val = stratified_split(train_labels.targets, val_fraction, seed, order)
     keys = np.array(dataset.train_keys)
     return Split(sorted(keys[~is_val].tolist()), sorted(keys[is_val].tolist()), sorted(dataset.test_keys))
+
+
+def _indices(values: list[str], names: list[str]) -> np.ndarray:
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[v] for v in values])
 
 
 def split_dir(work_dir: Path) -> Path:

@@ -27,6 +27,7 @@ from .features import FeatureStore
 from .heads import head_class, hierarchical_loss
 from .hierarchy import COARSE_RULES, Hierarchy, load_hierarchy
 from .inference import infer
+from .augment import Augment, augment_batch
 from .model import HierarchicalTagger
 from .runs import Run
 from .split import load_split, split_dir
@@ -61,6 +62,14 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # the backbone's: bf16 autocast on CUDA, float32 elsewhere; the head is float32
     limit_batches: int = 0  # train on at most this many batches per epoch (0: all); smoke tests, GPU check
+    # augmentation (hmic.augment), off by default: Table 1 runs do not use it
+    aug_gain_db: float = 0.0
+    aug_shift_seconds: float = 0.0
+    mixup_alpha: float = 0.0
+
+    @property
+    def augment(self) -> Augment:
+        return Augment(self.aug_gain_db, self.aug_shift_seconds, self.mixup_alpha)
 
     def validate(self) -> None:
         head_class(self.method)
@@ -79,6 +88,10 @@ class TrainConfig:
             raise HmicError(f"--embedding-dropout must be in [0, 1), got {self.embedding_dropout}")
         if self.limit_batches < 0:
             raise HmicError("--limit-batches must be 0 (all) or more")
+        if self.aug_gain_db < 0 or self.aug_shift_seconds < 0 or self.mixup_alpha < 0:
+            raise HmicError("--aug-gain-db, --aug-shift and --mixup must be 0 (off) or more")
+        if self.aug_shift_seconds >= self.clip_seconds:
+            raise HmicError(f"--aug-shift must be shorter than a clip ({self.clip_seconds} s)")
 
     def resolved(self) -> "TrainConfig":
         """The configuration a run really uses: λ as its head takes it (1 for a head without coarse loss)."""
@@ -286,9 +299,13 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             order = torch.randperm(len(train.keys), generator=gen).numpy()
             total_loss, n_batches = 0.0, 0
+            aug_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 7_919)
             for i, (x, ft, fm, ct, cm, _) in enumerate(batches(train, data.store, cfg.batch_size, order)):
                 if i >= steps_per_epoch:
                     break
+                if cfg.augment.active:
+                    x, ft, fm, ct, cm = augment_batch(x, ft, fm, ct, cm, cfg.augment, aug_gen,
+                                                      frontend.sample_rate / frontend.hop_length)
                 step = epoch * steps_per_epoch + i
                 lr = lr_at(step, steps_per_epoch, cfg)
                 for group in optimizer.param_groups:

@@ -16,7 +16,7 @@ PKG = ROOT / "hmic"
 LAYERS = [
     {"__init__", "errors", "fileio", "registry"},
     {"devices", "hierarchy", "dataset", "audio", "metrics"},
-    {"split", "features", "download", "heads", "backbones", "synth", "synth.arrange"},
+    {"split", "features", "download", "heads", "backbones", "augment", "ingest", "synth", "synth.arrange"},
     {"model", "synth.render", "synth.dataset", "synth.song", "synth.truth"},
     {"checkpoint"},
     {"runs", "inference"},

@@ -83,6 +83,21 @@ class Part:
     gain_db: float
     pan: float  # -1 (left) .. 1 (right)
     notes: list[tuple[float, float, int, int]] = field(default_factory=list)  # (start s, dur s, key, velocity)
+    font: int = 0  # which of the dataset's SoundFonts plays it
+    # variety (``plan_variety``); the defaults leave the stem as rendered
+    eq_tilt: float = 0.0  # dB per octave around 1 kHz
+    compression: float = 1.0  # ratio above the stem's RMS
+    room_send: float = 0.0  # share of the room's reverberation added
+
+
+@dataclass
+class Variety:
+    """Per-mix variety of one clip: its room and its background noise."""
+
+    room_seconds: float
+    room_seed: int
+    noise_snr_db: float | None
+    noise_seed: int
 
 
 @dataclass
@@ -95,6 +110,30 @@ class ClipPlan:
     mode: str
     duration: float
     parts: list[Part]
+    variety: Variety | None = None
+
+
+def plan_variety(rng: np.random.Generator, plan: ClipPlan) -> None:
+    """Vary one arranged clip so that what is learnt is the instrument, not one rendering of it:
+    tempo spread (time scale 0.8-1.25), articulation (note lengths 0.5-1.3x), register (an octave up
+    or down for pitched parts, where it stays in MIDI range), and per stem an EQ tilt (±3 dB/octave),
+    compression (ratio 1-4) and a room send (0-0.6) into the clip's room (RT60 0.2-1.8 s), plus
+    background noise 15-45 dB below the mix in 70% of clips."""
+    stretch = float(rng.uniform(0.8, 1.25))
+    plan.tempo /= stretch
+    for part in plan.parts:
+        articulation = float(rng.uniform(0.5, 1.3))
+        shift = int(rng.choice([-12, 0, 0, 12])) if part.program >= 0 else 0
+        keys = [n[2] + shift for n in part.notes]
+        if keys and not (21 <= min(keys) and max(keys) <= 108):
+            shift = 0
+        notes = [(start * stretch, dur * stretch * articulation, key + shift, vel) for start, dur, key, vel in part.notes]
+        part.notes = [n for n in notes if n[0] < plan.duration] or notes[:1]
+        part.eq_tilt = float(rng.uniform(-3, 3))
+        part.compression = float(rng.choice([1.0, rng.uniform(1.5, 4.0)]))
+        part.room_send = float(rng.uniform(0, 0.6))
+    plan.variety = Variety(float(rng.uniform(0.2, 1.8)), int(rng.integers(2**31)),
+                           float(rng.uniform(15, 45)) if rng.random() < 0.7 else None, int(rng.integers(2**31)))
 
 
 def _scale_notes(tonic: int, mode: str, low: int, high: int) -> list[int]:

@@ -14,7 +14,7 @@ import numpy as np
 from ..dataset import OPENMIC_TAGS
 from ..errors import HmicError
 from ..fileio import atomic_path, write_csv, write_json, write_text
-from .arrange import ENSEMBLES, ClipPlan, plan_clip
+from .arrange import ENSEMBLES, ClipPlan, plan_clip, plan_variety
 from .render import AUDIBLE_FLOOR_DB, SAMPLE_RATE, check_soundfont, default_soundfont, init_worker, mix_clip, worker_soundfont
 
 
@@ -35,12 +35,13 @@ class SynthOptions:
     seed: int = 0
     duration: float = 10.0
     label_noise: float = 0.0
-    soundfont: str = ""
+    soundfonts: tuple[str, ...] = ()  # empty: TimGM6mb; several: each part drawn from them
+    variety: bool = False  # per-stem and per-mix variety (arrange.plan_variety)
     test_fraction: float = 0.25
     observed_per_clip: float = 3.0
 
     def key(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "soundfonts": list(self.soundfonts)}
 
 
 def plan_dataset(opts: SynthOptions) -> list[ClipPlan]:
@@ -61,7 +62,14 @@ def plan_dataset(opts: SynthOptions) -> list[ClipPlan]:
                 used.add(key)
                 break
         clip_rng = np.random.default_rng([opts.seed, 1, i])
-        plans.append(plan_clip(clip_rng, key, artist, ensemble, opts.duration))
+        plan = plan_clip(clip_rng, key, artist, ensemble, opts.duration)
+        if len(opts.soundfonts) > 1:  # separate streams: one font and no variety give the plans of before
+            font_rng = np.random.default_rng([opts.seed, 3, i])
+            for part in plan.parts:
+                part.font = int(font_rng.integers(len(opts.soundfonts)))
+        if opts.variety:
+            plan_variety(np.random.default_rng([opts.seed, 4, i]), plan)
+        plans.append(plan)
     return plans
 
 
@@ -94,9 +102,9 @@ def synthesize(out: Path, opts: SynthOptions, workers: int = 1, progress: bool =
         raise HmicError(f"--duration must be between 1 and 600 seconds, got {opts.duration}")
     if not 0.0 <= opts.label_noise < 0.5:
         raise HmicError(f"--label-noise must be in [0, 0.5), got {opts.label_noise}")
-    sf_path = Path(opts.soundfont) if opts.soundfont else default_soundfont()
-    soundfont = check_soundfont(sf_path)
-    opts_record = {**opts.key(), "soundfont": str(sf_path), "soundfont_bytes": len(soundfont)}
+    paths = [Path(f) for f in opts.soundfonts] or [default_soundfont()]
+    soundfont = tuple(check_soundfont(f) for f in paths)
+    opts_record = {**opts.key(), "soundfonts": [str(f) for f in paths], "soundfont_bytes": [len(f) for f in soundfont]}
     marker = out / "hmic-synth.json"
     if out.exists() and any(out.iterdir()):
         if not marker.exists():

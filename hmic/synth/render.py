@@ -2,6 +2,10 @@
 
 An instrument counts as present only if its stem is audible in the mix (its energy at least
 ``AUDIBLE_FLOOR_DB`` relative to the mix); inaudible stems are left out of the mix entirely.
+Several SoundFonts can serve one dataset: each part names the font it is played with (``Part.font``,
+an index into the fonts given). With ``variety`` planned (``arrange.Variety``), each stem gets its own
+EQ tilt, compression and room send before the audibility measurement, and the mix gets background
+noise after it (noise is not an instrument).
 """
 
 from __future__ import annotations
@@ -46,12 +50,37 @@ def check_soundfont(path: str | os.PathLike) -> bytes:
     return data
 
 
-_SOUNDFONT: bytes | None = None
+Fonts = tuple  # of SoundFont bytes; a part's ``font`` indexes it
+_SOUNDFONT: Fonts | None = None
+_SYNTHS: dict[int, tuple] = {}  # id(font bytes) -> (Synth, sfid, the font bytes it was loaded from)
 
 
-def init_worker(soundfont: bytes) -> None:
+def as_fonts(soundfont: bytes | Fonts) -> Fonts:
+    return (soundfont,) if isinstance(soundfont, (bytes, bytearray)) else tuple(soundfont)
+
+
+def _synth(font: bytes):
+    """One loaded synth per font and process (an SF3 takes seconds to decode), reset before each use:
+    ``tsf_reset`` frees the channels and fades out the voices still sounding, and 0.1 s rendered and
+    dropped lets those fades end, so a part renders bit for bit as from a freshly loaded font (tested)."""
+    import tinysoundfont
+
+    cached = _SYNTHS.get(id(font))
+    if cached is None or cached[2] is not font:
+        if len(_SYNTHS) >= 4:  # fonts read again (a new bytes object) replace the old ones
+            _SYNTHS.clear()
+        synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE)
+        cached = (synth, synth.sfload(font), font)
+        _SYNTHS[id(font)] = cached
+    synth, sfid, _ = cached
+    synth.soundfonts[sfid].reset()
+    synth.generate(SAMPLE_RATE // 10)
+    return synth, sfid
+
+
+def init_worker(soundfont: bytes | Fonts) -> None:
     global _SOUNDFONT
-    _SOUNDFONT = soundfont
+    _SOUNDFONT = as_fonts(soundfont)
     try:
         import torch  # noqa: F401  (keep workers single-threaded if torch is around)
 
@@ -60,12 +89,12 @@ def init_worker(soundfont: bytes) -> None:
         pass
 
 
-def render_part(part: Part, duration: float, soundfont: bytes) -> np.ndarray:
-    """Render one part to a (L, 2) float32 stem at 44.1 kHz; a fresh synth makes it deterministic."""
-    import tinysoundfont
-
-    synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE)
-    sfid = synth.sfload(soundfont)
+def render_part(part: Part, duration: float, soundfont: bytes | Fonts) -> np.ndarray:
+    """Render one part to a (L, 2) float32 stem at 44.1 kHz with its font (reset synth: deterministic)."""
+    fonts = as_fonts(soundfont)
+    if part.font >= len(fonts):
+        raise HmicError(f"the plan plays {part.tag} with SoundFont #{part.font + 1} but only {len(fonts)} were given")
+    synth, sfid = _synth(fonts[part.font])
     drums = part.program < 0
     chan = 9 if drums else 0
     try:
@@ -95,15 +124,18 @@ def render_part(part: Part, duration: float, soundfont: bytes) -> np.ndarray:
     return out
 
 
-def mix_clip(plan: ClipPlan, soundfont: bytes) -> tuple[np.ndarray, dict[str, float]]:
+def mix_clip(plan: ClipPlan, soundfont: bytes | Fonts) -> tuple[np.ndarray, dict[str, float]]:
     """Render every part, mix, and measure each stem's level relative to the mix.
 
     Returns (mix (L, 2) float32 peak-normalised, {tag: level_db}); tags below the audible floor
     are left out of the mix and get level -inf.
     """
     stems = {}
+    effects = StemEffects(plan.variety, int(round(plan.duration * SAMPLE_RATE))) if plan.variety is not None else None
     for part in plan.parts:
         stem = render_part(part, plan.duration, soundfont)
+        if effects is not None:
+            stem = effects(stem, part)
         rms = float(np.sqrt(np.mean(stem**2)))
         if rms < 1e-6:
             stems[part.tag] = None
@@ -120,6 +152,8 @@ def mix_clip(plan: ClipPlan, soundfont: bytes) -> tuple[np.ndarray, dict[str, fl
             levels[tag] = 10 * np.log10(float(np.mean(stem**2)) / mix_energy) if stem is not None else float("-inf")
             if levels[tag] < AUDIBLE_FLOOR_DB:
                 stems[tag] = None
+    if plan.variety is not None and plan.variety.noise_snr_db is not None:
+        mix = add_noise(mix, plan.variety)
     peak = float(np.abs(mix).max()) if mix.size else 0.0
     if peak > 0:
         mix = mix / peak * (10 ** (-1.0 / 20))
@@ -143,3 +177,69 @@ def worker_soundfont() -> bytes:
     if _SOUNDFONT is None:
         raise RuntimeError("init_worker was not called in this process")
     return _SOUNDFONT
+
+
+# ---- variety: per-stem EQ, compression and room; background noise in the mix ----------------------
+
+def _tilt(x: np.ndarray, tilt_db_per_octave: float) -> np.ndarray:
+    """A spectral tilt around 1 kHz (dB per octave), limited to ±18 dB."""
+    spec = np.fft.rfft(x, axis=0)
+    f = np.fft.rfftfreq(x.shape[0], 1 / SAMPLE_RATE)
+    gain_db = np.clip(tilt_db_per_octave * np.log2(np.maximum(f, 20.0) / 1000.0), -18, 18)
+    return np.fft.irfft(spec * (10 ** (gain_db / 20))[:, None], n=x.shape[0], axis=0).astype(np.float32)
+
+
+def _compress(x: np.ndarray, ratio: float, frame: int = 1024) -> np.ndarray:
+    """Static compression above the stem's own RMS level, per 1024-sample frame, gains interpolated."""
+    if ratio <= 1.0:
+        return x
+    n = x.shape[0] // frame
+    if n < 2:
+        return x
+    env = np.sqrt(np.mean(x[: n * frame].reshape(n, frame, -1) ** 2, axis=(1, 2))) + 1e-9
+    threshold = float(np.sqrt(np.mean(x**2))) + 1e-9
+    gain = np.where(env > threshold, (env / threshold) ** (1 / ratio - 1), 1.0)
+    centres = (np.arange(n) + 0.5) * frame
+    g = np.interp(np.arange(x.shape[0]), centres, gain).astype(np.float32)
+    return x * g[:, None]
+
+
+def room_response(seconds: float, seed: int) -> np.ndarray:
+    """A stereo room impulse response: exponentially decaying noise with RT60 ``seconds``."""
+    rng = np.random.default_rng(seed)
+    n = int(min(seconds, 2.0) * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    ir = rng.standard_normal((n, 2)) * np.exp(-6.9 * t / seconds)[:, None]
+    return (ir / np.sqrt(np.sum(ir**2, axis=0, keepdims=True))).astype(np.float32)
+
+
+class StemEffects:
+    """One clip's per-stem effects in one FFT pass per stem: compression (time domain), then the EQ
+    tilt and the room (dry + send × reverberation) as one spectral product. The room's spectrum is
+    computed once per clip."""
+
+    def __init__(self, variety, length: int):
+        from scipy.fft import next_fast_len, rfft, rfftfreq
+
+        ir = room_response(variety.room_seconds, variety.room_seed) if variety.room_seconds > 0 else np.zeros((1, 2), np.float32)
+        self.length = length
+        self.n = next_fast_len(length + ir.shape[0], real=True)
+        self.room = rfft(ir, self.n, axis=0)
+        self.octaves = np.log2(np.maximum(rfftfreq(self.n, 1 / SAMPLE_RATE), 20.0) / 1000.0)
+
+    def __call__(self, stem: np.ndarray, part: Part) -> np.ndarray:
+        from scipy.fft import irfft, rfft
+
+        x = _compress(stem, part.compression)
+        gain = 10 ** (np.clip(part.eq_tilt * self.octaves, -18, 18) / 20)
+        spec = rfft(x, self.n, axis=0) * gain[:, None] * (1 + part.room_send * self.room)
+        return irfft(spec, self.n, axis=0)[: self.length].astype(np.float32)
+
+
+def add_noise(mix: np.ndarray, variety) -> np.ndarray:
+    """Pink-ish background noise at ``noise_snr_db`` below the mix."""
+    rng = np.random.default_rng(variety.noise_seed)
+    white = rng.standard_normal(mix.shape).astype(np.float32)
+    noise = _tilt(white, -3.0)
+    scale = np.sqrt((np.mean(mix**2) + 1e-12) / (np.mean(noise**2) + 1e-12) / 10 ** (variety.noise_snr_db / 10))
+    return (mix + scale * noise).astype(np.float32)

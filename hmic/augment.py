@@ -1,0 +1,59 @@
+"""Training-time augmentation of log-mel batches (README, "Augmentations"); all off by default, so
+Table 1 runs are unchanged. Every draw comes from a generator seeded by (run seed, epoch), apart from
+torch's global one, so runs stay bit-reproducible and turning augmentation off changes nothing else.
+
+- random gain: ±``gain_db`` per clip (a gain is a constant added to a log-mel in dB);
+- time shift: a circular shift of up to ±``shift_seconds``;
+- mixup: each clip mixed with another clip of the batch in the power domain, weights w and 1 − w with
+  w = 0.2 + 0.6·Beta(α, α), and labels mixed for *presence* under partial observation (``mix_labels``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Augment:
+    gain_db: float = 0.0
+    shift_seconds: float = 0.0
+    mixup_alpha: float = 0.0  # 0: no mixup
+
+    @property
+    def active(self) -> bool:
+        return self.gain_db > 0 or self.shift_seconds > 0 or self.mixup_alpha > 0
+
+
+def mix_labels(t1: torch.Tensor, m1: torch.Tensor, t2: torch.Tensor, m2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels of a mixture of two clips, per tag: present if observed present in either; absent only
+    if observed absent in both; otherwise (absent in one, unobserved in the other) unobserved.
+    Returns (targets, mask) as float tensors of the inputs' shape."""
+    pos1, pos2 = (t1 > 0.5) & (m1 > 0), (t2 > 0.5) & (m2 > 0)
+    neg1, neg2 = (t1 <= 0.5) & (m1 > 0), (t2 <= 0.5) & (m2 > 0)
+    positive = pos1 | pos2
+    observed = positive | (neg1 & neg2)
+    return positive.to(t1.dtype), observed.to(m1.dtype)
+
+
+def augment_batch(x: torch.Tensor, fine_t: torch.Tensor, fine_m: torch.Tensor, coarse_t: torch.Tensor,
+                  coarse_m: torch.Tensor, aug: Augment, gen: torch.Generator, frames_per_second: float):
+    """x: (B, T, M) log-mel in dB (CPU). Returns the augmented batch and labels."""
+    b, t, _ = x.shape
+    if aug.mixup_alpha > 0 and b > 1:
+        partner = torch.roll(torch.randperm(b, generator=gen), 1)
+        rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=gen)))  # Beta draws, from gen too
+        w = torch.from_numpy(0.2 + 0.6 * rng.beta(aug.mixup_alpha, aug.mixup_alpha, size=b)).float().view(b, 1, 1)
+        power = w * torch.pow(10.0, x / 10) + (1 - w) * torch.pow(10.0, x[partner] / 10)
+        x = 10 * torch.log10(torch.clamp(power, min=1e-10))
+        fine_t, fine_m = mix_labels(fine_t, fine_m, fine_t[partner], fine_m[partner])
+        coarse_t, coarse_m = mix_labels(coarse_t, coarse_m, coarse_t[partner], coarse_m[partner])
+    if aug.gain_db > 0:
+        x = x + (torch.rand(b, 1, 1, generator=gen) * 2 - 1) * aug.gain_db
+    if aug.shift_seconds > 0:
+        most = int(round(aug.shift_seconds * frames_per_second))
+        shifts = torch.randint(-most, most + 1, (b,), generator=gen)
+        x = torch.stack([torch.roll(x[i], int(shifts[i]), dims=0) for i in range(b)])
+    return x, fine_t, fine_m, coarse_t, coarse_m

@@ -1,0 +1,174 @@
+"""`hmic import`: a CSV manifest of your own labelled audio → hmic's dataset layout, then the usual
+commands on it unchanged."""
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from hmic.cli import app
+from hmic.dataset import OpenMIC
+from hmic.errors import HmicError
+from hmic.hierarchy import load_hierarchy
+from hmic.ingest import import_manifest
+from hmic.split import make_split
+
+H = load_hierarchy()
+
+
+def tone(path: Path, seconds: float, freq: float, sr: int = 22_050) -> Path:
+    t = np.arange(int(seconds * sr)) / sr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr)
+    return path
+
+
+def write_manifest(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def own_data(tmp_path) -> Path:
+    """Ten lines: long files cut into clips, a stretch of one, blanks, three groups."""
+    audio = tmp_path / "my-audio"
+    for i, seconds in enumerate([25.0, 25.0, 4.0, 12.0, 8.0, 30.0, 6.0, 9.0]):
+        tone(audio / f"take{i}.wav", seconds, 220 * (i + 1))
+    rows = [
+        ["my-audio/take0.wav", "", "", "bandA", "1", "0", ""],
+        ["my-audio/take1.wav", "", "", "bandA", "", "1", "0"],
+        ["my-audio/take2.wav", "", "", "bandB", "0", "", "1"],
+        ["my-audio/take3.wav", "", "", "bandB", "1", "1", ""],
+        ["my-audio/take4.wav", "", "", "bandC", "0", "0", "0"],
+        ["my-audio/take5.wav", "2.5", "17.5", "bandC", "1", "", ""],
+        ["my-audio/take6.wav", "", "", "bandA", "", "", "1"],
+        ["my-audio/take7.wav", "", "", "bandB", "0", "1", "1"],
+        ["my-audio/take5.wav", "20", "", "bandC", "0", "0", ""],
+    ]
+    return write_manifest(tmp_path / "manifest.csv", ["path", "start", "end", "group", "guitar", "piano", "voice"], rows)
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_manifest_imports_with_clips_blanks_and_groups(own_data, tmp_path):
+    before = {p: md5(p) for p in (tmp_path / "my-audio").iterdir()}
+    s = import_manifest(own_data, tmp_path / "ds", H, seed=0)
+    assert s["rows"] == 9 and s["files"] == 8
+    clips = list(csv.DictReader(open(tmp_path / "ds" / "clips.csv")))
+    by_row = {}
+    for c in clips:
+        by_row.setdefault(c["sample_key"].split("_")[0], []).append((float(c["start"]), float(c["end"])))
+    assert by_row["000000"] == [(0.0, 10.0), (10.0, 20.0), (15.0, 25.0)]  # the last clip ends at the file's end
+    assert by_row["000002"] == [(0.0, 4.0)]  # a short file: one clip, padded at featurize time
+    assert by_row["000005"] == [(2.5, 12.5), (7.5, 17.5)]  # a stretch of a file
+    assert by_row["000008"] == [(20.0, 30.0)]
+    assert s["clips"] == len(clips) == 3 + 3 + 1 + 2 + 1 + 2 + 1 + 1 + 1
+    assert s["weakly_labelled_clips"] == 3 + 3 + 2 + 2
+    ds = OpenMIC.load(tmp_path / "ds")
+    row = lambda key, tag: (ds.labels.mask[ds.labels.keys.index(key), ds.class_names.index(tag)],  # noqa: E731
+                            ds.labels.targets[ds.labels.keys.index(key), ds.class_names.index(tag)])
+    assert row("000000_0002", "guitar") == (True, 1.0) and row("000000_0002", "piano") == (True, 0.0)
+    assert row("000000_0002", "voice")[0] == False  # blank = not observed  # noqa: E712
+    assert not ds.labels.mask[ds.labels.keys.index("000000_0001"), ds.class_names.index("drums")]
+    # groups never straddle train and test
+    groups = {k: g for k, g in csv.reader(open(tmp_path / "ds" / "groups.csv")) if k != "sample_key"}
+    side = {}
+    for k in ds.train_keys + ds.test_keys:
+        side.setdefault(groups[k], set()).add("train" if k in ds.train_keys else "test")
+    assert all(len(v) == 1 for v in side.values()) and set().union(*side.values()) == {"train", "test"}
+    # audio linked, never modified; the clip points into the linked file
+    linked = tmp_path / "ds" / "audio" / "000000.wav"
+    assert linked.is_symlink() and Path(os.readlink(linked)) == (tmp_path / "my-audio" / "take0.wav").resolve()
+    assert ds.audio_source("000000_0001").path == linked and ds.audio_source("000000_0001").start == 10.0
+    assert before == {p: md5(p) for p in (tmp_path / "my-audio").iterdir()}
+    # the same manifest and seed give the same dataset
+    import_manifest(own_data, tmp_path / "again", H, seed=0)
+    for name in ("clips.csv", "openmic-2018-aggregated-labels.csv", "partitions/split01_test.csv"):
+        assert (tmp_path / "ds" / name).read_text() == (tmp_path / "again" / name).read_text()
+
+
+def test_bad_manifests_name_the_row_column_and_value(own_data, tmp_path):
+    header = ["path", "start", "end", "group", "split", "guitar", "piano"]
+    good = ["my-audio/take0.wav", "", "", "a", "train", "1", "0"]
+    cases = {
+        "bad value": ([good, ["my-audio/take1.wav", "", "", "a", "train", "yes", "0"]], "row 3, column 'guitar': 'yes' is not 1, 0 or blank"),
+        "bad split": ([good, ["my-audio/take1.wav", "", "", "b", "validation", "1", ""]], "row 3, column 'split': 'validation' is not train or test"),
+        "bad times": ([good, ["my-audio/take1.wav", "5", "2", "b", "test", "1", ""]], "row 3, column 'end': 2 is not after start 5"),
+        "not a number": ([["my-audio/take1.wav", "abc", "", "b", "test", "1", ""]], "row 2, column 'start': 'abc' is not a number"),
+    }
+    for name, (rows, message) in cases.items():
+        path = write_manifest(tmp_path / f"{name}.csv", header, rows)
+        with pytest.raises(HmicError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            import_manifest(path, tmp_path / f"out-{name}", H)
+        assert not (tmp_path / f"out-{name}").exists()  # nothing written before the manifest is known good
+    path = write_manifest(tmp_path / "tags.csv", ["path", "guitar", "kazoo"], [["my-audio/take0.wav", "1", "0"]])
+    with pytest.raises(HmicError, match="column 'kazoo' is not a fine tag"):
+        import_manifest(path, tmp_path / "o1", H)
+    path = write_manifest(tmp_path / "missing.csv", ["path", "guitar"],
+                          [["my-audio/take0.wav", "1"], ["gone/a.wav", "1"], ["gone/b.flac", "0"]])
+    with pytest.raises(HmicError) as e:
+        import_manifest(path, tmp_path / "o2", H)
+    assert "2 audio file(s) do not exist" in str(e.value) and "a.wav" in str(e.value) and "b.flac" in str(e.value)
+    path = write_manifest(tmp_path / "straddle.csv", ["path", "group", "split", "guitar"],
+                          [["my-audio/take0.wav", "g", "train", "1"], ["my-audio/take1.wav", "g", "test", "0"]])
+    with pytest.raises(HmicError, match="group 'g' has rows in both train and test"):
+        import_manifest(path, tmp_path / "o3", H)
+    (tmp_path / "my-audio" / "broken.wav").write_text("not audio")
+    path = write_manifest(tmp_path / "broken.csv", ["path", "guitar"], [["my-audio/broken.wav", "1"]])
+    with pytest.raises(HmicError, match="not readable audio"):
+        import_manifest(path, tmp_path / "o4", H)
+    import_manifest(own_data, tmp_path / "taken", H)
+    with pytest.raises(HmicError, match="never overwrites"):
+        import_manifest(own_data, tmp_path / "taken", H)
+
+
+def test_split_keeps_groups_together():
+    from hmic.dataset import Labels
+
+    rng = np.random.default_rng(0)
+    keys = [f"{i:06d}_0000" for i in range(60)]
+    relevance = (rng.random((60, len(H.fine_names))) > 0.7).astype(np.float32)
+    labels = Labels(keys, relevance, np.ones_like(relevance, dtype=bool))
+    groups = {k: f"g{i // 4}" for i, k in enumerate(keys)}
+    ds = OpenMIC(Path("."), list(H.fine_names), keys, [], labels, groups=groups)
+    split = make_split(ds, 0.25, 0)
+    assert split.val and split.train
+    for g in set(groups.values()):
+        members = [k for k in keys if groups[k] == g]
+        assert all(k in split.val for k in members) or not any(k in split.val for k in members)
+
+
+def test_an_imported_dataset_splits_featurizes_trains_and_predicts(own_data, tmp_path):
+    from conftest import tiny_config
+    from hmic.evaluation import tune_run
+    from hmic.runs import Run
+    from hmic.train import train_run
+
+    runner = CliRunner()
+    data = tmp_path / "ds"
+    result = runner.invoke(app, ["import", str(own_data), "--out", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "weak labels" in result.output
+    for args in (["split", "--data-dir", str(data), "--val-fraction", "0.3"], ["featurize", "--data-dir", str(data), "--workers", "1"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    manifest = json.loads(next((tmp_path / "ds.hmic" / "features").glob("*/manifest.json")).read_text())
+    assert manifest["complete"] and manifest["n_failed"] == 0
+    cfg = tiny_config({"data_dir": data, "work_dir": tmp_path / "ds.hmic"}, tmp_path / "runs", epochs=1, batch_size=4)
+    summary = train_run(cfg, progress=False)
+    tune_run(Run(Path(summary["run"])))
+    out = tmp_path / "p.json"
+    result = runner.invoke(app, ["predict", str(tmp_path / "my-audio" / "take0.wav"), "--run", summary["run"], "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["results"][0]["duration_seconds"] == pytest.approx(25.0)
