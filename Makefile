@@ -50,7 +50,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 demo: install
 	@echo "== 1/8  rendering a $(DEMO_CLIPS)-clip OpenMIC-format stand-in dataset into $(DEMO_DATA)"

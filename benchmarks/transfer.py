@@ -5,8 +5,10 @@ and the training augmentations.
     python benchmarks/transfer.py --train-font TimGM6mb --test-font /usr/share/sounds/sf3/MuseScore_General_Lite.sf3
 
 Conditions (each one training run per method, the demo's song-model recipe: cnn14-light, 10 epochs):
-  before   the plain stand-in (`hmic synth`), no augmentation;
-  after    the stand-in with `--variety`, trained with gain, shift and mixup augmentation.
+  before    the plain stand-in (`hmic synth`), no augmentation;
+  variety   the stand-in rendered with `--variety`, no augmentation;
+  gainshift the variety stand-in, trained with random gain (±6 dB) and time shift (±2 s);
+  after     the variety stand-in, trained with gain, shift and mixup (α = 1).
 Held out: a plain stand-in rendered with the other font (another seed: other arrangements), every clip
 with its observed labels. Reports macro ROC-AUC (fine, coarse) on the held-out font and on the
 training font's own test split, per condition and method, and writes --out/transfer.json.
@@ -85,7 +87,7 @@ def main() -> None:
     ap.add_argument("--test-clips", type=int, default=400)
     ap.add_argument("--methods", default="gmp")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--conditions", default="before,after")
+    ap.add_argument("--conditions", default="before,variety,gainshift,after")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "transfer")
     args = ap.parse_args()
@@ -95,15 +97,16 @@ def main() -> None:
     t0 = time.time()
     held = out / "heldout"
     prepare(held, SynthOptions(clips=args.test_clips, seed=1000, soundfonts=(args.test_font,)), args.workers)
-    conditions = {
-        "before": (SynthOptions(clips=args.clips, seed=0, soundfonts=(train_font,)), {}),
-        "after": (SynthOptions(clips=args.clips, seed=0, soundfonts=(train_font,), variety=True),
-                  {"aug_gain_db": 6.0, "aug_shift_seconds": 2.0, "mixup_alpha": 1.0}),
-    }
+    data = {"plain": SynthOptions(clips=args.clips, seed=0, soundfonts=(train_font,)),
+            "variety": SynthOptions(clips=args.clips, seed=0, soundfonts=(train_font,), variety=True)}
+    gain_shift = {"aug_gain_db": 6.0, "aug_shift_seconds": 2.0}
+    conditions = {"before": ("plain", {}), "variety": ("variety", {}), "gainshift": ("variety", gain_shift),
+                  "after": ("variety", {**gain_shift, "mixup_alpha": 1.0})}
     results = {}
     for name in args.conditions.split(","):
-        opts, aug = conditions[name]
-        root = out / f"train-{name}"
+        variant, aug = conditions[name]
+        opts = data[variant]
+        root = out / f"train-{variant}"
         work = prepare(root, opts, args.workers)
         for method in args.methods.split(","):
             cfg = TrainConfig(method=method, arch="cnn14-light", pretrained="none", epochs=args.epochs, lr=1e-3,

@@ -3,6 +3,7 @@ unreadable folder entries, label tracks, precision, fast checkpoint loading and 
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,12 +184,9 @@ def test_onnx_export_parity_and_predict_backend(trained, library, tmp_path):
     model = tmp_path / "resatt.onnx"
     result = CliRunner().invoke(app, ["export", str(run), "--onnx", str(model)])
     assert result.exit_code == 0, result.output
-    assert "max |Δp|" in result.output
-    from hmic.export import export_onnx, load_onnx_tagger
-
-    report = export_onnx(run, tmp_path / "again.onnx")
-    assert report["outputs"] == ["fine_probs", "coarse_probs", "attention"]
-    assert report["max_abs_probability_difference"] < 1e-4
+    assert "outputs fine_probs, coarse_probs, attention" in " ".join(result.output.split())
+    assert float(re.search(r"max \|Δp\| = (\S+)", result.output).group(1)) < 1e-4  # onnxruntime vs PyTorch
+    from hmic.export import load_onnx_tagger
     files = expand_inputs([library]).files
     onnx_results = [r for _, r, _ in load_onnx_tagger(model).stream(files)]
     torch_results = [r for _, r, _ in Tagger.load(run).stream(files)]
