@@ -119,10 +119,13 @@ def main() -> None:
                                            "own_font_test": own_test_scores(run), "augment": aug,
                                            "variety": opts.variety}
             print(json.dumps({f"{name}/{method}": results[f"{name}/{method}"]}), flush=True)
+    previous = out / "transfer.json"
+    if previous.exists():  # conditions run earlier into the same --out stay in the report
+        results = {**json.loads(previous.read_text()).get("results", {}), **results}
     report = {"train_font": train_font, "test_font": args.test_font, "clips": args.clips,
               "test_clips": args.test_clips, "epochs": args.epochs, "results": results,
               "seconds": round(time.time() - t0, 1)}
-    (out / "transfer.json").write_text(json.dumps(report, indent=2) + "\n")
+    previous.write_text(json.dumps(report, indent=2) + "\n")
     print(f"train font: {Path(train_font).name}; held-out font: {Path(args.test_font).name}; macro ROC-AUC")
     print(f"{'condition/method':<22}{'held-out fine':>15}{'held-out coarse':>17}{'own fine':>10}{'own coarse':>12}")
     for key, r in results.items():
