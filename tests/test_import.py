@@ -172,3 +172,14 @@ def test_an_imported_dataset_splits_featurizes_trains_and_predicts(own_data, tmp
     result = runner.invoke(app, ["predict", str(tmp_path / "my-audio" / "take0.wav"), "--run", summary["run"], "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["results"][0]["duration_seconds"] == pytest.approx(25.0)
+
+
+def test_errors_print_square_brackets_verbatim(tmp_path):
+    """rich would read '[kazoo]' (or pip's 'hmic[onnx]') as markup and drop it from the message."""
+    import subprocess
+    import sys
+
+    manifest = write_manifest(tmp_path / "m.csv", ["path", "[kazoo]"], [["a.wav", "1"]])
+    out = subprocess.run([sys.executable, "-m", "hmic", "import", str(manifest), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 2 and "column '[kazoo]' is not a fine tag" in " ".join(out.stderr.split())
