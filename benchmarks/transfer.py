@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--conditions", default="before,variety,gainshift,after")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated (the data stay the same)")
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "transfer")
     args = ap.parse_args()
     train_font = args.train_font or str(default_soundfont())
@@ -109,16 +110,17 @@ def main() -> None:
         root = out / f"train-{variant}"
         work = prepare(root, opts, args.workers)
         for method in args.methods.split(","):
-            cfg = TrainConfig(method=method, arch="cnn14-light", pretrained="none", epochs=args.epochs, lr=1e-3,
-                              warmup_epochs=0.5, batch_size=16, embedding_dropout=0.0, data_dir=str(root),
-                              work_dir=str(work), runs_dir=str(out / f"runs-{name}"), device="cpu", **aug)
-            summary = train_run(cfg, resume=True)
-            run = Run(Path(summary["run"]))
-            held_cfg = replace(cfg, data_dir=str(held), work_dir=str(Path(str(held) + ".hmic")))
-            results[f"{name}/{method}"] = {"held_out_font": held_out_scores(run, held_cfg),
-                                           "own_font_test": own_test_scores(run), "augment": aug,
-                                           "variety": opts.variety}
-            print(json.dumps({f"{name}/{method}": results[f"{name}/{method}"]}), flush=True)
+            for seed in (int(x) for x in args.seeds.split(",")):
+                cfg = TrainConfig(method=method, seed=seed, arch="cnn14-light", pretrained="none", epochs=args.epochs,
+                                  lr=1e-3, warmup_epochs=0.5, batch_size=16, embedding_dropout=0.0, data_dir=str(root),
+                                  work_dir=str(work), runs_dir=str(out / f"runs-{name}"), device="cpu", **aug)
+                summary = train_run(cfg, resume=True)
+                run = Run(Path(summary["run"]))
+                held_cfg = replace(cfg, data_dir=str(held), work_dir=str(Path(str(held) + ".hmic")))
+                key = f"{name}/{method}" + (f"/seed{seed}" if seed else "")
+                results[key] = {"held_out_font": held_out_scores(run, held_cfg), "own_font_test": own_test_scores(run),
+                                "augment": aug, "variety": opts.variety, "seed": seed}
+                print(json.dumps({key: results[key]}), flush=True)
     previous = out / "transfer.json"
     if previous.exists():  # conditions run earlier into the same --out stay in the report
         results = {**json.loads(previous.read_text()).get("results", {}), **results}
