@@ -337,7 +337,7 @@ def predict(
     truth: Annotated[Optional[Path], typer.Option(help="A song's ground truth (.truth.json from 'hmic synth-song'): print found, missed and false tags, per section too.", show_default=False)] = None,
 ) -> None:
     """Tag songs of any length, or whole libraries, with fine and coarse instrument tags."""
-    from .predict import Tagger, done_in_jsonl, expand_inputs, label_path, label_track, write_outputs
+    from .predict import Tagger, done_in_jsonl, expand_inputs, for_output, label_path, label_track, write_outputs
     from .runs import latest_tuned_run
     from .synth.song import read_truth
 
@@ -391,7 +391,7 @@ def predict(
             if labels is not None:
                 write_text(label_path(labels, names[path]), label_track(result))
             if jsonl is not None:
-                append_jsonl(jsonl, result if segments else {k: v for k, v in result.items() if k != "segments"})
+                append_jsonl(jsonl, for_output(result, segments))
             results.append(result)
             if show:
                 _print_song(result, segments, explain)

@@ -13,6 +13,7 @@ import json
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
@@ -122,23 +123,13 @@ def prepare_all(paths: list[str], job: Job, workers: int, read_ahead: int | None
     pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(job,))
     try:
         todo = iter(enumerate(paths))
-        futures = deque(pool.submit(_prepare_in_worker, i, p) for i, p in _take(todo, read_ahead or 2 * workers))
+        futures = deque(pool.submit(_prepare_in_worker, i, p) for i, p in islice(todo, read_ahead or 2 * workers))
         while futures:
             prepared = futures.popleft().result()
-            futures.extend(pool.submit(_prepare_in_worker, i, p) for i, p in _take(todo, 1))
+            futures.extend(pool.submit(_prepare_in_worker, i, p) for i, p in islice(todo, 1))
             yield prepared
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _take(it: Iterator, n: int) -> list:
-    out = []
-    for _ in range(n):
-        try:
-            out.append(next(it))
-        except StopIteration:
-            break
-    return out
 
 
 @dataclass
@@ -422,10 +413,15 @@ def to_csv(results: list[dict]) -> str:
     return csv_text(CSV_COLUMNS, rows)
 
 
+def for_output(result: dict, segments: bool) -> dict:
+    """A result as written to --json/--jsonl: the per-window timeline only with --segments."""
+    return result if segments else {k: v for k, v in result.items() if k != "segments"}
+
+
 def write_outputs(results: list[dict], failures: list[dict], json_path: Path | None, csv_path: Path | None,
                   segments: bool) -> None:
     if json_path:
-        payload = [r if segments else {k: v for k, v in r.items() if k != "segments"} for r in results]
+        payload = [for_output(r, segments) for r in results]
         write_text(json_path, json.dumps({"results": payload, "failures": failures}, indent=2) + "\n")
     if csv_path:
         write_text(csv_path, to_csv(results))
