@@ -20,7 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hmic.audio import FrontendConfig, clip_features, decode  # noqa: E402
+from hmic.audio import FrontendConfig, decode  # noqa: E402
+from hmic.logmel import clip_features  # noqa: E402
 from hmic.dataset import OpenMIC  # noqa: E402
 
 

@@ -31,7 +31,7 @@ from hmic.grid import LocalExecutor, plan_grid, run_grid  # noqa: E402
 from hmic.ray_engine import RayExecutor, import_ray  # noqa: E402
 from hmic.split import make_split, save_split, split_dir, split_meta  # noqa: E402
 from hmic.synth.dataset import SynthOptions, synthesize  # noqa: E402
-from hmic.train import TrainConfig  # noqa: E402
+from hmic.config import TrainConfig  # noqa: E402
 
 
 def prepare(root: Path, clips: int) -> Path:

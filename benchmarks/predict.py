@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import device_name  # noqa: E402
 
-from hmic.audio import FrontendConfig, load_wave, slaney_filterbank  # noqa: E402
+from hmic.audio import FrontendConfig, load_wave  # noqa: E402
+from hmic.logmel import slaney_filterbank  # noqa: E402
 from hmic.backbones import BackboneConfig  # noqa: E402
 from hmic.checkpoint import save_checkpoint  # noqa: E402
 from hmic.dataset import OPENMIC_TAGS  # noqa: E402
@@ -48,7 +49,7 @@ from hmic.hierarchy import load_hierarchy  # noqa: E402
 from hmic.model import HierarchicalTagger  # noqa: E402
 from hmic.predict import Tagger, window_starts  # noqa: E402
 from hmic.synth.song import render_song  # noqa: E402
-from hmic.train import TrainConfig  # noqa: E402
+from hmic.config import TrainConfig  # noqa: E402
 
 
 class ConvBlock(nn.Module):
@@ -92,7 +93,7 @@ class ReferenceCnn14(nn.Module):
 
 
 def reference_tag(model: ReferenceCnn14, path: Path, cfg: FrontendConfig, batch: int, device) -> np.ndarray:
-    wave = load_wave(path, cfg)
+    wave = torch.from_numpy(load_wave(path, cfg))
     starts = window_starts(wave.shape[0], cfg.clip_samples, cfg.clip_samples // 2)
     windows = torch.stack([wave[s:s + cfg.clip_samples] for s in starts])
     with torch.no_grad():
@@ -165,7 +166,8 @@ def main() -> None:
         bf16.tag(song, batch_size=args.batch)
         rows["hmic bf16"] = best_of(lambda: bf16.tag(song, batch_size=args.batch), args.repeats)
     try:
-        from hmic.export import export_onnx, load_onnx_tagger
+        from hmic.export import export_onnx
+        from hmic.onnxrun import load_onnx_tagger
 
         export_onnx(ckpt, tmp / "model.onnx")
         ort = load_onnx_tagger(tmp / "model.onnx", args.device)
@@ -181,7 +183,7 @@ def main() -> None:
     folder = tmp / "library"
     folder.mkdir()
     rng = np.random.default_rng(1)
-    data = load_wave(song, cfg).numpy()
+    data = load_wave(song, cfg)
     import soundfile as sf
 
     n_samples = int(args.folder_seconds * 44_100)

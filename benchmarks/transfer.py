@@ -38,7 +38,8 @@ from hmic.runs import Run  # noqa: E402
 from hmic.split import make_split, save_split, split_dir, split_meta  # noqa: E402
 from hmic.synth.dataset import SynthOptions, synthesize  # noqa: E402
 from hmic.synth.render import default_soundfont  # noqa: E402
-from hmic.train import TrainConfig, load_data, predict_part, train_run  # noqa: E402
+from hmic.config import TrainConfig  # noqa: E402
+from hmic.train import load_data, predict_part, train_run  # noqa: E402
 
 
 def prepare(root: Path, opts: SynthOptions, workers: int) -> Path:

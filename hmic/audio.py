@@ -1,19 +1,20 @@
-"""Audio I/O and the exact CNN14 front-end (README, "The front-end"): decode → mono → 16 kHz → fixed length → log-mel.
+"""Audio in, before the model (README, "The front-end"): decode → mono → 16 kHz → windows.
 
-One implementation, used by ``hmic featurize`` and ``hmic predict``.
-Units: sample rates in Hz, lengths in samples unless named ``*_seconds``; log-mel in dB (ref 1).
+One implementation, used by ``hmic featurize``, ``hmic import`` and ``hmic predict``, in numpy alone:
+``hmic predict --backend onnx`` runs without importing torch. The log-mel that follows is
+``hmic.logmel``. Units: sample rates in Hz, lengths in samples unless named ``*_seconds``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import HmicError
 
@@ -81,103 +82,87 @@ def decode(path: str | Path, start: float = 0.0, end: float | None = None) -> tu
     return np.ascontiguousarray(data.T), int(sr)
 
 
+RESAMPLE_CHUNK = 8192  # output blocks per matrix product (bounds the memory of long files)
+MAX_KERNEL = 4_000_000  # taps of a resampling kernel (16 MB); 44.1 → 16 kHz needs 100,640
+
+
 @lru_cache(maxsize=16)
-def _resampler(orig: int, new: int, spec: str):
-    import torchaudio
+def resample_kernel(orig: int, new: int, spec: str) -> tuple[np.ndarray, int]:
+    """The polyphase sinc kernel (new', K) float32 and its half-width for ``orig`` → ``new`` Hz, with
+    ``orig``/``new`` reduced by their gcd: torchaudio's ``_get_sinc_resample_kernel``, step for step
+    (including its float32 roundings), so that ``resample`` equals ``torchaudio.transforms.Resample``
+    within float32 rounding (tested) without importing torch."""
+    method, lowpass_width, rolloff, beta = spec.split("/")
+    lowpass_width, rolloff, beta = int(lowpass_width), float(rolloff), float(beta)
+    if method not in ("sinc_interp_kaiser", "sinc_interp_hann"):
+        raise HmicError(f"resampler {spec!r}: unknown method {method!r} (sinc_interp_kaiser or sinc_interp_hann)")
+    g = math.gcd(orig, new)
+    orig, new = orig // g, new // g
+    base = min(orig, new) * rolloff
+    width = math.ceil(lowpass_width * orig / base)
+    if new * (orig + 2 * width) > MAX_KERNEL:
+        raise AudioError(f"a sample rate of {orig * g} Hz has no small ratio to {new * g} Hz (the resampling "
+                         f"kernel would hold {new * (orig + 2 * width):,} taps); convert the file to a common "
+                         "rate (8, 11.025, 16, 22.05, 24, 32, 44.1, 48, 96 kHz ...) first")
+    idx = np.arange(-width, width + orig, dtype=np.float64)[None] / orig
+    t = (np.arange(0, -new, -1).astype(np.float32) / np.float32(new)).astype(np.float64)[:, None] + idx
+    t = np.clip(t * base, -lowpass_width, lowpass_width)
+    if method == "sinc_interp_hann":
+        window = np.cos(t * math.pi / lowpass_width / 2) ** 2
+    else:  # torchaudio keeps beta and i0(beta) in float32
+        beta32 = float(np.float32(beta))
+        window = np.i0(beta32 * np.sqrt(1 - (t / lowpass_width) ** 2)) / float(np.float32(np.i0(beta32)))
+    t = t * math.pi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kernel = np.where(t == 0, 1.0, np.sin(t) / t)
+    kernel = kernel * window * (base / orig)
+    return np.ascontiguousarray(kernel.astype(np.float32)), width
 
-    method, width, rolloff, beta = spec.split("/")
-    return torchaudio.transforms.Resample(
-        orig, new, resampling_method=method, lowpass_filter_width=int(width), rolloff=float(rolloff), beta=float(beta)
-    )
+
+def resample(wave: np.ndarray, orig: int, new: int, spec: str = FrontendConfig.resampler) -> np.ndarray:
+    """(L,) float32 at ``orig`` Hz → (ceil(L·new/orig),) at ``new`` Hz: the polyphase kernel applied
+    with stride orig' (torchaudio's ``_apply_sinc_resample_kernel`` as matrix products over blocks)."""
+    if orig == new:
+        return wave
+    kernel, width = resample_kernel(orig, new, spec)
+    g = math.gcd(orig, new)
+    step, phases = orig // g, new // g
+    length = wave.shape[0]
+    padded = np.pad(np.asarray(wave, dtype=np.float32), (width, width + step))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[1])[::step]  # (N, K), a view
+    out = np.empty((frames.shape[0], phases), dtype=np.float32)
+    for i in range(0, frames.shape[0], RESAMPLE_CHUNK):
+        np.matmul(frames[i:i + RESAMPLE_CHUNK], kernel.T, out=out[i:i + RESAMPLE_CHUNK])
+    return out.reshape(-1)[:math.ceil(phases * length / step)]
 
 
-def to_mono(audio: np.ndarray, sample_rate: int, cfg: FrontendConfig) -> torch.Tensor:
+def to_mono(audio: np.ndarray, sample_rate: int, cfg: FrontendConfig) -> np.ndarray:
     """(channels, L) at any rate → (L',) float32 mono at cfg.sample_rate (downmix by mean)."""
-    mono = torch.from_numpy(np.ascontiguousarray(audio.mean(axis=0, dtype=np.float32)))
-    if sample_rate != cfg.sample_rate:
-        mono = _resampler(sample_rate, cfg.sample_rate, cfg.resampler)(mono[None])[0]
-    return mono
+    mono = np.ascontiguousarray(audio.mean(axis=0, dtype=np.float32))
+    return resample(mono, sample_rate, cfg.sample_rate, cfg.resampler)
 
 
-def fit_length(wave: torch.Tensor, n_samples: int) -> torch.Tensor:
+def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
     """Cut or zero-pad the last axis to n_samples."""
     length = wave.shape[-1]
     if length >= n_samples:
         return wave[..., :n_samples]
-    return torch.nn.functional.pad(wave, (0, n_samples - length))
+    return np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(0, n_samples - length)])
 
 
-class LogMel(torch.nn.Module):
-    """Waveform (B, L) → log-mel (B, T, n_mels) in dB, T = 1 + L // hop. The PANNs front-end, step for step."""
-
-    def __init__(self, cfg: FrontendConfig = FrontendConfig()):
-        super().__init__()
-        import torchaudio
-
-        self.cfg = cfg
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.n_fft, hop_length=cfg.hop_length,
-            f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels, power=2.0, center=True, pad_mode="reflect",
-            norm="slaney", mel_scale="slaney", window_fn=torch.hann_window,  # periodic Hann
-        )
-        # torchaudio builds the filterbank in float32, which puts relative errors up to ~3e-3 on the
-        # small weights near each triangle's tips (visible in dB when a tone sits there). Build the
-        # same filterbank in float64 and store it as float32.
-        fb = slaney_filterbank(cfg)
-        self.mel.mel_scale.fb.copy_(fb)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        power = self.mel(wave.float())  # (B, n_mels, T)
-        return (10.0 * torch.log10(torch.clamp(power, min=self.cfg.log_floor))).transpose(-1, -2)
-
-    @property
-    def filterbank(self) -> torch.Tensor:
-        """(n_fft/2 + 1, n_mels) Slaney filterbank (the checkpoint's ``logmel_extractor.melW``)."""
-        return self.mel.mel_scale.fb
-
-
-def slaney_filterbank(cfg: FrontendConfig) -> torch.Tensor:
-    """(n_fft/2 + 1, n_mels) Slaney-scale, Slaney-normalised filterbank computed in float64."""
-    import torchaudio
-
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
+def decode_mono(path: str | Path, cfg: FrontendConfig, start: float = 0.0, end: float | None = None) -> np.ndarray:
+    """``decode`` then ``to_mono``: (L,) float32 at cfg.sample_rate; errors name the file."""
+    audio, sr = decode(path, start, end)
     try:
-        fb = torchaudio.functional.melscale_fbanks(
-            cfg.n_fft // 2 + 1, cfg.f_min, cfg.f_max, cfg.n_mels, cfg.sample_rate, norm="slaney", mel_scale="slaney"
-        )
-    finally:
-        torch.set_default_dtype(previous)
-    return fb.float()
+        return to_mono(audio, sr, cfg)
+    except AudioError as e:
+        raise AudioError(f"{path}: {e}") from None
 
 
-@lru_cache(maxsize=4)
-def _logmel(cfg: FrontendConfig) -> LogMel:
-    return LogMel(cfg).eval()
-
-
-def logmel_of_wave(wave: torch.Tensor, cfg: FrontendConfig = FrontendConfig()) -> torch.Tensor:
-    """(L,) or (B, L) 16-kHz wave → (T, n_mels) or (B, T, n_mels) float32 log-mel."""
-    with torch.no_grad():
-        out = _logmel(cfg)(wave if wave.dim() == 2 else wave[None])
-    return out if wave.dim() == 2 else out[0]
-
-
-def clip_features(path, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
-    """The features of one clip: decode, mono, resample, fit to cfg.clip_seconds, log-mel. ``path``:
-    a file, or an ``AudioSource`` (a stretch of a file). Returns (cfg.n_frames, cfg.n_mels) float32.
-    """
-    start, end = getattr(path, "start", 0.0), getattr(path, "end", None)
-    audio, sr = decode(getattr(path, "path", path), start, end)
-    wave = fit_length(to_mono(audio, sr, cfg), cfg.clip_samples)
-    return logmel_of_wave(wave, cfg).numpy()
-
-
-def load_wave(path: str | Path, cfg: FrontendConfig = FrontendConfig(), min_samples: int = 0) -> torch.Tensor:
+def load_wave(path: str | Path, cfg: FrontendConfig = FrontendConfig(), min_samples: int = 0) -> np.ndarray:
     """Decode a whole file to mono cfg.sample_rate (L,); refuses files shorter than ``min_samples``
     (the backbone's minimum input, ``Backbone.min_samples``)."""
-    audio, sr = decode(path)
-    wave = to_mono(audio, sr, cfg)
+    wave = decode_mono(path, cfg)
     if wave.shape[0] < max(min_samples, 1):
         raise AudioError(
             f"{path}: {wave.shape[0] / cfg.sample_rate:.2f} s is too short; the model needs at least "

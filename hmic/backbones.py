@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .audio import FrontendConfig, LogMel
+from .audio import FrontendConfig
+from .logmel import LogMel
 from .errors import HmicError
 from .fileio import md5_file
 from .registry import Registry

@@ -15,16 +15,41 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .backbones import BACKBONES
+from typer.core import TyperGroup
+
+from .config import TrainConfig
 from .devices import DEVICE_HELP
 from .errors import HmicError
 from .fileio import append_jsonl, write_text
-from .heads import describe_heads
-from .train import TrainConfig
+
+
+class Commands(TyperGroup):
+    """hmic's commands; ``train`` is built when it is asked for (``_train_command``): its help lists the
+    registered heads and backbones, and importing them imports torch, which ``hmic predict --backend
+    onnx`` never needs. Listing the commands (``hmic --help``) builds it too."""
+
+    LAZY = {"train": "featurize"}  # lazily built command -> the command it is listed after
+
+    def list_commands(self, ctx) -> list[str]:
+        names = [n for n in super().list_commands(ctx) if n not in self.LAZY]
+        for name, after in self.LAZY.items():
+            names.insert(names.index(after) + 1 if after in names else len(names), name)
+        return names
+
+    def get_command(self, ctx, name: str):
+        if name in self.LAZY and name not in self.commands:
+            from typer.main import get_command_from_info
+            from typer.models import CommandInfo
+
+            self.commands[name] = get_command_from_info(CommandInfo(name=name, callback=_train_command()),
+                                                        pretty_exceptions_short=True, rich_markup_mode=getattr(self, "rich_markup_mode", "rich"))
+        return super().get_command(ctx, name)
+
 
 app = typer.Typer(
     name="hmic",
     help="Hierarchical multi-label music instrument classification (CNN14 + hierarchical heads, OpenMIC-2018).",
+    cls=Commands,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -147,102 +172,110 @@ def _floats(text: str, option: str) -> list[float]:
         raise typer.BadParameter(f"{option} expects comma-separated numbers, got {text!r}") from None
 
 
-@app.command()
-def train(
-    ctx: typer.Context,
-    method: Annotated[str, typer.Option(help=f"Head, or several comma-separated. {escape(describe_heads())}.")] = TRAIN_DEFAULTS["method"],
-    seeds: Annotated[Optional[int], typer.Option(help="Train seeds 0..N-1 (instead of --seed).", show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Train this one seed.")] = TRAIN_DEFAULTS["seed"],
-    lam: Annotated[float, typer.Option("--lambda", help="Weight λ of the fine loss (1 for heads without coarse loss).")] = TRAIN_DEFAULTS["lam"],
-    lambdas: Annotated[Optional[str], typer.Option(help="Several λ, e.g. 0.7,0.75,0.8,0.85,0.9 (instead of --lambda); the best by validation fine loss is reported.", show_default=False)] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML file of TrainConfig fields; flags given on the command line override it.", show_default=False)] = None,
-    arch: Annotated[str, typer.Option(help=f"Backbone: {', '.join(BACKBONES)}.")] = TRAIN_DEFAULTS["arch"],
-    pretrained: Annotated[str, typer.Option(help="AudioSet CNN14 checkpoint, or 'none' to train from scratch.")] = TRAIN_DEFAULTS["pretrained"],
-    epochs: Annotated[int, typer.Option(help="Epochs; the best validation epoch is kept.")] = TRAIN_DEFAULTS["epochs"],
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = TRAIN_DEFAULTS["batch_size"],
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TRAIN_DEFAULTS["lr"],
-    weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = TRAIN_DEFAULTS["weight_decay"],
-    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up epochs.")] = TRAIN_DEFAULTS["warmup_epochs"],
-    schedule: Annotated[str, typer.Option(help="After warm-up: cosine or constant.")] = TRAIN_DEFAULTS["schedule"],
-    specaugment: Annotated[bool, typer.Option("--specaugment/--no-specaugment", help="PANNs SpecAugment.")] = TRAIN_DEFAULTS["specaugment"],
-    embedding_dropout: Annotated[float, typer.Option(help="Dropout on the embedding before the head (PANNs' transfer recipe).")] = TRAIN_DEFAULTS["embedding_dropout"],
-    alpha: Annotated[float, typer.Option(help="Weight of a head's extra loss term (levelwise consistency items).")] = TRAIN_DEFAULTS["alpha"],
-    coarse_rule: Annotated[str, typer.Option(help="Coarse targets from partial fine labels: any or strict.")] = TRAIN_DEFAULTS["coarse_rule"],
-    clip_seconds: Annotated[float, typer.Option(help="Clip length of the features.")] = TRAIN_DEFAULTS["clip_seconds"],
-    data_dir: DataDir = None,
-    work_dir: WorkDir = None,
-    hierarchy: HierarchyOpt = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path(TRAIN_DEFAULTS["runs_dir"]),
-    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = TRAIN_DEFAULTS["device"],
-    precision: Annotated[str, typer.Option(help="The backbone's precision: auto (bf16 autocast on CUDA, float32 elsewhere), bf16 or fp32; the head, loss and saved probabilities are always float32.")] = TRAIN_DEFAULTS["precision"],
-    limit_batches: Annotated[int, typer.Option(help="Train on at most this many batches per epoch; 0 = all (smoke tests).")] = TRAIN_DEFAULTS["limit_batches"],
-    aug_gain_db: Annotated[float, typer.Option(help="Augmentation: random gain of up to ± this many dB per clip (0: off).")] = TRAIN_DEFAULTS["aug_gain_db"],
-    aug_shift: Annotated[float, typer.Option(help="Augmentation: random circular time shift of up to ± this many seconds (0: off).")] = TRAIN_DEFAULTS["aug_shift_seconds"],
-    mixup: Annotated[float, typer.Option(help="Augmentation: mixup with Beta(α, α) weights; presence labels mixed under partial observation (0: off).")] = TRAIN_DEFAULTS["mixup_alpha"],
-    resume: Annotated[bool, typer.Option(help="Continue interrupted runs from last.pt.")] = False,
-    force: Annotated[bool, typer.Option(help="Restart runs that exist.")] = False,
-    engine: Annotated[Engine, typer.Option(help="local: one run after another here; ray: one Ray task per run, over a cluster.")] = Engine.local,
-    gpus_per_run: Annotated[Optional[float], typer.Option(help="Ray: GPUs per run; 0.25 packs four runs on a GPU.", show_default="1 where the cluster has GPUs, else 0")] = None,
-    cpus_per_run: Annotated[float, typer.Option(help="Ray: CPUs per run (also its torch threads).")] = 1.0,
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray: join this cluster ('auto' or host:port).", show_default="a local Ray instance for the length of the command")] = None,
-) -> None:
-    """Train CNN14 + a hierarchical head for each (method, λ, seed); keep the best validation epoch."""
-    from .grid import GridError, LocalExecutor, plan_grid, run_grid
-    from .runs import Run, select_lambda
-    from .train import load_config_file
+def _train_command():
+    """The ``train`` command, built on first use (``Commands``): its option help names the registered
+    heads and backbones."""
+    from .backbones import BACKBONES
+    from .heads import describe_heads
 
-    def given(name: str) -> bool:
-        source = ctx.get_parameter_source(name)  # click's ParameterSource (typer may vendor click)
-        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+    def train(
+        ctx: typer.Context,
+        # --method and --arch: typer.Option as the default, since annotations (strings here) cannot see this function's locals
+        method: str = typer.Option(TRAIN_DEFAULTS["method"], help=f"Head, or several comma-separated. {escape(describe_heads())}."),
+        seeds: Annotated[Optional[int], typer.Option(help="Train seeds 0..N-1 (instead of --seed).", show_default=False)] = None,
+        seed: Annotated[int, typer.Option(help="Train this one seed.")] = TRAIN_DEFAULTS["seed"],
+        lam: Annotated[float, typer.Option("--lambda", help="Weight λ of the fine loss (1 for heads without coarse loss).")] = TRAIN_DEFAULTS["lam"],
+        lambdas: Annotated[Optional[str], typer.Option(help="Several λ, e.g. 0.7,0.75,0.8,0.85,0.9 (instead of --lambda); the best by validation fine loss is reported.", show_default=False)] = None,
+        config: Annotated[Optional[Path], typer.Option(help="YAML file of TrainConfig fields; flags given on the command line override it.", show_default=False)] = None,
+        arch: str = typer.Option(TRAIN_DEFAULTS["arch"], help=f"Backbone: {', '.join(BACKBONES)}."),
+        pretrained: Annotated[str, typer.Option(help="AudioSet CNN14 checkpoint, or 'none' to train from scratch.")] = TRAIN_DEFAULTS["pretrained"],
+        epochs: Annotated[int, typer.Option(help="Epochs; the best validation epoch is kept.")] = TRAIN_DEFAULTS["epochs"],
+        batch_size: Annotated[int, typer.Option(help="Batch size.")] = TRAIN_DEFAULTS["batch_size"],
+        lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TRAIN_DEFAULTS["lr"],
+        weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = TRAIN_DEFAULTS["weight_decay"],
+        warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up epochs.")] = TRAIN_DEFAULTS["warmup_epochs"],
+        schedule: Annotated[str, typer.Option(help="After warm-up: cosine or constant.")] = TRAIN_DEFAULTS["schedule"],
+        specaugment: Annotated[bool, typer.Option("--specaugment/--no-specaugment", help="PANNs SpecAugment.")] = TRAIN_DEFAULTS["specaugment"],
+        embedding_dropout: Annotated[float, typer.Option(help="Dropout on the embedding before the head (PANNs' transfer recipe).")] = TRAIN_DEFAULTS["embedding_dropout"],
+        alpha: Annotated[float, typer.Option(help="Weight of a head's extra loss term (levelwise consistency items).")] = TRAIN_DEFAULTS["alpha"],
+        coarse_rule: Annotated[str, typer.Option(help="Coarse targets from partial fine labels: any or strict.")] = TRAIN_DEFAULTS["coarse_rule"],
+        clip_seconds: Annotated[float, typer.Option(help="Clip length of the features.")] = TRAIN_DEFAULTS["clip_seconds"],
+        data_dir: DataDir = None,
+        work_dir: WorkDir = None,
+        hierarchy: HierarchyOpt = None,
+        runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path(TRAIN_DEFAULTS["runs_dir"]),
+        device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = TRAIN_DEFAULTS["device"],
+        precision: Annotated[str, typer.Option(help="The backbone's precision: auto (bf16 autocast on CUDA, float32 elsewhere), bf16 or fp32; the head, loss and saved probabilities are always float32.")] = TRAIN_DEFAULTS["precision"],
+        limit_batches: Annotated[int, typer.Option(help="Train on at most this many batches per epoch; 0 = all (smoke tests).")] = TRAIN_DEFAULTS["limit_batches"],
+        aug_gain_db: Annotated[float, typer.Option(help="Augmentation: random gain of up to ± this many dB per clip (0: off).")] = TRAIN_DEFAULTS["aug_gain_db"],
+        aug_shift: Annotated[float, typer.Option(help="Augmentation: random circular time shift of up to ± this many seconds (0: off).")] = TRAIN_DEFAULTS["aug_shift_seconds"],
+        mixup: Annotated[float, typer.Option(help="Augmentation: mixup with Beta(α, α) weights; presence labels mixed under partial observation (0: off).")] = TRAIN_DEFAULTS["mixup_alpha"],
+        resume: Annotated[bool, typer.Option(help="Continue interrupted runs from last.pt.")] = False,
+        force: Annotated[bool, typer.Option(help="Restart runs that exist.")] = False,
+        engine: Annotated[Engine, typer.Option(help="local: one run after another here; ray: one Ray task per run, over a cluster.")] = Engine.local,
+        gpus_per_run: Annotated[Optional[float], typer.Option(help="Ray: GPUs per run; 0.25 packs four runs on a GPU.", show_default="1 where the cluster has GPUs, else 0")] = None,
+        cpus_per_run: Annotated[float, typer.Option(help="Ray: CPUs per run (also its torch threads).")] = 1.0,
+        ray_address: Annotated[Optional[str], typer.Option(help="Ray: join this cluster ('auto' or host:port).", show_default="a local Ray instance for the length of the command")] = None,
+    ) -> None:
+        """Train CNN14 + a hierarchical head for each (method, λ, seed); keep the best validation epoch."""
+        from .grid import GridError, LocalExecutor, plan_grid, run_grid
+        from .runs import Run, select_lambda
+        from .config import load_config_file
 
-    if seeds is not None and given("seed"):
-        raise typer.BadParameter("give --seeds N or --seed S, not both")
-    if lambdas is not None and given("lam"):
-        raise typer.BadParameter("give --lambda or --lambdas, not both")
-    base = load_config_file(config) if config else {}
-    values = dict(method=method, seed=seed, lam=lam, arch=arch, pretrained=pretrained, epochs=epochs,
-                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                  schedule=schedule, specaugment=specaugment, embedding_dropout=embedding_dropout, alpha=alpha,
-                  coarse_rule=coarse_rule, clip_seconds=clip_seconds, data_dir=data_dir, work_dir=work_dir,
-                  hierarchy=hierarchy, runs_dir=runs_dir, device=device, precision=precision,
-                  limit_batches=limit_batches, aug_gain_db=aug_gain_db, aug_shift_seconds=aug_shift, mixup_alpha=mixup)
-    params = {"aug_shift_seconds": "aug_shift", "mixup_alpha": "mixup"}  # config field -> option name
-    base.update({k: str(v) if isinstance(v, Path) else v for k, v in values.items() if given(params.get(k, k))})
-    cfg0 = TrainConfig(**base)
-    seed_list = list(range(seeds)) if seeds is not None else [cfg0.seed]
-    lam_list = _floats(lambdas, "--lambdas") if lambdas else [cfg0.lam]
-    methods = [m.strip() for m in cfg0.method.split(",") if m.strip()]
-    configs = plan_grid(cfg0, methods, lam_list, seed_list)
-    if engine == Engine.ray:
-        from .ray_engine import RayExecutor
+        def given(name: str) -> bool:
+            source = ctx.get_parameter_source(name)  # click's ParameterSource (typer may vendor click)
+            return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
-        executor = RayExecutor(ray_address, gpus_per_run, cpus_per_run)
-    else:
-        if gpus_per_run is not None or ray_address is not None or given("cpus_per_run"):
-            raise typer.BadParameter("--gpus-per-run, --cpus-per-run and --ray-address go with --engine ray")
-        executor = LocalExecutor()
-    failed: GridError | None = None
-    try:
-        summaries = run_grid(configs, executor, resume=resume, force=force, console=err)
-    except GridError as e:
-        failed, summaries = e, e.summaries
-    if len(lam_list) > 1 and failed is None:
-        for m in dict.fromkeys(c.method for c in configs):
-            runs = [Run(Path(s["run"])) for s, c in zip(summaries, configs) if c.method == m]
-            selection = select_lambda(runs)
-            if len(selection["by_lambda"]) > 1:
-                console.print(f"{m}: selected λ = {selection['selected_lambda']:.2f} (lowest mean validation fine loss)")
-    table = Table(title="training runs")
-    for col in ("run", "best epoch", "val fine loss", "device"):
-        table.add_column(col)
-    for c, s in zip(configs, summaries):
-        if s is None:
-            table.add_row(str(c.run()), "[red]failed[/]", failed.failures.get(str(c.run()), "")[:70] if failed else "", "")
+        if seeds is not None and given("seed"):
+            raise typer.BadParameter("give --seeds N or --seed S, not both")
+        if lambdas is not None and given("lam"):
+            raise typer.BadParameter("give --lambda or --lambdas, not both")
+        base = load_config_file(config) if config else {}
+        values = dict(method=method, seed=seed, lam=lam, arch=arch, pretrained=pretrained, epochs=epochs,
+                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                      schedule=schedule, specaugment=specaugment, embedding_dropout=embedding_dropout, alpha=alpha,
+                      coarse_rule=coarse_rule, clip_seconds=clip_seconds, data_dir=data_dir, work_dir=work_dir,
+                      hierarchy=hierarchy, runs_dir=runs_dir, device=device, precision=precision,
+                      limit_batches=limit_batches, aug_gain_db=aug_gain_db, aug_shift_seconds=aug_shift, mixup_alpha=mixup)
+        params = {"aug_shift_seconds": "aug_shift", "mixup_alpha": "mixup"}  # config field -> option name
+        base.update({k: str(v) if isinstance(v, Path) else v for k, v in values.items() if given(params.get(k, k))})
+        cfg0 = TrainConfig(**base)
+        seed_list = list(range(seeds)) if seeds is not None else [cfg0.seed]
+        lam_list = _floats(lambdas, "--lambdas") if lambdas else [cfg0.lam]
+        methods = [m.strip() for m in cfg0.method.split(",") if m.strip()]
+        configs = plan_grid(cfg0, methods, lam_list, seed_list)
+        if engine == Engine.ray:
+            from .ray_engine import RayExecutor
+
+            executor = RayExecutor(ray_address, gpus_per_run, cpus_per_run)
         else:
-            table.add_row(s["run"], str(s["best_epoch"] + 1), f"{s['best_val_fine_loss']:.4f}", s.get("device", ""))
-    console.print(table)
-    if failed is not None:
-        raise failed
+            if gpus_per_run is not None or ray_address is not None or given("cpus_per_run"):
+                raise typer.BadParameter("--gpus-per-run, --cpus-per-run and --ray-address go with --engine ray")
+            executor = LocalExecutor()
+        failed: GridError | None = None
+        try:
+            summaries = run_grid(configs, executor, resume=resume, force=force, console=err)
+        except GridError as e:
+            failed, summaries = e, e.summaries
+        if len(lam_list) > 1 and failed is None:
+            for m in dict.fromkeys(c.method for c in configs):
+                runs = [Run(Path(s["run"])) for s, c in zip(summaries, configs) if c.method == m]
+                selection = select_lambda(runs)
+                if len(selection["by_lambda"]) > 1:
+                    console.print(f"{m}: selected λ = {selection['selected_lambda']:.2f} (lowest mean validation fine loss)")
+        table = Table(title="training runs")
+        for col in ("run", "best epoch", "val fine loss", "device"):
+            table.add_column(col)
+        for c, s in zip(configs, summaries):
+            if s is None:
+                table.add_row(str(c.run()), "[red]failed[/]", failed.failures.get(str(c.run()), "")[:70] if failed else "", "")
+            else:
+                table.add_row(s["run"], str(s["best_epoch"] + 1), f"{s['best_val_fine_loss']:.4f}", s.get("device", ""))
+        console.print(table)
+        if failed is not None:
+            raise failed
+
+    return train
 
 
 class Split(str, Enum):
@@ -360,7 +393,7 @@ def predict(
         run = latest_tuned_run(runs_dir).folder
         err.print(f"using the latest run with tuned thresholds: {run}")
     if backend is Backend.onnx:
-        from .export import load_onnx_tagger
+        from .onnxrun import load_onnx_tagger
 
         tagger = load_onnx_tagger(run, device, precision)
     else:
@@ -496,17 +529,17 @@ def import_(
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Run folder (its best.pt) or checkpoint, with tuned thresholds.")],
-    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX file to write.", show_default="RUN/model.onnx")] = None,
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX file to write (its weights go to FILE.data beside it).", show_default="RUN/model.onnx")] = None,
 ) -> None:
     """Export a run to ONNX (log-mel front-end inside the graph; hierarchy and thresholds in its metadata)."""
     from .export import export_onnx
 
     out = onnx or (run / "model.onnx" if run.is_dir() else run.with_suffix(".onnx"))
     report = export_onnx(run, out)
-    console.print(f"written {out} ({report['bytes'] / 1e6:.1f} MB, {report['method']}, outputs "
+    console.print(f"written {out} and its weights {report['weights']} ({report['bytes'] / 1e6:.1f} MB, {report['method']}, outputs "
                   f"{', '.join(report['outputs'])}); onnxruntime against PyTorch on {report['probe_windows']} "
                   f"probe windows: max |Δp| = {report['max_abs_probability_difference']:.2e}")
-    console.print(f"tag with it: hmic predict SONG --backend onnx --run {out}")
+    console.print(f"tag with it: hmic predict SONG --backend onnx --run {out} (keep the two files together)")
 
 
 @app.command()

@@ -1,5 +1,5 @@
 """The one device resolver (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) every command and
-benchmark uses, and the mixed-precision context of the model's backbone.
+benchmark uses, and the mixed-precision context of the model's backbone. Importing it does not import torch.
 
 Precision: ``auto`` runs the backbone in bf16 autocast on CUDA and in float32 elsewhere; ``bf16``
 forces bf16 autocast (CPUs with avx512_bf16 or AMX run it natively); ``fp32`` turns it off. The head,
@@ -9,10 +9,12 @@ the loss and every saved probability are float32 whatever the precision (``Hiera
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import HmicError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -28,6 +30,8 @@ def check_device_name(name: str) -> str:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when visible, else CPU. A named device that is missing is a one-line error."""
+    import torch
+
     check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -82,6 +86,8 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> str:
 
 def autocast(device: torch.device, precision: str = "auto"):
     """The backbone's autocast context: bf16 where ``precision`` asks for it (``auto``: on CUDA only)."""
+    import torch
+
     check_precision(precision)
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)

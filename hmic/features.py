@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, FrontendConfig, clip_features
+from .audio import AudioError, FrontendConfig
+from .logmel import clip_features
 from .errors import HmicError
 from .fileio import write_csv, write_json
 

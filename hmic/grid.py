@@ -14,7 +14,8 @@ from typing import Protocol
 
 from .errors import HmicError
 from .heads import head_class
-from .train import Data, TrainConfig, load_data, train_run
+from .config import TrainConfig
+from .train import Data, load_data, train_run
 
 
 class GridError(HmicError):

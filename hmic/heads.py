@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .explain import Explainer, Explanation
 from .hierarchy import Hierarchy
 from .registry import Registry
 
@@ -35,17 +36,6 @@ class HeadOutput:
     coarse_logits: torch.Tensor | None = None
     fine_log_probs: torch.Tensor | None = None  # topdown: log P_f computed stably
     attention: torch.Tensor | None = None  # resatt: (B, F, C), sums to 1 over F
-
-
-@dataclass
-class Explanation:
-    """Which fine tags carried one coarse decision: ``shares`` (F,) sum to 1 over the fine tags
-    considered; ``weights`` (F,) are attention weights where the head has them."""
-
-    basis: str
-    shares: np.ndarray
-    order: list[int]  # fine tags by decreasing share, already cut to the ones worth naming
-    weights: np.ndarray | None = None
 
 
 class Head(nn.Module):
@@ -76,12 +66,15 @@ class Head(nn.Module):
         """A loss term beyond the two BCEs (weighted by ``alpha``); None for most heads."""
         return None
 
-    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
-        """Which fine tags carried coarse tag ``c`` for one window: fine_probs (F,), attention (F, C) or None.
+    explain_rule = "children"  # how a coarse decision is explained (hmic.explain's rules)
 
-        Default: the children's probabilities, in proportion.
-        """
-        return _shares("children", self.hierarchy.membership[c] * fine_probs)
+    def explainer(self) -> Explainer:
+        """How this head explains its coarse decisions, as data (stored in exported ONNX files too)."""
+        return Explainer(self.explain_rule, self.hierarchy.membership)
+
+    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
+        """Which fine tags carried coarse tag ``c`` for one window: fine_probs (F,), attention (F, C) or None."""
+        return self.explainer().explain(c, fine_probs, attention)
 
 
 class FineClassifier(Head):
@@ -101,8 +94,7 @@ class Flat(FineClassifier):
         coarse_logits = self.grouped_max(logits)
         return HeadOutput(torch.sigmoid(logits), torch.sigmoid(coarse_logits), logits, coarse_logits)
 
-    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
-        return _max_child(self.hierarchy.membership[c] * fine_probs)
+    explain_rule = "max child"
 
 
 class FineAndCoarseClassifier(FineClassifier):
@@ -159,8 +151,7 @@ class GroupedMax(FineClassifier):
         cl = self.grouped_max(logits)
         return HeadOutput(torch.sigmoid(logits), torch.sigmoid(cl), logits, cl)
 
-    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
-        return _max_child(self.hierarchy.membership[c] * fine_probs)
+    explain_rule = "max child"
 
 
 @register("lp")
@@ -177,8 +168,7 @@ class LinearProjection(FineClassifier):
         weights = torch.softmax(self.projection, dim=0)  # (F, C)
         return HeadOutput(pf, pf @ weights, logits, attention=weights[None].expand(z.shape[0], -1, -1))
 
-    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
-        return _attention_shares(c, fine_probs, attention)
+    explain_rule = "attention"
 
 
 @register("lp-linear")
@@ -195,10 +185,11 @@ class UnconstrainedProjection(FineClassifier):
         coarse_logits = self.projection(pf)
         return HeadOutput(pf, torch.sigmoid(coarse_logits), logits, coarse_logits)
 
-    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
-        """Each fine tag's positive share of Aᵀ P_f (fine tags that push the coarse logit up)."""
-        weights = self.projection.weight[c].detach().float().cpu().numpy()  # (F,)
-        return _shares("projection", np.clip(weights * fine_probs, 0.0, None), weights)
+    explain_rule = "projection"  # each fine tag's positive share of Aᵀ P_f (tags that push the coarse logit up)
+
+    def explainer(self) -> Explainer:
+        return Explainer(self.explain_rule, self.hierarchy.membership,
+                         self.projection.weight.detach().float().cpu().numpy())  # (C, F)
 
 
 @register("resatt")
@@ -218,34 +209,11 @@ class ResidualAttention(FineClassifier):
         w = torch.softmax(self.attention(z).view(-1, self.hierarchy.n_fine, self.hierarchy.n_coarse), dim=1)
         return HeadOutput(pf, torch.einsum("bfc,bf->bc", w, pf), logits, attention=w)
 
-    def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
-        return _attention_shares(c, fine_probs, attention)
+    explain_rule = "attention"
 
 
 def build_head(method: str, dim: int, hierarchy: Hierarchy) -> Head:
     return head_class(method)(dim, hierarchy)
-
-
-MIN_SHARE = 0.05  # fine tags carrying less of a coarse decision are not named
-
-
-def _shares(basis: str, contrib: np.ndarray, weights: np.ndarray | None = None, top: int = 5) -> Explanation:
-    total = float(contrib.sum()) or 1.0
-    shares = contrib / total
-    order = [int(f) for f in np.argsort(-contrib) if contrib[f] > 0][:top]
-    return Explanation(basis, shares, [f for f in order if shares[f] >= MIN_SHARE], weights)
-
-
-def _max_child(contrib: np.ndarray) -> Explanation:
-    """gmp and flat: the winning child decides alone."""
-    explanation = _shares("max child", contrib)
-    order = [int(f) for f in np.argsort(-contrib) if contrib[f] > 0][:1]
-    return Explanation(explanation.basis, explanation.shares, order)
-
-
-def _attention_shares(c: int, fine_probs: np.ndarray, attention: np.ndarray) -> Explanation:
-    """resatt and lp: each fine tag's share of W[f, c]·P_f over all fine tags (no hierarchy prior)."""
-    return _shares("attention", attention[:, c] * fine_probs, attention[:, c])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 ``Tagger.stream(files)`` is the library path: decoding, resampling and the log-mel run in worker
 processes ahead of the model (bounded read-ahead), windows of several files share batches, and each
 file's result comes back in input order as soon as its last window is through. ``Tagger.tag(path)``
-tags one file. The model runs behind a *runner*: PyTorch (``TorchRunner``, fp32 or bf16 backbone) or
-onnxruntime (``hmic.export.OnnxRunner``: the graph takes waveforms and holds the front-end).
+tags one file. The model runs behind a *runner*: PyTorch (``hmic.inference.TorchRunner``, fp32 or bf16
+backbone) or onnxruntime (``hmic.onnxrun.OnnxRunner``: the graph takes waveforms and holds the
+front-end). Importing this module does not import torch: over onnxruntime, nothing does.
 """
 
 from __future__ import annotations
@@ -16,21 +17,21 @@ from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 import numpy as np
-import torch
 
-from .audio import AudioError, FrontendConfig, fit_length, load_wave, logmel_of_wave, window_starts  # noqa: F401 (re-exported)
-from .checkpoint import Checkpoint
-from .devices import resolve_device, resolve_precision
+from .audio import AudioError, FrontendConfig, fit_length, load_wave, window_starts  # noqa: F401 (re-exported)
 from .errors import HmicError
+from .explain import Explainer
 from .fileio import csv_text, write_text
-from .heads import Head
 from .hierarchy import Hierarchy
-from .inference import Outputs, infer
+from .inference import Outputs, TorchRunner
 from .metrics import SONG_CLIPS, song_clips_for
 from .runs import LEVELS, Run
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".opus", ".w64", ".caf"}
 MEL_CHUNK = 16  # windows per log-mel call while preparing a file (bounds its memory)
@@ -44,18 +45,6 @@ class Runner(Protocol):
     precision: str
 
     def __call__(self, x: np.ndarray) -> Outputs: ...
-
-
-@dataclass
-class TorchRunner:
-    model: torch.nn.Module
-    device: torch.device
-    precision: str = "fp32"
-    inputs: str = "logmel"
-    backend: str = "torch"
-
-    def __call__(self, x: np.ndarray) -> Outputs:
-        return infer(self.model, [torch.from_numpy(x)], self.device, self.precision)
 
 
 @dataclass
@@ -90,11 +79,13 @@ def prepare(index: int, path: str | Path, job: Job) -> Prepared:
         return Prepared(index, str(path), error=f"{path}: cannot be read ({e.strerror or e})")
     sr, size = job.frontend.sample_rate, job.frontend.clip_samples
     starts = window_starts(wave.shape[0], size, max(1, int(round(job.hop_seconds * sr))))
-    chunks = [fit_length(wave[s:s + size], size) for s in starts]
+    chunks = np.stack([fit_length(wave[s:s + size], size) for s in starts])
     if job.inputs == "wave":
-        inputs = torch.stack(chunks).numpy()
+        inputs = chunks
     else:
-        inputs = np.concatenate([logmel_of_wave(torch.stack(chunks[i:i + MEL_CHUNK]), job.frontend).numpy()
+        from .logmel import logmel_of_wave
+
+        inputs = np.concatenate([logmel_of_wave(chunks[i:i + MEL_CHUNK], job.frontend).numpy()
                                  for i in range(0, len(chunks), MEL_CHUNK)])
     return Prepared(index, str(path), wave.shape[0] / sr, np.array(starts) / sr, inputs)
 
@@ -104,7 +95,10 @@ _WORKER_JOB: Job | None = None
 
 def _init_worker(job: Job) -> None:
     global _WORKER_JOB
-    torch.set_num_threads(1)
+    if job.inputs == "logmel":  # the torch front-end: one thread per worker process
+        import torch
+
+        torch.set_num_threads(1)
     _WORKER_JOB = job
 
 
@@ -144,9 +138,11 @@ class _Pending:
         return 0 if self.prepared.inputs is None else len(self.prepared.inputs)
 
 
-def load_checkpoint(run_or_checkpoint: str | Path) -> tuple[Checkpoint, dict]:
+def load_checkpoint(run_or_checkpoint: str | Path) -> tuple["Checkpoint", dict]:
     """A run folder's best.pt (or a checkpoint file) and its tuned thresholds (stored in the file, or
     the run's thresholds.json); untuned is an error naming the command that tunes it."""
+    from .checkpoint import Checkpoint
+
     path = Path(run_or_checkpoint)
     run = Run(path) if path.is_dir() else None
     ckpt = Checkpoint.load(run.best_path if run else path)
@@ -161,37 +157,35 @@ def load_checkpoint(run_or_checkpoint: str | Path) -> tuple[Checkpoint, dict]:
 @dataclass
 class Tagger:
     runner: Runner
-    head: Head
+    hierarchy: Hierarchy
+    method: str
+    explainer: Explainer  # how the head explains a coarse decision (hmic.explain)
     frontend: FrontendConfig
     min_samples: int
     thresholds: dict[str, np.ndarray]  # level -> (K,): for one window (clip)
     source: str
     song_thresholds: dict[str, np.ndarray] | None = None  # level -> (len(SONG_CLIPS), K): max over a song's windows
 
-    @property
-    def hierarchy(self) -> Hierarchy:
-        return self.head.hierarchy
-
-    @property
-    def method(self) -> str:
-        return self.head.registered_name
-
     @classmethod
     def load(cls, run_or_checkpoint: str | Path, device: str = "cpu", precision: str = "fp32") -> "Tagger":
         """From a run folder (its best.pt) or an hmic checkpoint, over PyTorch; needs tuned thresholds.
-        (An exported ONNX file: ``hmic.export.load_onnx_tagger``.)"""
+        (An exported ONNX file: ``hmic.onnxrun.load_onnx_tagger``.)"""
+        import torch
+
+        from .devices import resolve_device, resolve_precision
+
         ckpt, thresholds = load_checkpoint(run_or_checkpoint)
         dev = resolve_device(device)
         model = ckpt.model.to(dev, memory_format=torch.channels_last).eval()
         runner = TorchRunner(model, dev, resolve_precision(dev, precision))
-        return cls.build(runner, model.head, ckpt.frontend, model.backbone.min_samples(ckpt.frontend),
-                         thresholds, str(ckpt.path))
+        return cls.build(runner, model.hierarchy, model.method, model.head.explainer(), ckpt.frontend,
+                         model.backbone.min_samples(ckpt.frontend), thresholds, str(ckpt.path))
 
     @classmethod
-    def build(cls, runner: Runner, head: Head, frontend: FrontendConfig, min_samples: int, thresholds: dict,
-              source: str) -> "Tagger":
+    def build(cls, runner: Runner, hierarchy: Hierarchy, method: str, explainer: Explainer, frontend: FrontendConfig,
+              min_samples: int, thresholds: dict, source: str) -> "Tagger":
         """``thresholds``: as stored by tune-thresholds ({"fine": {tag: t}, "coarse": …, "song": …})."""
-        h = head.hierarchy
+        h = hierarchy
         levels = dict(zip(LEVELS, (h.fine_names, h.coarse_names)))
         try:
             thr = {level: np.array([thresholds[level][n] for n in names]) for level, names in levels.items()}
@@ -201,7 +195,7 @@ class Tagger:
         song_thr = None
         if song is not None and tuple(song.get("clips", ())) == SONG_CLIPS:
             song_thr = {level: np.array([song[level][n] for n in names]).T for level, names in levels.items()}
-        return cls(runner, head, frontend, min_samples, thr, source, song_thr)
+        return cls(runner, h, method, explainer, frontend, min_samples, thr, source, song_thr)
 
     def thresholds_for(self, seconds: float, windows: int, aggregate: str = "max") -> tuple[dict[str, np.ndarray], str]:
         """The thresholds for the max over ``windows`` windows spanning ``seconds``: the clip thresholds
@@ -224,7 +218,6 @@ class Tagger:
             return result
         raise AssertionError("unreachable")
 
-    @torch.no_grad()
     def stream(self, paths: Iterable[str | Path], hop_seconds: float = 5.0, aggregate: str = "max",
                batch_size: int = 8, workers: int = 0) -> Iterator[tuple[str, dict | None, str | None]]:
         """(path, result, None) or (path, None, error) for every file, in input order."""
@@ -313,7 +306,7 @@ class Tagger:
                 starts: np.ndarray) -> dict:
         """Which fine tags carried coarse tag c, at the window where c is most probable (the head decides how)."""
         w = int(np.argmax(coarse_w[:, c]))
-        e = self.head.explain(c, fine_w[w], attention[w] if attention is not None else None)
+        e = self.explainer.explain(c, fine_w[w], attention[w] if attention is not None else None)
         names = self.hierarchy.fine_names
         return {"basis": e.basis, "window_start": round(float(starts[w]), 3), "carried_by": [
             {"tag": names[f], "share": round(float(e.shares[f]), 4),

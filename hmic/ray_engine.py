@@ -20,7 +20,8 @@ from dataclasses import asdict
 from .errors import HmicError
 from .grid import GridError, data_key
 from .runs import Run
-from .train import TrainConfig, load_data, open_run, train_run
+from .config import TrainConfig
+from .train import load_data, open_run, train_run
 
 POLL_SECONDS = 1.0
 

@@ -52,7 +52,7 @@ def panns_frontend_tensors() -> dict:
     """The frozen front-end tensors of a PANNs CNN14 checkpoint (STFT kernels, mel filterbank)."""
     import numpy as np
 
-    from hmic.audio import LogMel
+    from hmic.logmel import LogMel
 
     n = 512
     k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
@@ -64,7 +64,7 @@ def panns_frontend_tensors() -> dict:
 
 
 def tiny_config(prepared, runs_dir, **overrides):
-    from hmic.train import TrainConfig
+    from hmic.config import TrainConfig
 
     base = dict(method="gmp", lam=0.8, seed=0, arch="cnn14-tiny", pretrained="none", epochs=2, batch_size=8,
                 lr=1e-3, warmup_epochs=0.5, data_dir=str(prepared["data_dir"]), work_dir=str(prepared["work_dir"]),

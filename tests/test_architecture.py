@@ -15,14 +15,14 @@ PKG = ROOT / "hmic"
 # Lowest first. A module may import from its own layer or below, never above.
 LAYERS = [
     {"__init__", "errors", "fileio", "registry"},
-    {"devices", "hierarchy", "dataset", "audio", "metrics"},
+    {"devices", "hierarchy", "dataset", "audio", "logmel", "explain", "metrics"},
     {"split", "features", "download", "heads", "backbones", "augment", "ingest", "synth", "synth.arrange"},
     {"model", "synth.render", "synth.dataset", "synth.song", "synth.truth"},
     {"checkpoint"},
-    {"runs", "inference"},
+    {"runs", "inference", "config"},
     {"evaluation", "train"},
     {"grid", "report", "predict"},
-    {"songcheck", "export"},
+    {"songcheck", "onnxrun", "export"},
     {"ray_engine"},
     {"cli", "__main__"},
 ]

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hmic.audio import AudioError, FrontendConfig, clip_features, decode, load_wave, logmel_of_wave
+from hmic.audio import AudioError, FrontendConfig, decode, load_wave
+from hmic.logmel import clip_features, logmel_of_wave
 from hmic.errors import HmicError
 from hmic.features import FeatureStore, featurize
 
@@ -177,3 +178,27 @@ def test_features_of_another_frontend_are_refused(tmp_path):
         FeatureStore(summary.folder, FrontendConfig(n_mels=128))
     with pytest.raises(HmicError, match="no features for front-end"):
         FeatureStore.open(tmp_path / "w", FrontendConfig(clip_seconds=5.0))
+
+
+@pytest.mark.parametrize("rate", [44_100, 48_000, 22_050, 11_025, 8_000, 96_000])
+def test_the_numpy_resampler_equals_torchaudio(rate):
+    """hmic.audio resamples without torch (the ONNX path imports none); it is torchaudio's Kaiser sinc."""
+    import torch
+    import torchaudio
+
+    from hmic.audio import resample
+
+    cfg = FrontendConfig()
+    method, width, rolloff, beta = cfg.resampler.split("/")
+    x = np.random.default_rng(rate).standard_normal(rate * 3 + 7).astype(np.float32) * 0.3
+    want = torchaudio.transforms.Resample(rate, cfg.sample_rate, resampling_method=method, lowpass_filter_width=int(width),
+                                          rolloff=float(rolloff), beta=float(beta))(torch.from_numpy(x)[None])[0].numpy()
+    got = resample(x, rate, cfg.sample_rate, cfg.resampler)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_a_rate_without_a_small_ratio_is_refused_not_exhausting_memory(tmp_path):
+    sf.write(tmp_path / "odd.wav", np.zeros(16_001, dtype=np.float32), 16_001)
+    with pytest.raises(AudioError, match=r"odd\.wav: a sample rate of 16001 Hz has no small ratio"):
+        load_wave(tmp_path / "odd.wav")

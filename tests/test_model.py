@@ -207,3 +207,26 @@ def test_specaugment_masks_stripes_only_in_training():
     torch.testing.assert_close(model(x), model(x))  # no SpecAugment, no dropout
     model.train()
     assert not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_heads_explanation_survives_the_trip_through_json(method):
+    """Exported ONNX files carry Head.explainer() as JSON; explanations from it equal the head's own."""
+    import json
+
+    from hmic.explain import Explainer
+
+    torch.manual_seed(3)
+    head = build_head(method, 32, H)
+    if method == "lp-linear":
+        torch.nn.init.normal_(head.projection.weight)
+    out = head(torch.randn(4, 32))
+    restored = Explainer.from_dict(json.loads(json.dumps(head.explainer().to_dict())), H.membership)
+    fine = out.fine_probs.detach().numpy()
+    attention = None if out.attention is None else out.attention.detach().numpy()
+    for w in range(4):
+        for c in range(H.n_coarse):
+            a = head.explain(c, fine[w], None if attention is None else attention[w])
+            b = restored.explain(c, fine[w], None if attention is None else attention[w])
+            assert (a.basis, a.order) == (b.basis, b.order)
+            assert np.allclose(a.shares, b.shares, atol=1e-6)

@@ -172,8 +172,9 @@ def test_checkpoint_loads_memory_mapped_without_meta_tensors(trained):
     assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
 
 
-def test_the_predict_path_does_not_import_scikit_learn():
-    code = "import sys, hmic.cli, hmic.predict; print(sorted(m for m in ('sklearn', 'skmultilearn', 'scipy') if m in sys.modules))"
+def test_the_predict_path_does_not_import_scikit_learn_or_torch():
+    code = ("import sys, hmic.cli, hmic.predict, hmic.onnxrun; "
+            "print(sorted(m for m in ('sklearn', 'skmultilearn', 'scipy', 'torch', 'torchaudio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -186,7 +187,7 @@ def test_onnx_export_parity_and_predict_backend(trained, library, tmp_path):
     assert result.exit_code == 0, result.output
     assert "outputs fine_probs, coarse_probs, attention" in " ".join(result.output.split())
     assert float(re.search(r"max \|Δp\| = (\S+)", result.output).group(1)) < 1e-4  # onnxruntime vs PyTorch
-    from hmic.export import load_onnx_tagger
+    from hmic.onnxrun import load_onnx_tagger
     files = expand_inputs([library]).files
     onnx_results = [r for _, r, _ in load_onnx_tagger(model).stream(files)]
     torch_results = [r for _, r, _ in Tagger.load(run).stream(files)]
@@ -196,21 +197,41 @@ def test_onnx_export_parity_and_predict_backend(trained, library, tmp_path):
             for level in ("fine", "coarse"):
                 assert np.allclose(list(sa[level].values()), list(sb[level].values()), atol=1e-3)
         assert [c["present"] for c in a["coarse"]] == [c["present"] for c in b["coarse"]]
-        assert [c.get("explanation", {}).get("basis") for c in a["coarse"]] == [c.get("explanation", {}).get("basis") for c in b["coarse"]]
+        for ca, cb in zip(a["coarse"], b["coarse"]):  # the same explanations (hmic.explain, from the file's metadata)
+            if "explanation" in cb:
+                assert ca["explanation"]["basis"] == cb["explanation"]["basis"]
+                assert [f["tag"] for f in ca["explanation"]["carried_by"]] == [f["tag"] for f in cb["explanation"]["carried_by"]]
     cli = CliRunner().invoke(app, ["predict", str(files[1]), "--run", str(model), "--backend", "onnx",
                                    "--json", str(tmp_path / "o.json")])
     assert cli.exit_code == 0, cli.output
     assert json.loads((tmp_path / "o.json").read_text())["results"][0]["backend"] == "onnx"
+    # the whole command over onnxruntime never imports torch (its start-up: README, "Tagging speed")
+    code = ("import sys; from hmic.cli import main; sys.argv = ['hmic', 'predict', sys.argv[1], '--run', sys.argv[2], "
+            "'--backend', 'onnx', '--explain', '--json', sys.argv[3]]\ntry:\n    main()\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\nprint('torch' in sys.modules, 'torchaudio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(files[1]), str(model), str(tmp_path / "fresh.json")],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["False", "False"]
+    assert json.loads((tmp_path / "fresh.json").read_text())["results"][0]["coarse"] == \
+        json.loads((tmp_path / "o.json").read_text())["results"][0]["coarse"]
     refused = CliRunner().invoke(app, ["predict", str(files[1]), "--run", str(model), "--backend", "onnx",
                                        "--precision", "bf16"])
     assert isinstance(refused.exception, HmicError) and "not available with --backend onnx" in str(refused.exception)
     not_ours = CliRunner().invoke(app, ["predict", str(files[1]), "--run", str(run / "best.pt"), "--backend", "onnx"])
     assert isinstance(not_ours.exception, HmicError) and "not a loadable ONNX model" in str(not_ours.exception)
+    weights = model.with_name(model.name + ".data")  # the graph's weights travel beside it
+    assert weights.is_file() and weights.stat().st_size > model.stat().st_size
+    weights.rename(tmp_path / "elsewhere.data")
+    alone = CliRunner().invoke(app, ["predict", str(files[1]), "--run", str(model), "--backend", "onnx"])
+    assert isinstance(alone.exception, HmicError) and "resatt.onnx.data must lie beside it" in str(alone.exception)
 
 
 def test_graph_logmel_equals_the_front_end():
-    from hmic.audio import FrontendConfig, LogMel
-    from hmic.export import GraphLogMel, probe_waves
+    from hmic.audio import FrontendConfig
+    from hmic.logmel import LogMel
+    from hmic.export import probe_waves
+    from hmic.logmel import GraphLogMel
 
     cfg = FrontendConfig()
     x = probe_waves(cfg, n=3)

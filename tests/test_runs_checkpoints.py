@@ -18,7 +18,7 @@ from hmic.errors import HmicError
 from hmic.grid import plan_grid, run_grid
 from hmic.heads import HEADS, GroupedMax, describe_heads, register
 from hmic.runs import Run, find_runs, select_lambda
-from hmic.train import TrainConfig
+from hmic.config import TrainConfig
 
 
 def snapshot(folder: Path) -> dict:

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from conftest import METHODS, tiny_config
 from hmic.cli import app
 from hmic.errors import HmicError
-from hmic.train import TrainConfig, load_config_file, lr_at, train_run, validation_losses
+from hmic.config import TrainConfig, load_config_file
+from hmic.train import lr_at, train_run, validation_losses
 
 
 def test_lr_schedule_warmup_then_cosine_to_zero():
