@@ -5,11 +5,12 @@
 Rows (all on the same song, full-size CNN14 with random weights unless said, batch 8, this process):
   reference    a plain float32 eager CNN14 written below (PANNs' Cnn14 forward: STFT → log-mel → CNN,
                NCHW, no channels_last), fed by the same decoding and resampling;
-  hmic fp32    Tagger.tag (decode → resample → windows → log-mel → model, channels_last);
+  hmic fp32    Tagger.tag (decode → resample → windows → log-mel → model: BatchNorm folded, channels_last);
   hmic bf16    the same with the backbone in bf16 autocast (only where the device runs bf16 natively);
-  onnxruntime  the exported graph (`hmic export --onnx`) through `--backend onnx`;
-  command      the wall time of `hmic predict SONG` in a fresh interpreter; overhead = command − hmic fp32,
-               next to the time of a bare `python -c "import torch"` measured in the same run;
+  onnxruntime  the exported graph (`hmic export --onnx`) through `--backend onnx`, on as many threads;
+  command      the wall time of `hmic predict SONG` in a fresh interpreter, for each backend; overhead =
+               command − the same backend in this process (hmic fp32, onnxruntime), next to the time of a
+               bare `python -c "import torch"` measured in the same run (the onnx backend imports no torch);
   folder       `Tagger.stream` over N files with worker decoding, in files/s, against the model-only
                bound (the same windows' log-mel already in memory, model time only).
 Goals (2 CPU cores): fp32 ≤ 0.8× reference; bf16 ≤ 0.45× with ≥ 99% of (window, tag) decisions equal to
@@ -165,16 +166,20 @@ def main() -> None:
         bf16 = Tagger.load(ckpt, args.device, "bf16")
         bf16.tag(song, batch_size=args.batch)
         rows["hmic bf16"] = best_of(lambda: bf16.tag(song, batch_size=args.batch), args.repeats)
+    onnx_command = None
     try:
         from hmic.export import export_onnx
         from hmic.onnxrun import load_onnx_tagger
 
         export_onnx(ckpt, tmp / "model.onnx")
-        ort = load_onnx_tagger(tmp / "model.onnx", args.device)
+        ort = load_onnx_tagger(tmp / "model.onnx", args.device, threads=torch.get_num_threads())
         ort.tag(song, batch_size=args.batch)
         rows["onnxruntime"] = best_of(lambda: ort.tag(song, batch_size=args.batch), args.repeats)
+        ort = None  # free its memory before the commands run
+        onnx_command = min(wall([sys.executable, "-m", "hmic", "predict", str(song), "--run", str(tmp / "model.onnx"),
+                                 "--backend", "onnx", "--device", args.device]) for _ in range(2))
     except Exception as e:  # no onnx extra installed
-        print(f"onnxruntime row skipped: {e}")
+        print(f"onnxruntime rows skipped: {e}")
     import_torch = min(wall([sys.executable, "-c", "import torch"]) for _ in range(2))
     command = min(wall([sys.executable, "-m", "hmic", "predict", str(song), "--run", str(ckpt), "--device", args.device,
                         "--precision", "fp32"]) for _ in range(2))
@@ -223,6 +228,9 @@ def main() -> None:
     print(f"{'command hmic predict (wall)':<34}{command:>10.2f}{command / rows['reference']:>14.2f}")
     print(f"{'command overhead (command - fp32)':<34}{command - rows['hmic fp32']:>10.2f}")
     print(f"{'  of which python -c import torch':<34}{import_torch:>10.2f}")
+    if onnx_command is not None:
+        print(f"{'command --backend onnx (wall)':<34}{onnx_command:>10.2f}{onnx_command / rows['reference']:>14.2f}")
+        print(f"{'command overhead (command - onnx)':<34}{onnx_command - rows['onnxruntime']:>10.2f}")
     print(f"folder: {len(files)} files x {args.folder_seconds:.0f} s (44.1 kHz stereo WAV), {folder_windows} windows, "
           f"{args.workers} decoding worker(s)")
     print(f"{'  Tagger.stream (s) / files/s':<34}{folder_seconds:>10.2f}{len(files) / folder_seconds:>14.2f}")
@@ -231,7 +239,8 @@ def main() -> None:
     if agreement is not None:
         print(f"bf16 vs fp32 decisions on {trained}: {100 * agreement:.2f}% equal (goal >= 99%)")
     goals = [f"fp32/reference {rows['hmic fp32'] / rows['reference']:.2f} (<= 0.8)",
-             f"overhead {command - rows['hmic fp32']:.2f} s (<= 1.5)"]
+             f"overhead {command - rows['hmic fp32']:.2f} s (torch backend)"
+             + (f", {onnx_command - rows['onnxruntime']:.2f} s (onnx backend) (<= 1.5)" if onnx_command is not None else " (<= 1.5)")]
     if "hmic bf16" in rows:
         goals.append(f"bf16/reference {rows['hmic bf16'] / rows['reference']:.2f} (<= 0.45)")
     print("goals: " + "; ".join(goals))

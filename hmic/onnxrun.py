@@ -44,7 +44,11 @@ def weights_path(model: Path) -> Path:
 
 
 def default_threads() -> int:
-    """The cores this process may use (PyTorch's default too), so both backends compare on the same cores."""
+    """OMP_NUM_THREADS when set (PyTorch reads it too, so both backends then use as many threads),
+    else the cores this process may use."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

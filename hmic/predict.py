@@ -176,7 +176,9 @@ class Tagger:
 
         ckpt, thresholds = load_checkpoint(run_or_checkpoint)
         dev = resolve_device(device)
-        model = ckpt.model.to(dev, memory_format=torch.channels_last).eval()
+        model = ckpt.model.eval()
+        model.backbone.for_inference()
+        model = model.to(dev, memory_format=torch.channels_last)
         runner = TorchRunner(model, dev, resolve_precision(dev, precision))
         return cls.build(runner, model.hierarchy, model.method, model.head.explainer(), ckpt.frontend,
                          model.backbone.min_samples(ckpt.frontend), thresholds, str(ckpt.path))

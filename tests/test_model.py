@@ -230,3 +230,24 @@ def test_a_heads_explanation_survives_the_trip_through_json(method):
             b = restored.explain(c, fine[w], None if attention is None else attention[w])
             assert (a.basis, a.order) == (b.basis, b.order)
             assert np.allclose(a.shares, b.shares, atol=1e-6)
+
+
+def test_the_inference_backbone_computes_the_same_function():
+    """Tagger.load folds each BatchNorm into its convolution (Backbone.for_inference): faster, same outputs."""
+    import copy
+
+    torch.manual_seed(5)
+    backbone = build_backbone(BackboneConfig("cnn14-tiny")).eval()
+    with torch.no_grad():
+        for m in backbone.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        x = torch.randn(3, 300, 64) * 10 - 30
+        want = backbone(x)
+        folded = copy.deepcopy(backbone).for_inference()
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.conv_block1.modules())
+        got = folded.to(memory_format=torch.channels_last)(x)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
