@@ -4,9 +4,11 @@
 
 The backbone alone (random weights, non-trivial BatchNorm statistics) on one batch of 10-s log-mel
 windows. Rows: eager NCHW (the benchmark's reference layout), eager channels-last, BatchNorm folded
-into the convolutions (what ``Tagger.load`` does: ``Backbone.for_inference``) in both layouts, and
+into the convolutions, then what ``Tagger.load`` does (``Backbone.for_inference``: folded BatchNorm and
+the last block's convolutions as matrix products, ``NarrowConv``) in both layouts, and with ``--jit``
 TorchScript freeze + optimize_for_inference (its preparation time is printed: too slow for a command's
-start-up, shown as a ceiling). ``--profile`` prints the top operators of the folded channels-last row.
+start-up, shown as a ceiling). ``--profile`` prints the top operators of hmic's row and its
+convolutions by shape.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ def main() -> None:
         want = model(x)
         variants = {"eager NCHW": model,
                     "eager channels-last": copy.deepcopy(model).to(memory_format=torch.channels_last),
-                    "BN folded, NCHW": copy.deepcopy(model).for_inference(),
-                    "BN folded, channels-last": copy.deepcopy(model).for_inference().to(memory_format=torch.channels_last)}
+                    "BN folded, channels-last": copy.deepcopy(model).for_inference(narrow=False).to(memory_format=torch.channels_last),
+                    "hmic: + last block as GEMM (NCHW)": copy.deepcopy(model).for_inference(),
+                    "hmic: + last block as GEMM": copy.deepcopy(model).for_inference().to(memory_format=torch.channels_last)}
         if args.jit:
             t0 = time.perf_counter()
             variants["TorchScript optimize_for_inference"] = torch.jit.optimize_for_inference(
@@ -68,12 +71,12 @@ def main() -> None:
         for name, (sec, diff) in rows.items():
             print(f"{name:<38}{sec:>9.3f}{sec / rows['eager NCHW'][0]:>9.2f}{diff:>12.1e}")
         if args.profile:
-            m = variants["BN folded, channels-last"]
+            m = variants["hmic: + last block as GEMM"]
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
                 m(x)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
-            convs = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::mkldnn_convolution"]
-            print("convolutions by input shape (batch, channels, frames, mel bins): seconds")
+            convs = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mkldnn_convolution", "aten::addmm")]
+            print("convolutions (and the GEMM of the last block, as addmm) by input shape: seconds")
             for e in sorted(convs, key=lambda e: -e.self_cpu_time_total):
                 print(f"  {e.input_shapes[0] if e.input_shapes else '?'} x {e.count}: {e.self_cpu_time_total / 1e6:.3f}")
 

@@ -100,6 +100,37 @@ class ConvBlock(nn.Module):
         return F.avg_pool2d(x, kernel_size=pool)
 
 
+class NarrowConv(nn.Module):
+    """Inference only: a 3×3, padding-1 convolution over an input exactly ``width`` mel bins wide
+    (CNN14's last block sees 2), as one matrix product over windows of 3 frames. The taps that would
+    meet the zero padding at the mel edges are left out (a third of the multiply-adds at width 2), and
+    the weights are read once per batch: oneDNN's direct convolution runs these shapes at a third of
+    its speed elsewhere (``benchmarks/cpu_layouts.py``). Same function within float32 rounding."""
+
+    def __init__(self, conv: nn.Conv2d, width: int):
+        super().__init__()
+        assert conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.stride == (1, 1)
+        self.width, self.out_channels = width, conv.out_channels
+        w = conv.weight.detach()
+        dense = w.new_zeros(width, conv.out_channels, conv.in_channels, 3, width)  # (w_out, Co, Ci, dt, v)
+        for w_out in range(width):
+            for v in range(width):
+                if 0 <= v - w_out + 1 <= 2:
+                    dense[w_out, :, :, :, v] = w[:, :, :, v - w_out + 1]
+        self.register_buffer("weight", dense.reshape(width * conv.out_channels, -1))
+        bias = conv.bias.detach() if conv.bias is not None else w.new_zeros(conv.out_channels)
+        self.register_buffer("bias", bias.repeat(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, m = x.shape
+        if m != self.width:
+            raise HmicError(f"NarrowConv built for {self.width} mel bins got {m}")
+        cols = F.pad(x, (0, 0, 1, 1)).unfold(2, 3, 1)  # (B, C, T, M, 3)
+        cols = cols.permute(0, 2, 1, 4, 3).reshape(b * t, c * 3 * m)  # rows (b, t); columns (c, dt, v)
+        out = torch.addmm(self.bias, cols, self.weight.t())  # (B·T, M·Co)
+        return out.view(b, t, m, self.out_channels).permute(0, 3, 1, 2)  # (B, Co, T, M), channels-last
+
+
 def spec_augment(x: torch.Tensor, cfg: BackboneConfig) -> torch.Tensor:
     """PANNs SpecAugmentation on (B, 1, T, M): stripes set to 0, drawn independently per example."""
     b, _, t, m = x.shape
@@ -181,13 +212,18 @@ class Cnn14(Backbone):
         return F.dropout(x, p=self.cfg.embedding_dropout, training=self.training)
 
 
-    def for_inference(self) -> "Cnn14":
-        """BatchNorm folded into the convolutions (``ConvBlock.fold_batchnorm``); bn0 stays, since the
-        first convolution's zero padding would not commute with it."""
+    def for_inference(self, narrow: bool = True) -> "Cnn14":
+        """BatchNorm folded into the convolutions (``ConvBlock.fold_batchnorm``; bn0 stays, since the
+        first convolution's zero padding would not commute with it) and, with ``narrow``, the blocks
+        that see at most 2 mel bins run their convolutions as matrix products (``NarrowConv``)."""
         self.eval()
         with torch.no_grad():
             for i in range(6):
-                getattr(self, f"conv_block{i + 1}").fold_batchnorm()
+                block = getattr(self, f"conv_block{i + 1}")
+                block.fold_batchnorm()
+                width = self.n_mels // 2 ** i  # mel bins this block sees (a 2×2 pooling after each of 1-5)
+                if narrow and width <= 2:
+                    block.conv1, block.conv2 = NarrowConv(block.conv1, width), NarrowConv(block.conv2, width)
         return self
 
     def load_pretrained(self, path: str | Path, frontend: FrontendConfig, console=None) -> None:

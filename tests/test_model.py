@@ -251,3 +251,18 @@ def test_the_inference_backbone_computes_the_same_function():
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.conv_block1.modules())
         got = folded.to(memory_format=torch.channels_last)(x)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_a_narrow_convolution_as_a_matrix_product_equals_the_convolution(width):
+    from hmic.backbones import NarrowConv
+
+    torch.manual_seed(width)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1, bias=True)
+    x = torch.randn(3, 6, 7, width)
+    with torch.no_grad():
+        narrow = NarrowConv(conv, width)
+        assert torch.allclose(narrow(x), conv(x), atol=1e-5)
+        assert torch.allclose(narrow(x.contiguous(memory_format=torch.channels_last)), conv(x), atol=1e-5)
+        with pytest.raises(HmicError, match="built for"):
+            narrow(torch.randn(1, 6, 7, width + 2))
