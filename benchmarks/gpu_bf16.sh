@@ -4,7 +4,8 @@
 #      with more clips and epochs: GPU, bf16 backbone), tuned and evaluated (gpu_check.json);
 #   2. bf16 against fp32 presence decisions of that trained model over rendered songs, on two cores of
 #      the machine's CPU (an Intel Xeon with native bf16: AMX, avx512_bf16) and on the GPU (bf16_*.txt);
-#   3. benchmarks/predict.py on two of those CPU cores with the trained model (predict_cpu2.txt).
+#   3. benchmarks/cpu_layouts.py and benchmarks/predict.py on two of those CPU cores, the latter with the
+#      trained model (cpu_layouts.txt, predict_cpu2.txt).
 # Each step's failure is reported and the next one still runs.
 #
 #   bash benchmarks/gpu_bf16.sh                                           # on the GPU machine
@@ -31,7 +32,7 @@ if [ -n "$WORK" ] && [ -f "$RUN/thresholds.json" ]; then
     done
     echo "== bf16 agreement, CPU (2 threads)"
     OMP_NUM_THREADS=2 $PY benchmarks/bf16_agreement.py "$RUN" "${SONGS[@]}" ${AGREE_FLAGS:-} 2>&1 | tee "$OUT/bf16_cpu.txt"
-    if [ "$DEVICE" = cuda ]; then
+    if [ "$DEVICE" = cuda ] && [ -z "${SKIP_CUDA_AGREEMENT:-}" ]; then
         echo "== bf16 agreement, GPU"
         $PY benchmarks/bf16_agreement.py "$RUN" "${SONGS[@]}" --device cuda 2>&1 | tee "$OUT/bf16_cuda.txt"
     fi
@@ -40,7 +41,9 @@ else
     echo "no trained run: the agreement rows are left out"
     TRAINED=()
 fi
-if [ -n "${SMALL:-}" ]; then SIZE=(--seconds 30 --repeats 1 --folder-files 2 --folder-seconds 20); else SIZE=(--seconds 60 --repeats 2 --folder-files 6); fi
+if [ -n "${SMALL:-}" ]; then SIZE=(--seconds 30 --repeats 1 --folder-files 2 --folder-seconds 20); else SIZE=(--seconds 60 --repeats 2 --folder-files ${FOLDER_FILES:-6}); fi
+echo "== float32 layouts on 2 CPU threads"
+OMP_NUM_THREADS=2 $PY benchmarks/cpu_layouts.py --repeats 2 --profile 2>&1 | grep -v -i warn | tee "$OUT/cpu_layouts.txt"
 echo "== predict benchmark on 2 CPU threads"
 OMP_NUM_THREADS=2 $PY benchmarks/predict.py "${SIZE[@]}" "${TRAINED[@]}" 2>&1 | tee "$OUT/predict_cpu2.txt" \
     || echo "predict benchmark failed"
