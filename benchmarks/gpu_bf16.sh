@@ -16,7 +16,7 @@ export OUT=${OUT:-results/gpu_bf16}
 mkdir -p "$OUT"
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
-{ nproc; grep -m1 "model name" /proc/cpuinfo; grep -o -w -E "avx512_bf16|amx_bf16" /proc/cpuinfo | sort -u; nvidia-smi -L 2>/dev/null; } > "$OUT/machine.txt"
+bash benchmarks/machine.sh > "$OUT/machine.txt"
 cat "$OUT/machine.txt"
 SKIP_TRAIN_STEP=1 CLIPS=${CLIPS:-1600} EPOCHS=${EPOCHS:-15} BATCH=32 LR=1e-3 EMBEDDING_DROPOUT=0 SONG_SECONDS=60 \
     KEEP_WORK="$OUT/.work" bash benchmarks/gpu_check.sh > "$OUT/gpu_check.log" 2>&1 || echo "gpu_check failed"

@@ -17,7 +17,7 @@ export OUT=${OUT:-results/gpu_run}
 mkdir -p "$OUT"
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
-{ nproc; grep -m1 "model name" /proc/cpuinfo; grep -m1 -o -w -E "avx512_bf16|amx_bf16" /proc/cpuinfo | sort -u; nvidia-smi -L 2>/dev/null; } > "$OUT/machine.txt"
+bash benchmarks/machine.sh > "$OUT/machine.txt"
 cat "$OUT/machine.txt"
 KEEP_WORK="$OUT/.work" bash benchmarks/gpu_check.sh 2>&1 | tee "$OUT/gpu_check.log" || echo "gpu_check failed"
 WORK=$(cat "$OUT/.work" 2>/dev/null || true)

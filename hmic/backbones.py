@@ -89,10 +89,12 @@ class ConvBlock(nn.Module):
     def fold_batchnorm(self) -> None:
         """Inference only: each convolution absorbs its BatchNorm's eval-mode affine map (conv with a
         bias), which saves two passes over the activations per block (README, "Tagging speed")."""
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
+        from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-        self.conv1, self.bn1 = fuse_conv_bn_eval(self.conv1, self.bn1), nn.Identity()
-        self.conv2, self.bn2 = fuse_conv_bn_eval(self.conv2, self.bn2), nn.Identity()
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):  # in place: no copy of the module
+            conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                          bn.eps, bn.weight, bn.bias)
+        self.bn1, self.bn2 = nn.Identity(), nn.Identity()
 
     def forward(self, x: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         x = F.relu_(self.bn1(self.conv1(x)))

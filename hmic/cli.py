@@ -14,7 +14,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
 from typer.core import TyperGroup
 
 from .config import TrainConfig
@@ -28,11 +27,12 @@ class Commands(TyperGroup):
     registered heads and backbones, and importing them imports torch, which ``hmic predict --backend
     onnx`` never needs. Listing the commands (``hmic --help``) builds it too."""
 
-    LAZY = {"train": "featurize"}  # lazily built command -> the command it is listed after
+    # a lazily built command -> (the command it is listed after, the function that builds it)
+    LAZY = {"train": ("featurize", lambda: _train_command())}
 
     def list_commands(self, ctx) -> list[str]:
         names = [n for n in super().list_commands(ctx) if n not in self.LAZY]
-        for name, after in self.LAZY.items():
+        for name, (after, _) in self.LAZY.items():
             names.insert(names.index(after) + 1 if after in names else len(names), name)
         return names
 
@@ -41,8 +41,9 @@ class Commands(TyperGroup):
             from typer.main import get_command_from_info
             from typer.models import CommandInfo
 
-            self.commands[name] = get_command_from_info(CommandInfo(name=name, callback=_train_command()),
-                                                        pretty_exceptions_short=True, rich_markup_mode=getattr(self, "rich_markup_mode", "rich"))
+            callback = self.LAZY[name][1]()
+            self.commands[name] = get_command_from_info(CommandInfo(name=name, callback=callback), pretty_exceptions_short=True,
+                                                        rich_markup_mode=getattr(self, "rich_markup_mode", "rich"))
         return super().get_command(ctx, name)
 
 

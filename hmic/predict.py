@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 import numpy as np
 
 from .audio import AudioError, FrontendConfig, fit_length, load_wave, window_starts  # noqa: F401 (re-exported)
+from .devices import resolve_device, resolve_precision
 from .errors import HmicError
 from .explain import Explainer
 from .fileio import csv_text, write_text
@@ -172,14 +173,13 @@ class Tagger:
         (An exported ONNX file: ``hmic.onnxrun.load_onnx_tagger``.)"""
         import torch
 
-        from .devices import resolve_device, resolve_precision
-
-        ckpt, thresholds = load_checkpoint(run_or_checkpoint)
         dev = resolve_device(device)
+        precision = resolve_precision(dev, precision)
+        ckpt, thresholds = load_checkpoint(run_or_checkpoint)
         model = ckpt.model.eval()
-        model.backbone.for_inference()
+        model.backbone.for_inference()  # the same function, faster (README, "Project choices")
         model = model.to(dev, memory_format=torch.channels_last)
-        runner = TorchRunner(model, dev, resolve_precision(dev, precision))
+        runner = TorchRunner(model, dev, precision)
         return cls.build(runner, model.hierarchy, model.method, model.head.explainer(), ckpt.frontend,
                          model.backbone.min_samples(ckpt.frontend), thresholds, str(ckpt.path))
 
