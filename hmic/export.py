@@ -1,4 +1,5 @@
-"""``hmic export --onnx``: a run's model as one ONNX graph that takes 16-kHz waveforms, front-end inside.
+"""``hmic export --onnx``: a run's model as one ONNX graph that takes 16-kHz waveforms, front-end inside
+(its weights beside it as ONNX external data, ``FILE.data``; read by ``hmic.onnxrun``).
 
 The graph: waveform windows (B, clip_samples) float32 → log-mel (the STFT written as a convolution
 with a Hann-windowed DFT basis, the mel filterbank as a matrix product: only Conv, Mul, MatMul and Log,

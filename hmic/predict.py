@@ -94,9 +94,17 @@ def prepare(index: int, path: str | Path, job: Job) -> Prepared:
 _WORKER_JOB: Job | None = None
 
 
+_BLAS_LIMIT = None  # kept alive for the worker's life
+
+
 def _init_worker(job: Job) -> None:
-    global _WORKER_JOB
-    if job.inputs == "logmel":  # the torch front-end: one thread per worker process
+    """One thread per worker process (BLAS for the resampler, torch for the log-mel): the workers run
+    beside the model, whose threads already take the cores."""
+    global _WORKER_JOB, _BLAS_LIMIT
+    from threadpoolctl import threadpool_limits
+
+    _BLAS_LIMIT = threadpool_limits(limits=1)
+    if job.inputs == "logmel":
         import torch
 
         torch.set_num_threads(1)

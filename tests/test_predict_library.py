@@ -239,3 +239,13 @@ def test_graph_logmel_equals_the_front_end():
     assert a.shape == b.shape == (3, 1001, 64)
     loud = a > -60  # where the dB values are not dominated by float32 rounding of tiny powers
     assert (a - b)[loud].abs().max() < 1e-3
+
+
+def test_decoding_workers_run_one_blas_thread():
+    """The resampler's matrix products in a worker must not take the cores the model runs on."""
+    code = ("import threadpoolctl; from hmic.audio import FrontendConfig; from hmic.predict import Job, _init_worker; "
+            "_init_worker(Job(FrontendConfig(), 0, 5.0, 'wave')); "
+            "print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
+    assert out.stdout.strip() == "[1]"
