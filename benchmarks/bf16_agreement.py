@@ -27,13 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hmic.devices  # noqa: E402
 from hmic.predict import Tagger  # noqa: E402
 from hmic.synth.song import render_song  # noqa: E402
-
-
-def probabilities(result: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(windows, tags) probabilities and the matching window thresholds, fine then coarse."""
-    thr = result["window_thresholds"]
-    p = np.array([[s[lv][t] for lv in thr for t in thr[lv]] for s in result["segments"]])
-    return p, np.array([thr[lv][t] for lv in thr for t in thr[lv]])
+from predict import probabilities  # noqa: E402
 
 
 def first_block_in_fp32(tagger: Tagger) -> Tagger:

@@ -119,9 +119,17 @@ def wall(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def decisions(result: dict) -> np.ndarray:
+def probabilities(result: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(windows, tags) probabilities of a result's timeline and the matching window thresholds (tags:
+    fine, then coarse)."""
     thr = result["window_thresholds"]
-    return np.array([[s[lv][t] >= thr[lv][t] for lv in thr for t in thr[lv]] for s in result["segments"]])
+    p = np.array([[s[lv][t] for lv in thr for t in thr[lv]] for s in result["segments"]])
+    return p, np.array([thr[lv][t] for lv in thr for t in thr[lv]])
+
+
+def decisions(result: dict) -> np.ndarray:
+    p, thresholds = probabilities(result)
+    return p >= thresholds
 
 
 def newest_tuned_run() -> Path | None:
