@@ -12,6 +12,8 @@ convolution block in float32 (the block that sees the log-mel in dB).
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -82,7 +84,9 @@ def main() -> None:
         hmic.devices.cpu_native_bf16 = lambda: True
     files = args.audio
     if not files:
-        files = [Path(tempfile.mkdtemp(prefix="hmic-agree-")) / "song.wav"]
+        folder = Path(tempfile.mkdtemp(prefix="hmic-agree-"))
+        atexit.register(shutil.rmtree, folder, True)
+        files = [folder / "song.wav"]
         render_song(files[0], args.seconds, seed=0)
     print(f"{args.run}: {len(files)} file(s) on {args.device} ({torch.get_num_threads()} threads)")
     fp32, t32 = run(Tagger.load(args.run, args.device, "fp32"), files, args.device)

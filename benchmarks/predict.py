@@ -21,7 +21,9 @@ folder ≥ 90% of the model-only bound.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -151,6 +153,7 @@ def main() -> None:
     device = resolve_device(args.device)
     bf16_native = device.type == "cuda" or cpu_native_bf16()
     tmp = Path(tempfile.mkdtemp(prefix="hmic-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)  # the models, the exported graph and the folder: ~1 GB
     song = tmp / "song.wav"
     render_song(song, args.seconds, seed=0)
     cfg = FrontendConfig()
