@@ -4,6 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 HMIC    := $(BIN)/hmic
 STAMP   := $(VENV)/.installed
+LOCK    := requirements.lock
 METHODS := flat,levelwise,topdown,gap,lp,gmp,resatt
 LAMBDAS := 0.7,0.75,0.8,0.85,0.9
 SEEDS   ?= 8
@@ -29,27 +30,44 @@ SYNTH_CLIPS ?= 2000
 SOUNDFONTS  := data/soundfonts
 MUSESCORE   := $(SOUNDFONTS)/MuseScore_General_Lite.sf3
 
-.PHONY: help install test demo table1 table1-synth soundfonts transfer clean
+.PHONY: help install sync lock test demo table1 table1-synth soundfonts transfer clean
 
 help:
 	@echo "make demo          fresh clone -> stand-in dataset, Table-1-shaped table, predict a 75-s song"
 	@echo "make test          install and run the test suite"
+	@echo "make install       .venv with exactly requirements.lock (and repair a venv that drifted from it)"
+	@echo "make lock          rewrite requirements.lock from .venv as it is (after a deliberate upgrade)"
 	@echo "make table1        the paper's full protocol on the real OpenMIC-2018 with pretrained CNN14"
 	@echo "make table1-synth  the same protocol on the stand-in dataset with the light backbone"
 	@echo "make soundfonts    fetch MuseScore_General (a second GM SoundFont) into $(SOUNDFONTS)"
 	@echo "make transfer      leave-one-font-out transfer of the stand-in, before/after variety and augmentation"
 
+# make install: .venv holds exactly requirements.lock (versions and hashes), then hmic itself (editable, no
+# build isolation: setuptools and wheel come from the lock too). Nothing is taken from whatever the
+# registry serves today. It also repairs a venv that drifted from the lock (what tools/lock.py check names).
 install: $(STAMP)
+	@$(BIN)/python tools/lock.py check > /dev/null 2>&1 || { echo "== .venv differs from $(LOCK): syncing it"; $(MAKE) --no-print-directory sync; }
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,ray,onnx]'
-	@# tinysoundfont declares pyaudio (live playback only), which does not build: skip its deps.
-	$(BIN)/pip install -q --no-deps 'tinysoundfont==0.3.7'
+	$(MAKE) --no-print-directory sync
 	touch $(STAMP)
 
-test: install
+sync:
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r $(LOCK)
+	@$(BIN)/python tools/lock.py extras | xargs -r $(BIN)/python -m pip uninstall -q -y
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python tools/lock.py check
+
+# make lock: write requirements.lock from the venv as it is (after a deliberate 'pip install' of a new or
+# upgraded dependency into .venv); commit it with pyproject.toml.
+lock:
+	@test -x $(BIN)/python || { echo "no $(VENV): run 'make install' first"; exit 1; }
+	$(BIN)/python tools/lock.py write
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python tools/lock.py check
 	$(BIN)/python -m pytest -q --durations=15 tests
 
 demo: install
