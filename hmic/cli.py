@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from contextlib import contextmanager
@@ -147,6 +148,9 @@ def featurize(
     force: Annotated[bool, typer.Option(help="Recompute a store made for another set of clips.")] = False,
 ) -> None:
     """Compute CNN14 log-mel features of every clip into a memory-mapped float16 store (resumable)."""
+    from .stack import require_torch_stack
+
+    require_torch_stack()
     from .audio import FrontendConfig
     from .dataset import OpenMIC, resolve_data_dir, resolve_work_dir
     from .features import featurize as run_featurize
@@ -219,6 +223,9 @@ def _train_command():
         ray_address: Annotated[Optional[str], typer.Option(help="Ray: join this cluster ('auto' or host:port).", show_default="a local Ray instance for the length of the command")] = None,
     ) -> None:
         """Train CNN14 + a hierarchical head for each (method, λ, seed); keep the best validation epoch."""
+        from .stack import require_torch_stack
+
+        require_torch_stack()
         from .grid import GridError, LocalExecutor, plan_grid, run_grid
         from .runs import Run, select_lambda
         from .config import load_config_file
@@ -398,6 +405,9 @@ def predict(
 
         tagger = load_onnx_tagger(run, device, precision)
     else:
+        from .stack import require_torch_stack
+
+        require_torch_stack()
         tagger = Tagger.load(run, device, precision)
     if workers is None:
         workers = 0 if len(todo) <= 1 else max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -606,11 +616,23 @@ def synth_song(
     console.print(f"ground truth: {truth_path(out)} (compare with 'hmic predict {out} --truth {truth_path(out)}')")
 
 
+# Failures of the machine rather than of the input (a full disk, a read-only or forbidden folder): one
+# line naming the file and the cause, no traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main() -> None:
     try:
         app()
     except HmicError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}; fix it (free space, permissions) and run "
+                  "the same command again: finished work is kept and long jobs resume", highlight=False, soft_wrap=True)
         sys.exit(2)
     except SystemExit as e:
         if e.code == 130:  # Typer turns Ctrl-C into a silent exit 130

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -44,14 +46,21 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+class StoreStopped(Exception):
+    """Featurizing stopped for a cause that is not one clip's audio (raised in a worker, re-raised here)."""
+
+
 def _featurize_one(job: tuple[int, object, FrontendConfig]) -> tuple[int, np.ndarray | None, str]:
+    """One clip's features, or its AudioError's text: only a clip's own audio makes it a failure. Any
+    other error (a library that does not load, memory, a bug) is not the clip's fault: it stops the job."""
     index, path, cfg = job
     try:
         return index, clip_features(path, cfg).astype(np.float16), ""
     except AudioError as e:
         return index, None, str(e)
-    except Exception as e:  # a worker must never take the job down with it
-        return index, None, f"{path}: {type(e).__name__}: {e}"
+    except Exception as e:
+        raise StoreStopped(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+                           f"(while computing {path})") from None
 
 
 @dataclass
@@ -78,9 +87,16 @@ def featurize(keys: list[str], paths: list[Path], work_dir: Path, cfg: FrontendC
     from rich.console import Console
     from tqdm import tqdm
 
+    from .stack import require_torch_stack
+
+    require_torch_stack()  # a broken torch/torchaudio is one error here, not every clip in failures.csv
     console = console or Console(stderr=True)
     folder = store_dir(work_dir, cfg)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HmicError(f"cannot create the feature store {folder} ({e.strerror}); pass --work-dir "
+                        "(or $HMIC_WORK_DIR) to a writable folder") from None
     n, shape = len(keys), (len(keys), cfg.n_frames, cfg.n_mels)
     manifest_path = folder / MANIFEST
     if manifest_path.exists():
@@ -93,8 +109,7 @@ def featurize(keys: list[str], paths: list[Path], work_dir: Path, cfg: FrontendC
             for name in ("logmel.f16", "done.u8", "failures.csv", MANIFEST):
                 (folder / name).unlink(missing_ok=True)
     if not manifest_path.exists():
-        np.memmap(folder / "logmel.f16", dtype=np.float16, mode="w+", shape=shape).flush()
-        np.memmap(folder / "done.u8", dtype=np.uint8, mode="w+", shape=(n,)).flush()
+        _create_store(folder, shape)
         write_json(manifest_path, {"digest": cfg.digest(), "frontend": cfg.to_dict(), "dtype": "float16",
                                    "shape": list(shape), "keys": list(keys), "complete": False})
     feats = np.memmap(folder / "logmel.f16", dtype=np.float16, mode="r+", shape=shape)
@@ -138,6 +153,10 @@ def featurize(keys: list[str], paths: list[Path], work_dir: Path, cfg: FrontendC
                 if len(pending) >= FLUSH_EVERY:
                     commit()
             bar.update(1)
+    except (StoreStopped, OSError) as e:  # not one clip's fault: stop, keep what is written, resume later
+        cause = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+        raise HmicError(f"featurize stopped: {cause}. The {skipped + n_done + n_failed} clips done so far are "
+                        f"kept in {folder}; fix the cause and run 'hmic featurize' again to resume") from None
     finally:
         commit()
         bar.close()
@@ -148,6 +167,27 @@ def featurize(keys: list[str], paths: list[Path], work_dir: Path, cfg: FrontendC
     manifest.update(complete=complete, n_done=int(np.asarray(done).sum()), n_failed=len(failures))
     write_json(manifest_path, manifest)
     return FeaturizeSummary(n, n_done, n_failed, skipped, time.time() - t0, folder)
+
+
+def _create_store(folder: Path, shape: tuple[int, int, int]) -> None:
+    """The store's two files, their disk space reserved now (posix_fallocate), so that a full disk is
+    an error before any work rather than a crash (SIGBUS) when a memory-mapped page is written."""
+    need = int(np.prod(shape)) * 2 + shape[0]
+    try:
+        for name, dtype, dims in (("logmel.f16", np.float16, shape), ("done.u8", np.uint8, shape[:1])):
+            np.memmap(folder / name, dtype=dtype, mode="w+", shape=dims).flush()
+            if hasattr(os, "posix_fallocate"):
+                fd = os.open(folder / name, os.O_RDWR)
+                try:
+                    os.posix_fallocate(fd, 0, int(np.prod(dims)) * np.dtype(dtype).itemsize)
+                finally:
+                    os.close(fd)
+    except OSError as e:
+        for name in ("logmel.f16", "done.u8"):
+            (folder / name).unlink(missing_ok=True)
+        free = shutil.disk_usage(folder).free if folder.exists() else 0
+        raise HmicError(f"cannot create the feature store in {folder} ({e.strerror}): it needs {need / 1e9:.2f} GB, "
+                        f"{free / 1e9:.2f} GB are free; free space or pass --work-dir on another disk") from None
 
 
 def _read_failures(folder: Path) -> dict[str, tuple[str, str]]:

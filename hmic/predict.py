@@ -179,6 +179,9 @@ class Tagger:
     def load(cls, run_or_checkpoint: str | Path, device: str = "cpu", precision: str = "fp32") -> "Tagger":
         """From a run folder (its best.pt) or an hmic checkpoint, over PyTorch; needs tuned thresholds.
         (An exported ONNX file: ``hmic.onnxrun.load_onnx_tagger``.)"""
+        from .stack import require_torch_stack
+
+        require_torch_stack()
         import torch
 
         dev = resolve_device(device)

@@ -15,7 +15,7 @@ PKG = ROOT / "hmic"
 # Lowest first. A module may import from its own layer or below, never above.
 LAYERS = [
     {"__init__", "errors", "fileio", "registry"},
-    {"devices", "hierarchy", "dataset", "audio", "logmel", "explain", "metrics"},
+    {"devices", "stack", "hierarchy", "dataset", "audio", "logmel", "explain", "metrics"},
     {"split", "features", "download", "heads", "backbones", "augment", "ingest", "synth", "synth.arrange"},
     {"model", "synth.render", "synth.dataset", "synth.song", "synth.truth"},
     {"checkpoint"},
@@ -156,3 +156,11 @@ def test_non_editable_install_runs_and_loads_the_default_hierarchy(wheel, tmp_pa
     helped = subprocess.run([sys.executable, "-m", "hmic", "train", "--help"], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
     assert helped.returncode == 0 and "--method" in helped.stdout
+
+
+def test_every_raw_output_the_readme_cites_is_in_the_checkout():
+    import re
+
+    cited = set(re.findall(r"benchmarks/results/[A-Za-z0-9_./-]*", (ROOT / "README.md").read_text()))
+    missing = sorted(c for c in (c.rstrip(".,)") for c in cited) if not (ROOT / c).exists())
+    assert cited and missing == []  # a clean clone has only what git tracks

@@ -1,5 +1,6 @@
 import csv
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,63 @@ def test_a_rate_without_a_small_ratio_is_refused_not_exhausting_memory(tmp_path)
     sf.write(tmp_path / "odd.wav", np.zeros(16_001, dtype=np.float32), 16_001)
     with pytest.raises(AudioError, match=r"odd\.wav: a sample rate of 16001 Hz has no small ratio"):
         load_wave(tmp_path / "odd.wav")
+
+
+def test_a_failure_that_is_not_the_clips_stops_featurize_and_resumes_after_the_fix(tmp_path, monkeypatch):
+    """Only a clip's own audio makes it a failure; anything else (here: a library error on the 3rd clip,
+    then a full disk while recording a bad clip) stops the job, keeps what was written, and a second run
+    after the fix resumes to the store an uninterrupted run gives."""
+    import errno
+
+    import hmic.features as features
+
+    files = make_files(tmp_path)
+    keys = ["corrupt", "float", "long", "pcm24", "pcm8", "short", "six"]
+    paths = [files[k] for k in keys]
+    real = features.clip_features
+    calls = []
+
+    def flaky(path, cfg):
+        calls.append(path)
+        if len(calls) == 3:
+            raise RuntimeError("libsomething.so: cannot open shared object file")
+        return real(path, cfg)
+
+    monkeypatch.setattr(features, "clip_features", flaky)
+    with pytest.raises(HmicError, match="featurize stopped: RuntimeError: libsomething.so.*run 'hmic featurize' again") as e:
+        featurize(keys, paths, tmp_path / "a", workers=1, progress=False)
+    assert "\n" not in str(e.value) and "(while computing" in str(e.value)
+    store = FeatureStore.open(tmp_path / "a")
+    assert set(store.failures) == {"corrupt"}  # the clip in flight was not blamed
+    assert [k for k in keys if store.done[store.index[k]]] == ["float"]
+
+    monkeypatch.setattr(features, "clip_features", real)
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "a" / "failures.csv"))
+
+    monkeypatch.setattr(features, "write_csv", full)
+    for p in (tmp_path / "a" / "features").glob("*/failures.csv"):
+        p.unlink()  # the bad clip is recorded again, and the disk is full now
+    with pytest.raises(HmicError, match="No space left on device.*resume"):
+        featurize(keys, paths, tmp_path / "a", workers=1, progress=False)
+    monkeypatch.undo()
+    resumed = featurize(keys, paths, tmp_path / "a", workers=2, progress=False)
+    assert (resumed.done, resumed.failed) == (len(keys) - 2, 1)
+    straight = featurize(keys, paths, tmp_path / "b", workers=1, progress=False)
+    a, b = FeatureStore.open(tmp_path / "a"), FeatureStore.open(tmp_path / "b")
+    np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
+    assert (a.done == b.done).all() and a.failures.keys() == b.failures.keys() == {"corrupt"}
+
+
+def test_a_feature_store_folder_that_cannot_be_written_is_one_error(tmp_path, monkeypatch):
+    files = make_files(tmp_path)
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if "features" in self.parts:
+            raise OSError(30, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(HmicError, match="cannot create the feature store .*Read-only file system.*--work-dir"):
+        featurize(["float"], [files["float"]], tmp_path / "w", workers=1, progress=False)
