@@ -11,36 +11,21 @@ the AudioSet checkpoint loads strictly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .audio import FrontendConfig
-from .logmel import LogMel
+from .backbone_config import BackboneConfig
 from .errors import HmicError
-from .fileio import md5_file
 from .registry import Registry
 
 BACKBONES: Registry = Registry("--arch")
 # Class decorator: make a backbone available as ``--arch name``.
 register_backbone = BACKBONES.register
-backbone_class = BACKBONES.get
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """What builds a backbone: its registered name and its training-time augmentation."""
-
-    arch: str = "cnn14"
-    specaugment: bool = True
-    time_stripes: int = 2
-    time_width: int = 64  # widths drawn in [0, width) frames
-    freq_stripes: int = 2
-    freq_width: int = 8  # widths drawn in [0, width) bins
-    embedding_dropout: float = 0.5  # PANNs' transfer recipe: dropout(relu(fc1(x)), 0.5) feeds the classifier
+backbone_class = BACKBONES.lookup
 
 
 class Backbone(nn.Module):
@@ -65,7 +50,9 @@ class Backbone(nn.Module):
             raise HmicError(f"{self.registered_name} expects {self.n_mels} mel bands but the features have {frontend.n_mels}; "
                             f"re-run 'hmic featurize' with n_mels={self.n_mels}")
 
-    def load_pretrained(self, path: str | Path, frontend: FrontendConfig, console=None) -> None:
+    def load_pretrained(self, path: str | Path, frontend: FrontendConfig, strict_frontend: bool = True, warn=None) -> None:
+        """Load pretrained weights; ``strict_frontend``: a checkpoint whose frozen front-end differs from
+        the features' is an error (else ``warn(message)`` is called and loading goes on)."""
         raise HmicError(f"no pretrained weights exist for --arch {self.registered_name}; pass --pretrained none")
 
     def for_inference(self) -> "Backbone":
@@ -149,11 +136,6 @@ def spec_augment(x: torch.Tensor, cfg: BackboneConfig) -> torch.Tensor:
 
 
 CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)
-KNOWN_CHECKPOINT_NAME = "Cnn14_16k_mAP=0.438.pth"
-KNOWN_CHECKPOINT_MD5 = "362fc5ff18f1d6ad2f6d464b45893f2c"
-FRONTEND_KEYS = ("spectrogram_extractor.stft.conv_real.weight", "spectrogram_extractor.stft.conv_imag.weight",
-                 "logmel_extractor.melW")
-IGNORED_KEYS = ("fc_audioset.weight", "fc_audioset.bias")
 
 
 @register_backbone("cnn14")
@@ -228,9 +210,11 @@ class Cnn14(Backbone):
                     block.conv1, block.conv2 = NarrowConv(block.conv1, width), NarrowConv(block.conv2, width)
         return self
 
-    def load_pretrained(self, path: str | Path, frontend: FrontendConfig, console=None) -> None:
-        """Strictly load the backbone keys of an AudioSet CNN14 checkpoint (PANNs format)."""
-        load_panns_checkpoint(self, path, frontend, console)
+    def load_pretrained(self, path: str | Path, frontend: FrontendConfig, strict_frontend: bool = True, warn=None) -> None:
+        """Strictly load the backbone keys of an AudioSet CNN14 checkpoint (PANNs format, ``hmic.panns``)."""
+        from .panns import load_panns_checkpoint
+
+        load_panns_checkpoint(self, path, frontend, strict_frontend=strict_frontend, warn=warn)
 
 
 @register_backbone("cnn14-light")
@@ -252,82 +236,3 @@ def count(cfg: BackboneConfig, frames: int = 1001) -> dict:
     cls = backbone_class(cfg.arch)
     params = sum(p.numel() for p in cls(cfg).parameters())
     return {"arch": cfg.arch, "params": params, "macs": cls.multiply_adds(frames)}
-
-
-# ----------------------------------------------------------------------------------------------
-# The AudioSet checkpoint
-
-
-def read_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a PANNs checkpoint's state_dict safely (weights_only; a few numpy globals allow-listed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise HmicError(f"checkpoint {path} does not exist; run 'hmic download cnn14' or pass --pretrained none")
-    if path.name == KNOWN_CHECKPOINT_NAME and md5_file(path) != KNOWN_CHECKPOINT_MD5:
-        raise HmicError(f"{path}: MD5 is not the published {KNOWN_CHECKPOINT_MD5}; delete it and run 'hmic download cnn14'")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # Some PANNs files carry small numpy objects (e.g. in the sampler state): allow just those.
-        core = getattr(np, "_core", None) or np.core
-        allowed = [np.dtype, np.ndarray, core.multiarray._reconstruct, core.multiarray.scalar]
-        allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "bool")]
-        try:
-            with torch.serialization.safe_globals(allowed):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise HmicError(f"{path} is not a loadable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
-    state = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise HmicError(f"{path}: expected a dict with the weights under 'model' (a PANNs checkpoint)")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def check_frontend_tensors(state: dict[str, torch.Tensor], cfg: FrontendConfig) -> list[str]:
-    """Compare the checkpoint's frozen front-end tensors with ours; returns the disagreements."""
-    problems = []
-    n = cfg.n_fft
-    window = torch.hann_window(n, periodic=True, dtype=torch.float64)
-    k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
-    t = torch.arange(n, dtype=torch.float64)[None]
-    expected = {
-        FRONTEND_KEYS[0]: (torch.cos(2 * np.pi * k * t / n) * window)[:, None, :],
-        FRONTEND_KEYS[1]: (-torch.sin(2 * np.pi * k * t / n) * window)[:, None, :],
-        FRONTEND_KEYS[2]: LogMel(cfg).filterbank.double(),
-    }
-    for key, want in expected.items():
-        if key not in state:
-            continue
-        got = state[key].double()
-        if got.shape != want.shape:
-            problems.append(f"{key}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-        elif (got - want).abs().max().item() > 1e-5:
-            problems.append(f"{key}: differs from hmic's front-end by {(got - want).abs().max().item():.2e}")
-    return problems
-
-
-def load_panns_checkpoint(backbone: Cnn14, path: str | Path, frontend: FrontendConfig, console=None) -> None:
-    """Strictly load the backbone keys of an AudioSet CNN14 checkpoint into ``backbone``; compare the
-    checkpoint's frozen front-end tensors with the run's front-end."""
-    state = read_checkpoint_state(path)
-    own = backbone.state_dict()
-    wanted = {k: v for k, v in state.items() if k not in FRONTEND_KEYS and k not in IGNORED_KEYS}
-    missing = sorted(set(own) - set(wanted))
-    unexpected = sorted(set(wanted) - set(own))
-    if missing or unexpected:
-        raise HmicError(
-            f"{path} does not match CNN14 ({backbone.cfg.arch}): "
-            + (f"missing keys: {', '.join(missing)}" if missing else "")
-            + ("; " if missing and unexpected else "")
-            + (f"unexpected keys: {', '.join(unexpected)}" if unexpected else "")
-        )
-    wrong = [f"{k}: {tuple(wanted[k].shape)} in the file, {tuple(own[k].shape)} expected"
-             for k in own if wanted[k].shape != own[k].shape]
-    if wrong:
-        raise HmicError(f"{path}: wrong shapes (is --arch right? pretrained weights need cnn14): " + "; ".join(wrong))
-    backbone.load_state_dict(wanted, strict=True)
-    problems = check_frontend_tensors(state, frontend)
-    if problems and console is not None:
-        console.print("[yellow]the checkpoint's front-end differs from hmic's: " + "; ".join(problems) + "[/]")
-    elif problems:
-        raise HmicError(f"{path}: front-end tensors disagree with hmic's front-end: " + "; ".join(problems))

@@ -31,7 +31,7 @@ from .backbones import BackboneConfig
 from .errors import HmicError
 from .fileio import atomic_path
 from .hierarchy import Hierarchy
-from .model import HierarchicalTagger
+from .model import HierarchicalModel
 
 FORMAT = "hmic-checkpoint"
 FORMAT_VERSION = 1
@@ -45,7 +45,7 @@ def versions() -> dict:
             "numpy": str(np.__version__)}
 
 
-def save_checkpoint(path: str | Path, model: HierarchicalTagger, frontend: FrontendConfig, config: dict, *,
+def save_checkpoint(path: str | Path, model: HierarchicalModel, frontend: FrontendConfig, config: dict, *,
                     epoch: int, best: dict, thresholds: dict | None = None, training: dict | None = None) -> None:
     """Write a checkpoint atomically (a crash leaves the previous file intact)."""
     payload = {
@@ -99,7 +99,7 @@ class Checkpoint:
     """A loaded checkpoint: the model rebuilt from the file alone, and what it describes."""
 
     path: Path
-    model: HierarchicalTagger
+    model: HierarchicalModel
     frontend: FrontendConfig
     config: dict
     thresholds: dict | None
@@ -118,7 +118,7 @@ class Checkpoint:
     def load(cls, path: str | Path) -> "Checkpoint":
         state = read_state(path, mmap=True)
         hierarchy = Hierarchy.from_dict(state["hierarchy"], source=str(path))
-        model = HierarchicalTagger.from_state(BackboneConfig(**state["backbone"]), state["head"]["method"],
+        model = HierarchicalModel.from_state(BackboneConfig(**state["backbone"]), state["head"]["method"],
                                               hierarchy, state["model"])
         return cls(Path(path), model, FrontendConfig(**state["frontend"]), state["config"], state.get("thresholds"),
                    int(state.get("epoch", -1)), state)

@@ -6,10 +6,10 @@ import errno
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import fields
+import inspect
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_type_hints
 
 import typer
 from rich.console import Console
@@ -17,10 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .config import TrainConfig
+from .config import TRAIN_OPTIONS, TrainConfig, flag
 from .devices import DEVICE_HELP
+from .download import BASE_URL_ENV, CHECKPOINT_DIR, DOWNLOADS_DIR
 from .errors import HmicError
-from .fileio import append_jsonl, write_text
+from .tagging.tagger import DEFAULT_AGGREGATE, DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS
 
 
 class Commands(TyperGroup):
@@ -59,21 +60,22 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
-TRAIN_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
-DataDir = Annotated[
-    Optional[Path],
-    typer.Option("--data-dir", envvar="HMIC_DATA_DIR", help="Root of an OpenMIC-layout folder.",
-                 show_default=TRAIN_DEFAULTS["data_dir"]),
-]
-WorkDir = Annotated[
-    Optional[Path],
-    typer.Option("--work-dir", envvar="HMIC_WORK_DIR", help="Derived data (split, features).",
-                 show_default="<data-dir>.hmic"),
-]
-HierarchyOpt = Annotated[
-    Optional[Path], typer.Option("--hierarchy", help="Hierarchy YAML.", show_default="the hierarchy.yaml shipped with hmic")
-]
+def config_option(name: str, more_help: str = "", default_is_none: bool = True):
+    """The ``hmic`` option of TrainConfig field ``name``, as an annotation: flag, help, environment
+    variable and shown default all come from the field (``hmic.config.option``). ``default_is_none``:
+    the parameter's default is None (the field's default is shown in the help only)."""
+    f = next(f for f in TRAIN_OPTIONS if f.name == name)
+    kind = Path if f.metadata.get("path") else get_type_hints(TrainConfig)[name]
+    decls = [f"{flag(f)}/--no-{flag(f)[2:]}"] if kind is bool else [flag(f)]
+    shown = f.metadata.get("show_default", str(f.default) if default_is_none else True)
+    return Annotated[Optional[kind], typer.Option(*decls, help=" ".join(filter(None, (f.metadata["help"], more_help))),
+                                                  envvar=f.metadata.get("envvar"), show_default=shown)]
+
+
+DataDir = config_option("data_dir")
+WorkDir = config_option("work_dir")
+HierarchyOpt = config_option("hierarchy")
 
 
 class Engine(str, Enum):
@@ -81,7 +83,7 @@ class Engine(str, Enum):
     ray = "ray"
 
 
-class What(str, Enum):
+class DownloadTarget(str, Enum):
     openmic = "openmic"
     cnn14 = "cnn14"
     all = "all"
@@ -89,21 +91,21 @@ class What(str, Enum):
 
 @app.command()
 def download(
-    what: Annotated[What, typer.Argument(help="What to fetch.")] = What.all,
+    what: Annotated[DownloadTarget, typer.Argument(help="What to fetch.")] = DownloadTarget.all,
     data_dir: DataDir = None,
-    checkpoint_dir: Annotated[Path, typer.Option(help="Where the CNN14 checkpoint goes.")] = Path("data/checkpoints"),
-    downloads: Annotated[Path, typer.Option(help="Where archives are kept.")] = Path("data/downloads"),
+    checkpoint_dir: Annotated[Path, typer.Option(help="Where the CNN14 checkpoint goes.")] = Path(CHECKPOINT_DIR),
+    downloads: Annotated[Path, typer.Option(help="Where archives are kept.")] = Path(DOWNLOADS_DIR),
     base_url: Annotated[
-        Optional[str], typer.Option(envvar="HMIC_DOWNLOAD_BASE_URL", help="Mirror serving <base>/<filename>.")
+        Optional[str], typer.Option(envvar=BASE_URL_ENV, help="Mirror serving <base>/<filename>.")
     ] = None,
 ) -> None:
     """Fetch the OpenMIC-2018 archive and/or the CNN14 16 kHz checkpoint (resumable, MD5-checked)."""
     from . import download as dl
     from .dataset import resolve_data_dir
 
-    if what in (What.openmic, What.all):
+    if what in (DownloadTarget.openmic, DownloadTarget.all):
         dl.fetch_openmic(resolve_data_dir(data_dir), downloads, base_url, console=err)
-    if what in (What.cnn14, What.all):
+    if what in (DownloadTarget.cnn14, DownloadTarget.all):
         dl.fetch_checkpoint(checkpoint_dir, base_url, console=err)
 
 
@@ -153,21 +155,18 @@ def featurize(
     require_torch_stack()
     from .audio import FrontendConfig
     from .dataset import OpenMIC, resolve_data_dir, resolve_work_dir
-    from .features import featurize as run_featurize
+    from .features import featurize_dataset
 
     root = resolve_data_dir(data_dir)
-    dataset = OpenMIC.load(root)
-    keys = sorted(dataset.train_keys + dataset.test_keys)
-    paths = [dataset.audio_source(k) for k in keys]
-    cfg = FrontendConfig(clip_seconds=clip_seconds)
-    s = run_featurize(keys, paths, resolve_work_dir(root, work_dir), cfg, workers=workers, force=force, console=err)
+    s = featurize_dataset(OpenMIC.load(root), resolve_work_dir(root, work_dir), FrontendConfig(clip_seconds=clip_seconds),
+                          workers=workers, force=force, console=err)
     table = Table(title=f"featurize → {s.folder}")
     for col in ("clips", "done now", "failed", "skipped (already done)", "time", "throughput"):
         table.add_column(col, justify="right")
     table.add_row(str(s.total), str(s.done), str(s.failed), str(s.skipped), f"{s.seconds:.1f} s", f"{s.clips_per_second:.1f} clips/s")
     console.print(table)
     if s.failed:
-        console.print(f"[yellow]{s.failed} clips failed and are left out of training; see {s.folder / 'failures.csv'}[/]")
+        console.print(f"[yellow]{s.failed} clips failed and are left out of training; see {s.failures_path}[/]")
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -177,50 +176,35 @@ def _floats(text: str, option: str) -> list[float]:
         raise typer.BadParameter(f"{option} expects comma-separated numbers, got {text!r}") from None
 
 
-def _train_command():
-    """The ``train`` command, built on first use (``Commands``): its option help names the registered
-    heads and backbones."""
+def _train_options() -> list[inspect.Parameter]:
+    """One option per TrainConfig field (``config_option``), the heads' and backbones' names in the help
+    of --method and --arch (their registries import torch: hence the lazily built command)."""
     from .backbones import BACKBONES
     from .heads import describe_heads
 
+    choices = {"heads": escape(describe_heads()) + ".", "backbones": ", ".join(BACKBONES.names()) + "."}
+    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                              default=(Path(f.default) if f.default else None) if f.metadata.get("path") else f.default,
+                              annotation=config_option(f.name, choices.get(f.metadata.get("choices"), ""), False))
+            for f in TRAIN_OPTIONS]
+
+
+def _train_command():
+    """The ``train`` command, built on first use (``Commands``): its option help names the registered
+    heads and backbones, and its TrainConfig options are generated from the dataclass (``_train_options``)."""
+
     def train(
         ctx: typer.Context,
-        # --method and --arch: typer.Option as the default, since annotations (strings here) cannot see this function's locals
-        method: str = typer.Option(TRAIN_DEFAULTS["method"], help=f"Head, or several comma-separated. {escape(describe_heads())}."),
         seeds: Annotated[Optional[int], typer.Option(help="Train seeds 0..N-1 (instead of --seed).", show_default=False)] = None,
-        seed: Annotated[int, typer.Option(help="Train this one seed.")] = TRAIN_DEFAULTS["seed"],
-        lam: Annotated[float, typer.Option("--lambda", help="Weight λ of the fine loss (1 for heads without coarse loss).")] = TRAIN_DEFAULTS["lam"],
         lambdas: Annotated[Optional[str], typer.Option(help="Several λ, e.g. 0.7,0.75,0.8,0.85,0.9 (instead of --lambda); the best by validation fine loss is reported.", show_default=False)] = None,
         config: Annotated[Optional[Path], typer.Option(help="YAML file of TrainConfig fields; flags given on the command line override it.", show_default=False)] = None,
-        arch: str = typer.Option(TRAIN_DEFAULTS["arch"], help=f"Backbone: {', '.join(BACKBONES)}."),
-        pretrained: Annotated[str, typer.Option(help="AudioSet CNN14 checkpoint, or 'none' to train from scratch.")] = TRAIN_DEFAULTS["pretrained"],
-        epochs: Annotated[int, typer.Option(help="Epochs; the best validation epoch is kept.")] = TRAIN_DEFAULTS["epochs"],
-        batch_size: Annotated[int, typer.Option(help="Batch size.")] = TRAIN_DEFAULTS["batch_size"],
-        lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TRAIN_DEFAULTS["lr"],
-        weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = TRAIN_DEFAULTS["weight_decay"],
-        warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up epochs.")] = TRAIN_DEFAULTS["warmup_epochs"],
-        schedule: Annotated[str, typer.Option(help="After warm-up: cosine or constant.")] = TRAIN_DEFAULTS["schedule"],
-        specaugment: Annotated[bool, typer.Option("--specaugment/--no-specaugment", help="PANNs SpecAugment.")] = TRAIN_DEFAULTS["specaugment"],
-        embedding_dropout: Annotated[float, typer.Option(help="Dropout on the embedding before the head (PANNs' transfer recipe).")] = TRAIN_DEFAULTS["embedding_dropout"],
-        alpha: Annotated[float, typer.Option(help="Weight of a head's extra loss term (levelwise consistency items).")] = TRAIN_DEFAULTS["alpha"],
-        coarse_rule: Annotated[str, typer.Option(help="Coarse targets from partial fine labels: any or strict.")] = TRAIN_DEFAULTS["coarse_rule"],
-        clip_seconds: Annotated[float, typer.Option(help="Clip length of the features.")] = TRAIN_DEFAULTS["clip_seconds"],
-        data_dir: DataDir = None,
-        work_dir: WorkDir = None,
-        hierarchy: HierarchyOpt = None,
-        runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path(TRAIN_DEFAULTS["runs_dir"]),
-        device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = TRAIN_DEFAULTS["device"],
-        precision: Annotated[str, typer.Option(help="The backbone's precision: auto (bf16 autocast on CUDA, float32 elsewhere), bf16 or fp32; the head, loss and saved probabilities are always float32.")] = TRAIN_DEFAULTS["precision"],
-        limit_batches: Annotated[int, typer.Option(help="Train on at most this many batches per epoch; 0 = all (smoke tests).")] = TRAIN_DEFAULTS["limit_batches"],
-        aug_gain_db: Annotated[float, typer.Option(help="Augmentation: random gain of up to ± this many dB per clip (0: off).")] = TRAIN_DEFAULTS["aug_gain_db"],
-        aug_shift: Annotated[float, typer.Option(help="Augmentation: random circular time shift of up to ± this many seconds (0: off).")] = TRAIN_DEFAULTS["aug_shift_seconds"],
-        mixup: Annotated[float, typer.Option(help="Augmentation: mixup with Beta(α, α) weights; presence labels mixed under partial observation (0: off).")] = TRAIN_DEFAULTS["mixup_alpha"],
         resume: Annotated[bool, typer.Option(help="Continue interrupted runs from last.pt.")] = False,
         force: Annotated[bool, typer.Option(help="Restart runs that exist.")] = False,
         engine: Annotated[Engine, typer.Option(help="local: one run after another here; ray: one Ray task per run, over a cluster.")] = Engine.local,
         gpus_per_run: Annotated[Optional[float], typer.Option(help="Ray: GPUs per run; 0.25 packs four runs on a GPU.", show_default="1 where the cluster has GPUs, else 0")] = None,
         cpus_per_run: Annotated[float, typer.Option(help="Ray: CPUs per run (also its torch threads).")] = 1.0,
         ray_address: Annotated[Optional[str], typer.Option(help="Ray: join this cluster ('auto' or host:port).", show_default="a local Ray instance for the length of the command")] = None,
+        **fields,
     ) -> None:
         """Train CNN14 + a hierarchical head for each (method, λ, seed); keep the best validation epoch."""
         from .stack import require_torch_stack
@@ -238,20 +222,13 @@ def _train_command():
             raise typer.BadParameter("give --seeds N or --seed S, not both")
         if lambdas is not None and given("lam"):
             raise typer.BadParameter("give --lambda or --lambdas, not both")
-        base = load_config_file(config) if config else {}
-        values = dict(method=method, seed=seed, lam=lam, arch=arch, pretrained=pretrained, epochs=epochs,
-                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                      schedule=schedule, specaugment=specaugment, embedding_dropout=embedding_dropout, alpha=alpha,
-                      coarse_rule=coarse_rule, clip_seconds=clip_seconds, data_dir=data_dir, work_dir=work_dir,
-                      hierarchy=hierarchy, runs_dir=runs_dir, device=device, precision=precision,
-                      limit_batches=limit_batches, aug_gain_db=aug_gain_db, aug_shift_seconds=aug_shift, mixup_alpha=mixup)
-        params = {"aug_shift_seconds": "aug_shift", "mixup_alpha": "mixup"}  # config field -> option name
-        base.update({k: str(v) if isinstance(v, Path) else v for k, v in values.items() if given(params.get(k, k))})
-        cfg0 = TrainConfig(**base)
-        seed_list = list(range(seeds)) if seeds is not None else [cfg0.seed]
-        lam_list = _floats(lambdas, "--lambdas") if lambdas else [cfg0.lam]
-        methods = [m.strip() for m in cfg0.method.split(",") if m.strip()]
-        configs = plan_grid(cfg0, methods, lam_list, seed_list)
+        values = load_config_file(config) if config else {}
+        values.update({name: str(v) if isinstance(v, Path) else v for name, v in fields.items() if given(name)})
+        base = TrainConfig(**values)
+        seed_list = list(range(seeds)) if seeds is not None else [base.seed]
+        lam_list = _floats(lambdas, "--lambdas") if lambdas else [base.lam]
+        methods = [m.strip() for m in base.method.split(",") if m.strip()]
+        configs = plan_grid(base, methods, lam_list, seed_list)
         if engine == Engine.ray:
             from .ray_engine import RayExecutor
 
@@ -283,10 +260,14 @@ def _train_command():
         if failed is not None:
             raise failed
 
+    ctx, *rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                  for name, p in inspect.signature(train, eval_str=True).parameters.items() if name != "fields"]
+    train.__signature__ = inspect.Signature([ctx, *_train_options(), *rest])
+    train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}
     return train
 
 
-class Split(str, Enum):
+class ScoredSplit(str, Enum):
     val = "val"
     test = "test"
 
@@ -313,22 +294,22 @@ def tune_thresholds(
 @app.command()
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (seeds) or folders holding runs.")],
-    split: Annotated[Split, typer.Option(help="Which part to score.")] = Split.test,
+    split: Annotated[ScoredSplit, typer.Option(help="Which part to score.")] = ScoredSplit.test,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all figures to this JSON file.")] = None,
     per_tag: Annotated[bool, typer.Option(help="Also print per-tag values.")] = False,
 ) -> None:
     """Macro ROC-AUC, PR-AUC and F1 at both levels (observed entries only); mean ± std over runs. Reads only."""
     from .evaluation import evaluate_runs
     from .fileio import write_json
-    from .metrics import METRICS
+    from .metrics import METRIC_LABELS, METRICS
     from .runs import LEVELS, find_runs
 
     found = find_runs(runs)
     agg = evaluate_runs(found, split.value)
     table = Table(title=f"{split.value} split, {len(found)} run(s), macro over tags (%)")
     table.add_column("level")
-    for m in ("ROC-AUC", "PR-AUC", "F1"):
-        table.add_column(m, justify="right")
+    for m in METRICS:
+        table.add_column(METRIC_LABELS[m], justify="right")
     table.add_column("left out")
     for lv in LEVELS:
         table.add_row(lv, *[f"{100 * agg.mean[lv][m][0]:.2f} ± {100 * agg.mean[lv][m][1]:.2f}" for m in METRICS],
@@ -338,8 +319,8 @@ def evaluate(
         for lv in LEVELS:
             t = Table(title=f"{lv} tags (mean over runs, %)")
             t.add_column("tag")
-            for m in ("ROC-AUC", "PR-AUC", "F1"):
-                t.add_column(m, justify="right")
+            for m in METRICS:
+                t.add_column(METRIC_LABELS[m], justify="right")
             for tag, vals in agg.per_tag[lv].items():
                 t.add_row(tag, *[f"{100 * vals[m]:.1f}" if vals[m] == vals[m] else "-" for m in METRICS])
             console.print(t)
@@ -361,9 +342,9 @@ def predict(
     audio: Annotated[list[Path], typer.Argument(help="Audio files or folders (any length, any format soundfile reads).")],
     run: Annotated[Optional[Path], typer.Option(help="Run folder or checkpoint (with --backend onnx: a file from 'hmic export --onnx').", show_default="the latest run with tuned thresholds")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where to look for the latest run.")] = Path("runs"),
-    hop: Annotated[float, typer.Option(help="Hop between 10-s windows, seconds.")] = 5.0,
-    aggregate: Annotated[Aggregation, typer.Option(help="Song-level aggregation of window probabilities.")] = Aggregation.max,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass (windows of several files share a batch).")] = 8,
+    hop: Annotated[float, typer.Option(help="Hop between 10-s windows, seconds.")] = DEFAULT_HOP_SECONDS,
+    aggregate: Annotated[Aggregation, typer.Option(help="Song-level aggregation of window probabilities.")] = Aggregation(DEFAULT_AGGREGATE),
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass (windows of several files share a batch).")] = DEFAULT_BATCH_SIZE,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write this run's results as JSON (schema in README).")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write this run's results as CSV.")] = None,
     jsonl: Annotated[Optional[Path], typer.Option(help="Append one JSON line per finished file; files already in it are skipped, so a killed run resumes.", show_default=False)] = None,
@@ -378,25 +359,14 @@ def predict(
     truth: Annotated[Optional[Path], typer.Option(help="A song's ground truth (.truth.json from 'hmic synth-song'): print found, missed and false tags, per section too.", show_default=False)] = None,
 ) -> None:
     """Tag songs of any length, or whole libraries, with fine and coarse instrument tags."""
-    from .predict import Tagger, done_in_jsonl, expand_inputs, for_output, label_path, label_track, write_outputs
     from .runs import latest_tuned_run
-    from .synth.song import read_truth
+    from .tagging import FileTagger, plan_tagging, run_tagging
 
-    truth_data = read_truth(truth) if truth else None
-    found = expand_inputs(audio)
-    if not found.files and not found.unreadable:
-        raise HmicError("no audio files found in " + ", ".join(map(str, audio)))
-    if truth_data is not None and len(found.files) != 1:
-        raise typer.BadParameter("--truth compares one song: give exactly one audio file")
-    if found.not_audio:
-        err.print(f"{found.not_audio} folder entries without an audio suffix were left out", highlight=False, soft_wrap=True)
-    names = dict(zip(map(str, found.files), found.names))
-    todo = found.files
-    if jsonl is not None:
-        done = done_in_jsonl(jsonl)
-        todo = [f for f in todo if os.path.abspath(f) not in done]
-        if len(todo) < len(found.files):
-            err.print(f"{jsonl}: {len(found.files) - len(todo)} file(s) already tagged there are skipped", highlight=False, soft_wrap=True)
+    plan = plan_tagging(audio, jsonl, truth)
+    if plan.not_audio:
+        err.print(f"{plan.not_audio} folder entries without an audio suffix were left out", highlight=False, soft_wrap=True)
+    if plan.already_done:
+        err.print(f"{jsonl}: {plan.already_done} file(s) already tagged there are skipped", highlight=False, soft_wrap=True)
     if run is None:
         run = latest_tuned_run(runs_dir).folder
         err.print(f"using the latest run with tuned thresholds: {run}")
@@ -405,50 +375,34 @@ def predict(
 
         tagger = load_onnx_tagger(run, device, precision)
     else:
-        from .stack import require_torch_stack
-
-        require_torch_stack()
-        tagger = Tagger.load(run, device, precision)
-    if workers is None:
-        workers = 0 if len(todo) <= 1 else max(1, min(4, (os.cpu_count() or 2) // 2))
-    show = tables if tables is not None else len(found.files) <= TABLES_UP_TO
-    results, failures = [], []
-
-    def failed(entry: dict) -> None:
-        err.print(f"[yellow]failed: {escape(entry['error'])}[/]", highlight=False, soft_wrap=True)
-        failures.append(entry)
-        if jsonl is not None:
-            append_jsonl(jsonl, entry)
-
-    for entry in found.unreadable:
-        failed(entry)
-    with _file_progress(len(todo)) as advance:
-        for path, result, error in tagger.stream(todo, hop, aggregate.value, batch_size, workers):
+        tagger = FileTagger.load(run, device, precision)
+    show = tables if tables is not None else plan.found <= TABLES_UP_TO
+    for entry in plan.unreadable:
+        _print_failure(entry["error"])
+    with _file_progress(len(plan.files)) as advance:
+        def on_file(path: str, result: dict | None, error: str | None) -> None:
             advance()
             if error is not None:
-                failed({"file": path, "error": error})
-                continue
-            if truth_data is not None:
-                from .songcheck import compare_song
-
-                result["truth_comparison"] = compare_song(result, truth_data, tagger)
-            if labels is not None:
-                write_text(label_path(labels, names[path]), label_track(result))
-            if jsonl is not None:
-                append_jsonl(jsonl, for_output(result, segments))
-            results.append(result)
-            if show:
+                _print_failure(error)
+            elif show:
                 _print_song(result, segments, explain)
-                if truth_data is not None:
+                if truth is not None:
                     _print_comparison(result["truth_comparison"], truth)
-    write_outputs(results, failures, json_out, csv_out, segments)
-    if labels is not None and results:
+
+        report = run_tagging(tagger, plan, hop_seconds=hop, aggregate=aggregate.value, batch_size=batch_size,
+                             workers=workers, labels=labels, segments=segments, json_out=json_out, csv_out=csv_out,
+                             on_file=on_file)
+    if labels is not None and report.results:
         err.print(f"label tracks: {labels}/", highlight=False, soft_wrap=True)
-    if failures or len(found.files) > 1:
-        err.print(f"{len(results)} file(s) tagged, {len(failures)} failed"
-                  + (f", {len(found.files) - len(todo)} already in {jsonl}" if jsonl is not None else ""), highlight=False, soft_wrap=True)
-    if failures and not results:
+    if report.failures or plan.found > 1:
+        err.print(f"{len(report.results)} file(s) tagged, {len(report.failures)} failed"
+                  + (f", {plan.already_done} already in {jsonl}" if jsonl is not None else ""), highlight=False, soft_wrap=True)
+    if report.failures and not report.results:
         raise typer.Exit(1)
+
+
+def _print_failure(error: str) -> None:
+    err.print(f"[yellow]failed: {escape(error)}[/]", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -557,7 +511,7 @@ def export(
 def table(
     runs_dir: Annotated[Path, typer.Argument(help="Runs folder (one sub-folder per method).")] = Path("runs"),
     out: Annotated[Path, typer.Option(help="Where table1.md/.csv and the figures go.")] = Path("results"),
-    split: Annotated[Split, typer.Option(help="Which part to score.")] = Split.test,
+    split: Annotated[ScoredSplit, typer.Option(help="Which part to score.")] = ScoredSplit.test,
 ) -> None:
     """Table 1 for the runs that exist (λ selected on validation, mean ± std over seeds), Fig. 3 and Fig. 4. Reads runs only."""
     from .report import write_table

@@ -1,18 +1,26 @@
 """What defines a training run (``TrainConfig``) and its YAML file (``--config``).
 
+Each field is also an option of ``hmic train`` (``hmic.cli`` builds them from ``TRAIN_OPTIONS``): its
+flag is the field's name with dashes (``batch_size`` → ``--batch-size``; ``lam`` → ``--lambda``, since
+``lambda`` is Python's), its help the field's ``help`` metadata, its default the field's. A new field
+is one line here.
+
 Importing this module does not import torch: the command line reads the defaults from here; checking
 a method or backbone name (``validate``) imports their registries.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
-from .devices import check_device_name, check_precision
+from .backbone_config import BackboneConfig
+from .dataset import DATA_DIR_ENV, DEFAULT_DATA_DIR, WORK_DIR_ENV
+from .devices import DEVICE_HELP, check_device_name, check_precision
+from .download import CNN14, default_checkpoint
 from .errors import HmicError
 from .hierarchy import COARSE_RULES
 from .runs import Run
@@ -24,37 +32,47 @@ if TYPE_CHECKING:
 DEFAULT_LAMBDA = 0.8
 
 
+def option(default, help: str, **cli):
+    """A TrainConfig field that is also an ``hmic train`` option (``cli``: flag, envvar, show_default, path)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a run. Loadable from YAML (--config), overridden by CLI flags."""
 
-    method: str = "gmp"
-    lam: float = DEFAULT_LAMBDA  # λ: weight of the fine loss (a head without coarse loss uses 1)
-    seed: int = 0
-    arch: str = "cnn14"
-    pretrained: str = "data/checkpoints/Cnn14_16k_mAP=0.438.pth"  # or "none"
-    epochs: int = 30  # a project choice (paper silent); the best validation epoch is kept
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 5.0
-    schedule: str = "cosine"  # or "constant" after warm-up
-    specaugment: bool = True
-    embedding_dropout: float = 0.5  # PANNs' transfer recipe: dropout on the embedding before the head
-    alpha: float = 1.0  # weight of a head's extra loss term (levelwise's consistency items)
-    coarse_rule: str = "any"
-    clip_seconds: float = 10.0
-    data_dir: str = "data/openmic-2018"
-    work_dir: str = ""
-    hierarchy: str = ""
-    runs_dir: str = "runs"
-    device: str = "auto"
-    precision: str = "auto"  # the backbone's: bf16 autocast on CUDA, float32 elsewhere; the head is float32
-    limit_batches: int = 0  # train on at most this many batches per epoch (0: all); smoke tests, GPU check
+    method: str = option("gmp", "Head, or several comma-separated.", choices="heads")
+    lam: float = option(DEFAULT_LAMBDA, "Weight λ of the fine loss (1 for heads without coarse loss).", flag="--lambda")
+    seed: int = option(0, "Train this one seed.")
+    arch: str = option("cnn14", "Backbone.", choices="backbones")
+    pretrained: str = option(str(default_checkpoint()), f"AudioSet CNN14 checkpoint ({CNN14.filename}: "
+                             "'hmic download cnn14'), or 'none' to train from scratch.")
+    epochs: int = option(30, "Epochs; the best validation epoch is kept.")  # a project choice (paper silent)
+    batch_size: int = option(16, "Batch size.")
+    lr: float = option(1e-4, "Peak learning rate.")
+    weight_decay: float = option(1e-4, "Adam weight decay.")
+    warmup_epochs: float = option(5.0, "Linear warm-up epochs.")
+    schedule: str = option("cosine", "After warm-up: cosine or constant.")
+    specaugment: bool = option(BackboneConfig.specaugment, "PANNs SpecAugment.")
+    embedding_dropout: float = option(BackboneConfig.embedding_dropout,
+                                      "Dropout on the embedding before the head (PANNs' transfer recipe).")
+    alpha: float = option(1.0, "Weight of a head's extra loss term (levelwise consistency items).")
+    coarse_rule: str = option("any", f"Coarse targets from partial fine labels: {' or '.join(COARSE_RULES)}.")
+    clip_seconds: float = option(10.0, "Clip length of the features.")
+    data_dir: str = option(DEFAULT_DATA_DIR, "Root of an OpenMIC-layout folder.", envvar=DATA_DIR_ENV, path=True)
+    work_dir: str = option("", "Derived data (split, features).", envvar=WORK_DIR_ENV, path=True,
+                           show_default="<data-dir>.hmic")
+    hierarchy: str = option("", "Hierarchy YAML.", path=True, show_default="the hierarchy.yaml shipped with hmic")
+    runs_dir: str = option("runs", "Where run folders go.", path=True)
+    device: str = option("auto", f"{DEVICE_HELP}.")
+    precision: str = option("auto", "The backbone's precision: auto (bf16 autocast on CUDA, float32 elsewhere), bf16 or "
+                            "fp32; the head, loss and saved probabilities are always float32.")
+    limit_batches: int = option(0, "Train on at most this many batches per epoch; 0 = all (smoke tests).")
     # augmentation (hmic.augment), off by default: Table 1 runs do not use it
-    aug_gain_db: float = 0.0
-    aug_shift_seconds: float = 0.0
-    mixup_alpha: float = 0.0
+    aug_gain_db: float = option(0.0, "Augmentation: random gain of up to ± this many dB per clip (0: off).")
+    aug_shift_seconds: float = option(0.0, "Augmentation: random circular time shift of up to ± this many seconds (0: off).")
+    mixup_alpha: float = option(0.0, "Augmentation: mixup with Beta(α, α) weights; presence labels mixed under "
+                                "partial observation (0: off).")
 
     @property
     def augment(self) -> "Augment":
@@ -83,9 +101,9 @@ class TrainConfig:
         if self.limit_batches < 0:
             raise HmicError("--limit-batches must be 0 (all) or more")
         if self.aug_gain_db < 0 or self.aug_shift_seconds < 0 or self.mixup_alpha < 0:
-            raise HmicError("--aug-gain-db, --aug-shift and --mixup must be 0 (off) or more")
+            raise HmicError("--aug-gain-db, --aug-shift-seconds and --mixup-alpha must be 0 (off) or more")
         if self.aug_shift_seconds >= self.clip_seconds:
-            raise HmicError(f"--aug-shift must be shorter than a clip ({self.clip_seconds} s)")
+            raise HmicError(f"--aug-shift-seconds must be shorter than a clip ({self.clip_seconds} s)")
 
     def resolved(self) -> "TrainConfig":
         """The configuration a run really uses: λ as its head takes it (1 for a head without coarse loss)."""
@@ -104,6 +122,14 @@ class TrainConfig:
         for k in ("device", "runs_dir"):
             d.pop(k)
         return d
+
+
+def flag(f) -> str:
+    """The ``hmic train`` flag of a TrainConfig field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+TRAIN_OPTIONS = tuple(f for f in fields(TrainConfig) if "help" in f.metadata)
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -30,6 +30,8 @@ WORK_DIR_ENV = "HMIC_WORK_DIR"
 
 CLASS_MAP = "class-map.json"
 LABELS_CSV = "openmic-2018-aggregated-labels.csv"
+LABELS_HEADER = ("sample_key", "instrument", "relevance", "num_responses")
+METADATA_CSV = "openmic-2018-metadata.csv"
 TRAIN_PARTITION = "partitions/split01_train.csv"
 TEST_PARTITION = "partitions/split01_test.csv"
 CLIPS_CSV = "clips.csv"
@@ -41,6 +43,11 @@ OPENMIC_TAGS = (
     "mallet_percussion", "mandolin", "organ", "piano", "saxophone", "synthesizer", "trombone",
     "trumpet", "ukulele", "violin", "voice",
 )
+
+
+def audio_relpath(key: str, suffix: str = AUDIO_EXTENSIONS[0]) -> Path:
+    """Where OpenMIC keeps a clip's audio, relative to the dataset root: ``audio/<key[:3]>/<key>.ogg``."""
+    return Path("audio") / key[:3] / f"{key}{suffix}"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -226,11 +233,11 @@ class OpenMIC:
         return self.clips.get(key) or AudioSource(self.audio_path(key))
 
     def audio_path(self, key: str) -> Path:
-        """audio/<key[:3]>/<key>.ogg (another extension is accepted if the .ogg is absent)."""
+        """``audio_relpath(key)`` under the root (another extension is accepted if the .ogg is absent)."""
         if key in self.clips:
             return self.clips[key].path
-        folder = self.root / "audio" / key[:3]
-        path = folder / f"{key}.ogg"
+        path = self.root / audio_relpath(key)
+        folder = path.parent
         if not path.exists():
             for ext in AUDIO_EXTENSIONS[1:]:
                 if (folder / f"{key}{ext}").exists():

@@ -3,7 +3,7 @@ benchmark uses, and the mixed-precision context of the model's backbone. Importi
 
 Precision: ``auto`` runs the backbone in bf16 autocast on CUDA and in float32 elsewhere; ``bf16``
 forces bf16 autocast (CPUs with avx512_bf16 or AMX run it natively); ``fp32`` turns it off. The head,
-the loss and every saved probability are float32 whatever the precision (``HierarchicalTagger``).
+the loss and every saved probability are float32 whatever the precision (``HierarchicalModel``).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from .errors import HmicError
 from .fileio import CHUNK, md5_file
 
 BASE_URL_ENV = "HMIC_DOWNLOAD_BASE_URL"
+DOWNLOADS_DIR = "data/downloads"  # where archives are kept (``hmic download --downloads``)
+CHECKPOINT_DIR = "data/checkpoints"  # where the CNN14 checkpoint goes (``--checkpoint-dir``)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ CNN14 = Source(
     "362fc5ff18f1d6ad2f6d464b45893f2c",
     358_668_570,
 )
+
+
+def default_checkpoint() -> Path:
+    """Where ``hmic download cnn14`` puts the AudioSet checkpoint, and where ``hmic train`` looks for it."""
+    return Path(CHECKPOINT_DIR) / CNN14.filename
 
 
 def download_file(url: str, dest: Path, md5: str, console: Console | None = None, timeout: float = 30.0) -> Path:

@@ -24,9 +24,9 @@ from torch import nn
 
 from .audio import FrontendConfig
 from .logmel import GraphLogMel, LogMel
-from .model import HierarchicalTagger
+from .model import HierarchicalModel
 from .onnxrun import FORMAT, FORMAT_VERSION, METADATA_KEY, OnnxRunner, need, weights_path
-from .predict import load_checkpoint
+from .runs import load_tuned_checkpoint
 
 OPSET = 17
 
@@ -34,7 +34,7 @@ OPSET = 17
 class WaveModel(nn.Module):
     """Waveform windows → probabilities: GraphLogMel + the run's model (float32, eval)."""
 
-    def __init__(self, model: HierarchicalTagger, frontend: FrontendConfig):
+    def __init__(self, model: HierarchicalModel, frontend: FrontendConfig):
         super().__init__()
         self.frontend = GraphLogMel(frontend)
         self.model = model
@@ -66,7 +66,7 @@ def export_onnx(source: str | Path, out: str | Path, opset: int = OPSET) -> dict
     onnxruntime on probe windows against the PyTorch model on LogMel features. Returns a report with
     the maximum absolute probability difference."""
     onnx = need("onnx", "hmic export --onnx")
-    ckpt, thresholds = load_checkpoint(source)
+    ckpt, thresholds = load_tuned_checkpoint(source)
     model = ckpt.model.float().eval()
     frontend = ckpt.frontend
     wave_model = WaveModel(model, frontend).eval()

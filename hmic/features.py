@@ -28,11 +28,18 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AudioError, FrontendConfig
+from .dataset import OpenMIC
 from .logmel import clip_features
 from .errors import HmicError
 from .fileio import write_csv, write_json
 
+# The store's files (see the layout above).
 MANIFEST = "manifest.json"
+LOGMEL = "logmel.f16"
+DONE = "done.u8"
+FAILURES = "failures.csv"
+FAILURES_HEADER = ("sample_key", "path", "error")
+STORE_FILES = (LOGMEL, DONE, FAILURES, MANIFEST)
 FLUSH_EVERY = 64
 
 
@@ -73,6 +80,10 @@ class FeaturizeSummary:
     folder: Path
 
     @property
+    def failures_path(self) -> Path:
+        return self.folder / FAILURES
+
+    @property
     def clips_per_second(self) -> float:
         return (self.done) / self.seconds if self.seconds > 0 else 0.0
 
@@ -106,14 +117,14 @@ def featurize(keys: list[str], paths: list[Path], work_dir: Path, cfg: FrontendC
                 raise HmicError(
                     f"{folder} holds features of another set of clips; pass --force to recompute them"
                 )
-            for name in ("logmel.f16", "done.u8", "failures.csv", MANIFEST):
+            for name in STORE_FILES:
                 (folder / name).unlink(missing_ok=True)
     if not manifest_path.exists():
         _create_store(folder, shape)
         write_json(manifest_path, {"digest": cfg.digest(), "frontend": cfg.to_dict(), "dtype": "float16",
                                    "shape": list(shape), "keys": list(keys), "complete": False})
-    feats = np.memmap(folder / "logmel.f16", dtype=np.float16, mode="r+", shape=shape)
-    done = np.memmap(folder / "done.u8", dtype=np.uint8, mode="r+", shape=(n,))
+    feats = np.memmap(folder / LOGMEL, dtype=np.float16, mode="r+", shape=shape)
+    done = np.memmap(folder / DONE, dtype=np.uint8, mode="r+", shape=(n,))
     failures = _read_failures(folder)
     todo = [i for i in range(n) if not done[i] and keys[i] not in failures]
     skipped = n - len(todo)
@@ -169,12 +180,19 @@ def featurize(keys: list[str], paths: list[Path], work_dir: Path, cfg: FrontendC
     return FeaturizeSummary(n, n_done, n_failed, skipped, time.time() - t0, folder)
 
 
+def featurize_dataset(dataset: OpenMIC, work_dir: Path, cfg: FrontendConfig = FrontendConfig(), **options) -> FeaturizeSummary:
+    """``featurize`` every clip of the dataset's partitions, in sorted key order (the store's row order),
+    each from its audio source (a file, or a stretch of one). ``options``: those of ``featurize``."""
+    keys = sorted(dataset.train_keys + dataset.test_keys)
+    return featurize(keys, [dataset.audio_source(k) for k in keys], work_dir, cfg, **options)
+
+
 def _create_store(folder: Path, shape: tuple[int, int, int]) -> None:
     """The store's two files, their disk space reserved now (posix_fallocate), so that a full disk is
     an error before any work rather than a crash (SIGBUS) when a memory-mapped page is written."""
     need = int(np.prod(shape)) * 2 + shape[0]
     try:
-        for name, dtype, dims in (("logmel.f16", np.float16, shape), ("done.u8", np.uint8, shape[:1])):
+        for name, dtype, dims in ((LOGMEL, np.float16, shape), (DONE, np.uint8, shape[:1])):
             np.memmap(folder / name, dtype=dtype, mode="w+", shape=dims).flush()
             if hasattr(os, "posix_fallocate"):
                 fd = os.open(folder / name, os.O_RDWR)
@@ -183,7 +201,7 @@ def _create_store(folder: Path, shape: tuple[int, int, int]) -> None:
                 finally:
                     os.close(fd)
     except OSError as e:
-        for name in ("logmel.f16", "done.u8"):
+        for name in (LOGMEL, DONE):
             (folder / name).unlink(missing_ok=True)
         free = shutil.disk_usage(folder).free if folder.exists() else 0
         raise HmicError(f"cannot create the feature store in {folder} ({e.strerror}): it needs {need / 1e9:.2f} GB, "
@@ -191,7 +209,7 @@ def _create_store(folder: Path, shape: tuple[int, int, int]) -> None:
 
 
 def _read_failures(folder: Path) -> dict[str, tuple[str, str]]:
-    path = folder / "failures.csv"
+    path = folder / FAILURES
     if not path.exists():
         return {}
     with open(path, newline="", encoding="utf-8") as f:
@@ -199,7 +217,7 @@ def _read_failures(folder: Path) -> dict[str, tuple[str, str]]:
 
 
 def _write_failures(folder: Path, failures: dict[str, tuple[str, str]]) -> None:
-    write_csv(folder / "failures.csv", ["sample_key", "path", "error"], [[key, *failures[key]] for key in sorted(failures)])
+    write_csv(folder / FAILURES, FAILURES_HEADER, [[key, *failures[key]] for key in sorted(failures)])
 
 
 class FeatureStore:
@@ -221,8 +239,8 @@ class FeatureStore:
         self.keys: list[str] = manifest["keys"]
         self.index = {k: i for i, k in enumerate(self.keys)}
         self.shape = tuple(manifest["shape"])
-        self.data = np.memmap(folder / "logmel.f16", dtype=np.float16, mode="r", shape=self.shape)
-        self.done = np.fromfile(folder / "done.u8", dtype=np.uint8).astype(bool)
+        self.data = np.memmap(folder / LOGMEL, dtype=np.float16, mode="r", shape=self.shape)
+        self.done = np.fromfile(folder / DONE, dtype=np.uint8).astype(bool)
         self.failures = _read_failures(folder)
 
     @classmethod
@@ -243,7 +261,7 @@ class FeatureStore:
         failed = [k for k in keys if k in self.failures]
         if failed:
             warnings.warn(f"{len(failed)} clips of {part or 'the split'} left out, their audio failed ({', '.join(failed[:5])}"
-                          f"{', ...' if len(failed) > 5 else ''}); see {self.folder / 'failures.csv'}", stacklevel=2)
+                          f"{', ...' if len(failed) > 5 else ''}); see {self.folder / FAILURES}", stacklevel=2)
         not_done = [k for k in keys if k not in self.failures and not self.done[self.index[k]]]
         if not_done:
             raise HmicError(f"{len(not_done)} clips (e.g. {not_done[0]}) are not featurized yet; run 'hmic featurize' to finish")

@@ -15,7 +15,8 @@ from typing import Protocol
 from .errors import HmicError
 from .heads import head_class
 from .config import TrainConfig
-from .train import Data, load_data, train_run
+from .train import train_run
+from .trainingdata import TrainingData, data_key, load_training_data
 
 
 class GridError(HmicError):
@@ -39,11 +40,6 @@ def plan_grid(base: TrainConfig, methods: list[str], lambdas: list[float], seeds
     return configs
 
 
-def data_key(cfg: TrainConfig) -> tuple:
-    """Runs with the same key read the same data (dataset, split, features, hierarchy, targets)."""
-    return (cfg.data_dir, cfg.work_dir, cfg.hierarchy, cfg.coarse_rule, cfg.clip_seconds, cfg.arch)
-
-
 class Executor(Protocol):
     def run(self, configs: list[TrainConfig], *, resume: bool, force: bool, console) -> list[dict]: ...
 
@@ -54,12 +50,12 @@ class LocalExecutor:
 
     def __init__(self, progress: bool = True):
         self.progress = progress
-        self._data: dict[tuple, Data] = {}
+        self._data: dict[tuple, TrainingData] = {}
 
-    def data_for(self, cfg: TrainConfig) -> Data:
+    def data_for(self, cfg: TrainConfig) -> TrainingData:
         key = data_key(cfg)
         if key not in self._data:
-            self._data[key] = load_data(cfg)
+            self._data[key] = load_training_data(cfg)
         return self._data[key]
 
     def run(self, configs: list[TrainConfig], *, resume: bool = False, force: bool = False, console=None) -> list[dict]:

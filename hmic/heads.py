@@ -24,7 +24,7 @@ EPS = 1e-7
 
 # Class decorator: make a head available as ``--method name``; its docstring's first line is the help.
 register = HEADS.register
-head_class = HEADS.get
+head_class = HEADS.lookup
 describe_heads = HEADS.describe
 
 

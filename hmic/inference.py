@@ -1,6 +1,6 @@
 """The one inference loop: validation losses, saved test predictions and ``hmic predict`` all use it.
 
-``Outputs`` is what every runner returns (``hmic.predict.Runner``); ``TorchRunner`` runs a PyTorch
+``Outputs`` is what every runner returns (``hmic.tagging.batching.Runner``); ``TorchRunner`` runs a PyTorch
 model on batches of log-mel. Importing this module does not import torch (the ONNX path needs none).
 """
 
@@ -46,7 +46,7 @@ def infer(model: "torch.nn.Module", batches: Iterable["torch.Tensor"], device: "
 
 @dataclass
 class TorchRunner:
-    """A ``hmic.predict.Runner`` over a PyTorch model: takes log-mel windows (B, T, M)."""
+    """A ``hmic.tagging.batching.Runner`` over a PyTorch model: takes log-mel windows (B, T, M)."""
 
     model: "torch.nn.Module"
     device: "torch.device"

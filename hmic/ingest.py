@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import window_starts
-from .dataset import CLASS_MAP, CLIPS_CSV, GROUPS_CSV, LABELS_CSV, TEST_PARTITION, TRAIN_PARTITION
+from .dataset import CLASS_MAP, CLIPS_CSV, GROUPS_CSV, LABELS_CSV, LABELS_HEADER, TEST_PARTITION, TRAIN_PARTITION
 from .errors import HmicError
 from .fileio import write_csv, write_json, write_text
 from .hierarchy import Hierarchy
@@ -196,7 +196,7 @@ def import_manifest(manifest: Path, out: Path, hierarchy: Hierarchy, copy: bool 
             group_rows.append((key, r.group or f"file:{linked[r.path]}"))
             parts[r.split].append(key)
     write_json(out / CLASS_MAP, {t: i for i, t in enumerate(hierarchy.fine_names)})
-    write_csv(out / LABELS_CSV, ["sample_key", "instrument", "relevance", "num_responses"], label_rows)
+    write_csv(out / LABELS_CSV, LABELS_HEADER, label_rows)
     write_csv(out / CLIPS_CSV, ["sample_key", "path", "start", "end"], clip_rows)
     write_csv(out / GROUPS_CSV, ["sample_key", "group"], group_rows)
     write_text(out / TRAIN_PARTITION, "".join(k + "\n" for k in parts["train"]))

@@ -15,6 +15,17 @@ import numpy as np
 
 DEFAULT_THRESHOLD = 0.5  # for a tag without observed positives (or negatives) in validation
 METRICS = ("roc_auc", "pr_auc", "f1")
+METRIC_LABELS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "f1": "F1"}  # how tables and figures name them
+BCE_CLIP = 1e-7
+
+
+def masked_bce(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> float:
+    """Mean binary cross-entropy of saved probabilities (N, K) over observed entries, in float64: the
+    validation loss that picks the best epoch and λ. (Training's loss, on the head's logits and in
+    torch, is ``hmic.heads.masked_bce``; both are the paper's BCE(pred[mask], label[mask]).)"""
+    p = np.clip(probs.astype(np.float64), BCE_CLIP, 1 - BCE_CLIP)
+    per = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+    return float((per * mask).sum() / max(mask.sum(), 1))
 
 
 def tune_thresholds(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, list[int]]:

@@ -10,7 +10,7 @@ from .heads import HeadOutput, build_head
 from .hierarchy import Hierarchy
 
 
-class HierarchicalTagger(nn.Module):
+class HierarchicalModel(nn.Module):
     """Backbone + head: log-mel (B, T, M) → HeadOutput (fine (B, F) and coarse (B, C) probabilities)."""
 
     def __init__(self, backbone_cfg: BackboneConfig, method: str, hierarchy: Hierarchy, backbone: nn.Module | None = None):
@@ -21,7 +21,7 @@ class HierarchicalTagger(nn.Module):
 
     @classmethod
     def from_state(cls, backbone_cfg: BackboneConfig, method: str, hierarchy: Hierarchy,
-                   state_dict: dict[str, torch.Tensor]) -> "HierarchicalTagger":
+                   state_dict: dict[str, torch.Tensor]) -> "HierarchicalModel":
         """Rebuild a saved model without first initialising weights the state replaces: the backbone is
         built on the meta device and takes the state's tensors as they are (memory-mapped when the
         checkpoint was loaded so). The head is built normally (it is small and has derived buffers)."""

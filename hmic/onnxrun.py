@@ -21,7 +21,7 @@ from .errors import HmicError
 from .explain import Explainer
 from .hierarchy import Hierarchy
 from .inference import Outputs
-from .predict import Tagger
+from .tagging.tagger import FileTagger
 
 FORMAT = "hmic-onnx"
 FORMAT_VERSION = 2  # 2: the head's explanation rule as data ("explainer") instead of its weights
@@ -57,7 +57,7 @@ def default_threads() -> int:
 
 @dataclass
 class OnnxRunner:
-    """A ``predict.Runner`` over onnxruntime: takes waveform windows (the graph holds the front-end)."""
+    """A ``hmic.tagging.batching.Runner`` over onnxruntime: takes waveform windows (the graph holds the front-end)."""
 
     session: object
     outputs: list[str]
@@ -108,8 +108,8 @@ class OnnxRunner:
         return Outputs(got["fine_probs"], got["coarse_probs"], got.get("attention"))
 
 
-def load_onnx_tagger(path: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None) -> Tagger:
-    """A ``predict.Tagger`` over an exported file (or a run folder holding ``model.onnx``); fp32 only."""
+def load_onnx_tagger(path: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None) -> FileTagger:
+    """A ``FileTagger`` over an exported file (or a run folder holding ``model.onnx``); fp32 only."""
     if precision not in ("auto", "fp32"):
         raise HmicError(f"--precision {precision} is not available with --backend onnx (the graph is float32); "
                         "use --precision fp32 or --backend torch")
@@ -119,5 +119,5 @@ def load_onnx_tagger(path: str | Path, device: str = "cpu", precision: str = "fp
     runner = OnnxRunner.open(path, device, threads)
     meta = runner.meta
     hierarchy = Hierarchy.from_dict(meta["hierarchy"], source=str(path))
-    return Tagger.build(runner, hierarchy, meta["method"], Explainer.from_dict(meta["explainer"], hierarchy.membership),
+    return FileTagger.build(runner, hierarchy, meta["method"], Explainer.from_dict(meta["explainer"], hierarchy.membership),
                         FrontendConfig(**meta["frontend"]), int(meta["min_samples"]), meta["thresholds"], str(path))

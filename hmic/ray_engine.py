@@ -18,10 +18,10 @@ import os
 from dataclasses import asdict
 
 from .errors import HmicError
-from .grid import GridError, data_key
-from .runs import Run
 from .config import TrainConfig
-from .train import load_data, open_run, train_run
+from .grid import GridError
+from .train import open_run, train_run
+from .trainingdata import data_key, load_training_data
 
 POLL_SECONDS = 1.0
 
@@ -65,7 +65,7 @@ class RayExecutor:
         checked = set()
         for cfg in configs:  # shared storage: every run's data must be complete before anything is submitted
             if data_key(cfg) not in checked:
-                load_data(cfg)
+                load_training_data(cfg)
                 checked.add(data_key(cfg))
         summaries: list[dict | None] = [None] * len(configs)
         todo = []
@@ -132,7 +132,7 @@ class RayExecutor:
         for col in ("run", "state", "epoch", "val fine loss"):
             table.add_column(col)
         for cfg, summary in zip(configs, summaries):
-            run = Run.at(cfg.runs_dir, cfg.method, cfg.lam, cfg.seed)
+            run = cfg.run()
             if str(run) in failures:
                 table.add_row(str(run), "[red]failed[/]", "", failures[str(run)][:60])
                 continue

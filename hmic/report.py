@@ -14,8 +14,8 @@ import numpy as np
 from .errors import HmicError
 from .evaluation import evaluate_runs
 from .fileio import csv_text, write_json, write_text
-from .metrics import METRICS
-from .runs import LEVELS, Run, by_method, select_lambda
+from .metrics import METRIC_LABELS, METRICS
+from .runs import LEVELS, Run, by_method, finished_runs, select_lambda
 
 METHOD_ORDER = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt")
 PAPER_TABLE1 = {  # the paper's Table 1: fine ROC, PR, F1, coarse ROC, PR, F1 (%)
@@ -24,14 +24,12 @@ PAPER_TABLE1 = {  # the paper's Table 1: fine ROC, PR, F1, coarse ROC, PR, F1 (%
     "lp": (91.8, 85.8, 83.6, 75.3, 70.9, 67.6), "gmp": (91.9, 85.9, 83.6, 93.1, 90.7, 85.4),
     "resatt": (92.0, 86.0, 83.7, 93.1, 90.7, 85.5),
 }
-COLUMNS = [f"{lv} {m}" for lv in LEVELS for m in ("ROC-AUC", "PR-AUC", "F1")]
+COLUMNS = [f"{lv} {METRIC_LABELS[m]}" for lv in LEVELS for m in METRICS]
 
 
 def build_table(runs_dir: Path, split: str = "test") -> list[dict]:
     """One row per method with finished runs: λ selected on validation, scores over that λ's seeds."""
-    runs_dir = Path(runs_dir)
-    found = [Run(p.parent) for p in sorted(runs_dir.rglob("done.json"))] if runs_dir.is_dir() else []
-    groups = by_method(found)
+    groups = by_method(finished_runs(runs_dir))
     if not groups:
         raise HmicError(f"no finished runs under {runs_dir}; train some with 'hmic train'")
     methods = [m for m in METHOD_ORDER if m in groups] + sorted(m for m in groups if m not in METHOD_ORDER)
@@ -89,7 +87,8 @@ def figure3(rows: list[dict], path: Path) -> bool:
     if not chosen:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    for ax, metric, label in zip(axes, METRICS, ("ROC-AUC", "PR-AUC", "F1")):
+    for ax, metric in zip(axes, METRICS):
+        label = METRIC_LABELS[metric]
         data = [[100 * pr["fine"]["macro"][metric] for pr in r["aggregate"]["per_run"]] for r in chosen]
         ax.boxplot(data)
         ax.set_xticks(range(1, len(chosen) + 1), [r["method"] for r in chosen])

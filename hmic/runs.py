@@ -28,6 +28,8 @@ from .fileio import append_jsonl, atomic_path, read_json, read_jsonl, write_json
 
 SPLITS = ("val", "test")
 LEVELS = ("fine", "coarse")
+DONE = "done.json"  # a run is finished once it has this file
+THRESHOLDS = "thresholds.json"
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,11 @@ class Run:
 
     @property
     def done_path(self) -> Path:
-        return self.folder / "done.json"
+        return self.folder / DONE
 
     @property
     def thresholds_path(self) -> Path:
-        return self.folder / "thresholds.json"
+        return self.folder / THRESHOLDS
 
     def predictions_path(self, split: str) -> Path:
         if split not in SPLITS:
@@ -168,6 +170,29 @@ def _json_line(row: dict) -> str:
     return json.dumps(row) + "\n"
 
 
+def load_tuned_checkpoint(run_or_checkpoint: str | Path):
+    """A run folder's best.pt (or a checkpoint file) and its tuned thresholds (stored in the file, or
+    the run's thresholds.json); untuned is an error naming the command that tunes it.
+    Returns (``hmic.checkpoint.Checkpoint``, thresholds dict)."""
+    from .checkpoint import Checkpoint
+
+    path = Path(run_or_checkpoint)
+    run = Run(path) if path.is_dir() else None
+    ckpt = Checkpoint.load(run.best_path if run else path)
+    thresholds = ckpt.thresholds
+    if thresholds is None and run is not None and run.tuned:
+        thresholds = run.thresholds()
+    if thresholds is None:
+        raise HmicError(f"{ckpt.path} has no tuned thresholds; run 'hmic tune-thresholds {run or path.parent}'")
+    return ckpt, thresholds
+
+
+def finished_runs(folder: str | Path) -> list[Run]:
+    """Every finished run below ``folder`` (any depth), in path order."""
+    folder = Path(folder)
+    return [Run(d.parent) for d in sorted(folder.rglob(DONE))] if folder.is_dir() else []
+
+
 def find_runs(paths: list[str | Path]) -> list[Run]:
     """Run folders given directly, or every finished run below the given folders."""
     runs: list[Run] = []
@@ -176,7 +201,7 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
         if Run(p).finished:
             runs.append(Run(p))
         elif p.is_dir():
-            found = [Run(d.parent) for d in sorted(p.rglob("done.json"))]
+            found = finished_runs(p)
             if not found:
                 raise HmicError(f"no finished runs under {p}")
             runs.extend(found)
@@ -187,7 +212,7 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 
 def latest_tuned_run(runs_dir: str | Path) -> Run:
     """The most recently finished run that has tuned thresholds and a best checkpoint."""
-    candidates = [Run(p.parent) for p in Path(runs_dir).rglob("thresholds.json")]
+    candidates = [Run(p.parent) for p in Path(runs_dir).rglob(THRESHOLDS)]
     candidates = [r for r in candidates if r.best_path.exists()]
     if not candidates:
         raise HmicError(f"no run with tuned thresholds under {runs_dir}; train one and run 'hmic tune-thresholds RUN', "

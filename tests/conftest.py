@@ -78,10 +78,11 @@ def trained(prepared, tmp_path_factory) -> dict:
     """One tiny run of every method, with thresholds tuned. Keeps each run's epoch losses."""
     from hmic.evaluation import tune_run
     from hmic.runs import Run
-    from hmic.train import load_data, train_run
+    from hmic.train import train_run
+    from hmic.trainingdata import load_training_data
 
     runs_dir = tmp_path_factory.mktemp("runs")
-    data = load_data(tiny_config(prepared, runs_dir))
+    data = load_training_data(tiny_config(prepared, runs_dir))
     summaries = {}
     for method in METHODS:
         cfg = tiny_config(prepared, runs_dir, method=method, epochs=3)

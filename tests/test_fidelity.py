@@ -18,11 +18,14 @@ from hmic.dataset import OPENMIC_TAGS
 from hmic.devices import autocast
 from hmic.evaluation import tune_run
 from hmic.hierarchy import load_hierarchy
-from hmic.model import HierarchicalTagger
-from hmic.predict import Tagger, prepare, window_starts
+from hmic.model import HierarchicalModel
+from hmic.audio import window_starts
+from hmic.tagging import FileTagger
+from hmic.tagging.workers import prepare
 from hmic.runs import Run
 from hmic.synth.truth import coarse_rule_accuracy
-from hmic.train import batches, train_run
+from hmic.train import train_run
+from hmic.trainingdata import batches
 
 CPU = torch.device("cpu")
 H = load_hierarchy(None, list(OPENMIC_TAGS))
@@ -31,7 +34,7 @@ H = load_hierarchy(None, list(OPENMIC_TAGS))
 @pytest.mark.parametrize("method", ["gap", "resatt", "topdown"])
 def test_under_bf16_autocast_the_head_runs_in_float32(method):
     torch.manual_seed(0)
-    model = HierarchicalTagger(BackboneConfig("cnn14-tiny"), method, H).eval()
+    model = HierarchicalModel(BackboneConfig("cnn14-tiny"), method, H).eval()
     x = torch.randn(3, 200, 64) * 10 - 40
     with torch.no_grad(), autocast(CPU, "bf16"):
         embedding = model.backbone(x)
@@ -103,12 +106,12 @@ def test_window_starts_align_the_last_window_with_the_end():
 
 
 def test_an_11_second_file_gets_two_full_windows(trained, tmp_path):
-    tagger = Tagger.load(Path(trained["summaries"]["gmp"]["run"]))
+    tagger = FileTagger.load(Path(trained["summaries"]["gmp"]["run"]))
     wave = np.random.default_rng(0).standard_normal(16000 * 11).astype(np.float32) * 0.1
     sf.write(tmp_path / "eleven.wav", wave, 16000)
     result = tagger.tag(tmp_path / "eleven.wav")
     assert [(s["start"], s["end"]) for s in result["segments"]] == [(0.0, 10.0), (1.0, 11.0)]
-    prepared = prepare(0, tmp_path / "eleven.wav", replace(tagger.job(5.0), inputs="wave"))
+    prepared = prepare(0, tmp_path / "eleven.wav", replace(tagger.prepare_job(5.0), inputs="wave"))
     decoded, _ = sf.read(tmp_path / "eleven.wav", dtype="float32")
     assert prepared.inputs.shape == (2, 160_000)
     assert np.array_equal(prepared.inputs[-1], decoded[-160_000:])  # the file's last 10 s, no padding  

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from hmic.cli import app
 from hmic.metrics import DEFAULT_THRESHOLD, score_level, tune_thresholds
-from hmic.predict import Tagger
+from hmic.tagging import FileTagger
 
 
 def test_scores_equal_scikit_learn_with_sample_weight_masks():
@@ -111,7 +111,7 @@ def test_predict_three_minute_song_json_with_timeline(trained, song, tmp_path):
 
 
 def test_predict_mean_aggregation_and_windows_of_a_short_file(trained, tmp_path):
-    tagger = Tagger.load(Path(trained["summaries"]["gmp"]["run"]))
+    tagger = FileTagger.load(Path(trained["summaries"]["gmp"]["run"]))
     x = np.random.default_rng(0).standard_normal(16000 * 4).astype(np.float32) * 0.1
     sf.write(tmp_path / "short.wav", x, 16000)
     r = tagger.tag(tmp_path / "short.wav", aggregate="mean")

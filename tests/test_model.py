@@ -7,9 +7,10 @@ from hmic.audio import FrontendConfig
 from hmic.errors import HmicError
 from hmic.heads import HEADS, build_head, hierarchical_loss
 from hmic.hierarchy import load_hierarchy
-from hmic.backbones import BackboneConfig, build_backbone, check_frontend_tensors, count
+from hmic.backbones import BackboneConfig, build_backbone, count
+from hmic.panns import check_frontend_tensors
 from hmic.dataset import OPENMIC_TAGS
-from hmic.model import HierarchicalTagger
+from hmic.model import HierarchicalModel
 
 H = load_hierarchy(None, list(OPENMIC_TAGS))
 METHODS = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt", "lp-linear")
@@ -104,7 +105,7 @@ def test_loss_uses_only_observed_entries():
 @pytest.mark.parametrize("method", METHODS)
 def test_gradient_reaches_the_backbone(method):
     torch.manual_seed(7)
-    model = HierarchicalTagger(BackboneConfig("cnn14-tiny"), method, H)
+    model = HierarchicalModel(BackboneConfig("cnn14-tiny"), method, H)
     out = model(torch.randn(2, 200, 64))
     ft, fm, ct, cm = labels(2)
     hierarchical_loss(out, model.head, ft, torch.ones_like(fm), ct, torch.ones_like(cm), 0.8).backward()
@@ -233,7 +234,7 @@ def test_a_heads_explanation_survives_the_trip_through_json(method):
 
 
 def test_the_inference_backbone_computes_the_same_function():
-    """Tagger.load folds each BatchNorm into its convolution (Backbone.for_inference): faster, same outputs."""
+    """FileTagger.load folds each BatchNorm into its convolution (Backbone.for_inference): faster, same outputs."""
     import copy
 
     torch.manual_seed(5)

@@ -15,12 +15,12 @@ import torch
 from typer.testing import CliRunner
 
 import hmic.devices
-import hmic.predict
+import hmic.tagging.inputs
 from hmic.checkpoint import Checkpoint, read_state
 from hmic.cli import app
 from hmic.devices import resolve_precision
 from hmic.errors import HmicError
-from hmic.predict import Tagger, expand_inputs, label_track
+from hmic.tagging import FileTagger, expand_inputs, label_track
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,7 @@ class Recording:
 
 
 def test_windows_of_several_files_share_batches_and_match_one_file_at_a_time(trained, library):
-    tagger = Tagger.load(gmp_run(trained))
+    tagger = FileTagger.load(gmp_run(trained))
     files = expand_inputs([library]).files
     alone = {str(f): tagger.tag(f, batch_size=1) for f in files}
     tagger.runner = Recording(tagger.runner)
@@ -98,7 +98,7 @@ def test_unreadable_folder_entries_are_reported_not_skipped(trained, library, tm
     locked = noise_file(library / "locked.wav", 3.0, 5)
     real_access = os.access
     # tests may run as root, who reads any file: deny the permission the way the OS would
-    monkeypatch.setattr(hmic.predict.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    monkeypatch.setattr(hmic.tagging.inputs.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
     found = expand_inputs([library])
     errors = {Path(e["file"]).name: e["error"] for e in found.unreadable}
     assert "dangling symbolic link" in errors["dangling.wav"] and "permission denied" in errors["locked.wav"]
@@ -149,8 +149,8 @@ def test_bf16_decisions_agree_with_fp32(trained, library, monkeypatch):
     monkeypatch.setattr(hmic.devices, "cpu_native_bf16", lambda: True)  # emulated here, fine for a tiny model
     files = expand_inputs([library]).files
     run = str(Path(trained["summaries"]["resatt"]["run"]))
-    fp32 = [r for _, r, _ in Tagger.load(run, "cpu", "fp32").stream(files)]
-    bf16 = [r for _, r, _ in Tagger.load(run, "cpu", "bf16").stream(files)]
+    fp32 = [r for _, r, _ in FileTagger.load(run, "cpu", "fp32").stream(files)]
+    bf16 = [r for _, r, _ in FileTagger.load(run, "cpu", "bf16").stream(files)]
     assert bf16[0]["precision"] == "bf16" and fp32[0]["precision"] == "fp32"
     same = total = 0
     for a, b in zip(fp32, bf16):
@@ -173,7 +173,7 @@ def test_checkpoint_loads_memory_mapped_without_meta_tensors(trained):
 
 
 def test_the_predict_path_does_not_import_scikit_learn_or_torch():
-    code = ("import sys, hmic.cli, hmic.predict, hmic.onnxrun; "
+    code = ("import sys, hmic.cli, hmic.tagging, hmic.onnxrun; "
             "print(sorted(m for m in ('sklearn', 'skmultilearn', 'scipy', 'torch', 'torchaudio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
@@ -190,7 +190,7 @@ def test_onnx_export_parity_and_predict_backend(trained, library, tmp_path):
     from hmic.onnxrun import load_onnx_tagger
     files = expand_inputs([library]).files
     onnx_results = [r for _, r, _ in load_onnx_tagger(model).stream(files)]
-    torch_results = [r for _, r, _ in Tagger.load(run).stream(files)]
+    torch_results = [r for _, r, _ in FileTagger.load(run).stream(files)]
     for a, b in zip(onnx_results, torch_results):
         assert a["backend"] == "onnx" and b["backend"] == "torch"
         for sa, sb in zip(a["segments"], b["segments"]):
@@ -243,9 +243,27 @@ def test_graph_logmel_equals_the_front_end():
 
 def test_decoding_workers_run_one_blas_thread():
     """The resampler's matrix products in a worker must not take the cores the model runs on."""
-    code = ("import threadpoolctl; from hmic.audio import FrontendConfig; from hmic.predict import Job, _init_worker; "
-            "_init_worker(Job(FrontendConfig(), 0, 5.0, 'wave')); "
+    code = ("import threadpoolctl; from hmic.audio import FrontendConfig; from hmic.tagging.workers import PrepareJob, _init_worker; "
+            "_init_worker(PrepareJob(FrontendConfig(), 0, 5.0, 'wave')); "
             "print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
                          env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
     assert out.stdout.strip() == "[1]"
+
+
+def test_the_readme_python_example_runs_as_written(trained, library, tmp_path, monkeypatch, capsys):
+    text = (ROOT / "README.md").read_text()
+    block = text.split("From Python, the same in five lines", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    work = tmp_path / "cwd"
+    (work / "runs" / "gmp" / "lam0.80").mkdir(parents=True)
+    os.symlink(gmp_run(trained), work / "runs" / "gmp" / "lam0.80" / "seed0")
+    noise_file(work / "song.wav", 12.0, 7)
+    os.symlink(library, work / "music")
+    monkeypatch.chdir(work)
+    exec(compile(block, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed] == ["song.wav", "music/a.wav", "music/b.flac", "music/sub/c.wav"]
+    assert all("[" in line for line in printed)
+    assert len((work / "tags.jsonl").read_text().splitlines()) == 4
+    assert sorted(str(p.relative_to(work / "labels")) for p in (work / "labels").rglob("*.txt")) == [
+        "a.wav.txt", "b.flac.txt", "song.wav.txt", "sub/c.wav.txt"]

@@ -74,7 +74,7 @@ def test_a_new_head_is_one_class_and_one_registration(prepared, tmp_path, traine
         summary = train_run(tiny_config(prepared, tmp_path, method="gmp2", epochs=1), data=trained["data"], progress=False)
         assert Run(Path(summary["run"])).method == "gmp2"
     finally:
-        del HEADS["gmp2"]
+        HEADS.unregister("gmp2")
 
 
 def test_train_help_shows_every_default():

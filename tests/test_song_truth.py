@@ -13,9 +13,9 @@ from hmic.cli import app
 from hmic.errors import HmicError
 from hmic.evaluation import tune_run
 from hmic.metrics import SONG_CLIPS, song_clips_for, tune_song_thresholds, tune_thresholds
-from hmic.predict import Tagger
+from hmic.tagging import FileTagger
 from hmic.runs import Run
-from hmic.songcheck import set_scores
+from hmic.tagging.truth import set_scores
 from hmic.synth.render import AUDIBLE_FLOOR_DB, SAMPLE_RATE, default_soundfont, check_soundfont, mix_clip
 from hmic.synth.song import plan_song, read_truth, render_song, truth_path
 
@@ -85,12 +85,12 @@ def test_song_thresholds_are_tuned_on_validation_data_only(trained, tmp_path, mo
 
 
 def test_a_long_file_uses_song_thresholds_and_a_short_one_clip_thresholds(trained, song, tmp_path):
-    tagger = Tagger.load(Path(trained["summaries"]["resatt"]["run"]))
+    tagger = FileTagger.load(Path(trained["summaries"]["resatt"]["run"]))
     long_result = tagger.tag(song)
     assert long_result["threshold_basis"] == "song (4 clips)"
     i = SONG_CLIPS.index(4)
     for c, coarse in enumerate(long_result["coarse"]):
-        assert coarse["threshold"] == round(float(tagger.song_thresholds["coarse"][i][c]), 4)
+        assert coarse["threshold"] == round(float(tagger.thresholds.song["coarse"][i][c]), 4)
     sf.write(tmp_path / "short.wav", np.random.default_rng(0).standard_normal(16000 * 8).astype(np.float32) * 0.1, 16000)
     assert tagger.tag(tmp_path / "short.wav")["threshold_basis"] == "clip"
 

@@ -76,7 +76,7 @@ MINOR = (0, 2, 3, 5, 7, 8, 10)
 
 
 @dataclass
-class Part:
+class InstrumentPart:
     tag: str
     program: int
     role: str
@@ -109,7 +109,7 @@ class ClipPlan:
     tonic: int
     mode: str
     duration: float
-    parts: list[Part]
+    parts: list[InstrumentPart]
     variety: Variety | None = None
 
 
@@ -151,7 +151,7 @@ def _in_range(pitch_classes: list[int], low: int, high: int) -> list[int]:
     return [n for n in range(low, high + 1) if n % 12 in pitch_classes]
 
 
-def _write_part(rng: np.random.Generator, part: Part, voice: Voice, plan: ClipPlan, chords: list[list[int]]) -> None:
+def _write_part(rng: np.random.Generator, part: InstrumentPart, voice: Voice, plan: ClipPlan, chords: list[list[int]]) -> None:
     beat = 60.0 / plan.tempo
     bar = 4 * beat
     n_bars = int(np.ceil(plan.duration / bar)) + 1
@@ -259,7 +259,7 @@ def plan_clip(rng: np.random.Generator, key: str, artist: int, ensemble: str, du
         role = str(rng.choice(roles))
         program = int(rng.choice(voice.programs)) if voice.programs else -1
         gain = float(rng.uniform(-4, 2)) if i != quiet else float(rng.uniform(-15, -10))
-        part = Part(tag, program, role, gain, float(rng.uniform(-0.6, 0.6)))
+        part = InstrumentPart(tag, program, role, gain, float(rng.uniform(-0.6, 0.6)))
         _write_part(rng, part, voice, plan, chords)
         plan.parts.append(part)
     return plan

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset import OPENMIC_TAGS
+from ..dataset import (CLASS_MAP, LABELS_CSV, LABELS_HEADER, METADATA_CSV, OPENMIC_TAGS, TEST_PARTITION,
+                       TRAIN_PARTITION, audio_relpath)
 from ..errors import HmicError
-from ..fileio import atomic_path, write_csv, write_json, write_text
+from ..fileio import atomic_path, read_jsonl, trim_partial_line, write_csv, write_json, write_text
 from .arrange import ENSEMBLES, ClipPlan, plan_clip, plan_variety
 from .render import AUDIBLE_FLOOR_DB, SAMPLE_RATE, check_soundfont, default_soundfont, init_worker, mix_clip, worker_soundfont
 
@@ -125,18 +126,15 @@ def synthesize(out: Path, opts: SynthOptions, workers: int = 1, progress: bool =
     plans = plan_dataset(opts)
     jobs = []
     for plan in plans:
-        path = out / "audio" / plan.key[:3] / f"{plan.key}.ogg"
+        path = out / audio_relpath(plan.key)
         path.parent.mkdir(parents=True, exist_ok=True)
         jobs.append((plan, str(path)))
     levels_path = out / "synth-levels.jsonl"
     done: dict[str, dict[str, float]] = {}
     if levels_path.exists():
-        for line in levels_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if Path(jobs[0][1]).parent.parent.joinpath(row["key"][:3], f"{row['key']}.ogg").exists():
+        trim_partial_line(levels_path)  # a line cut by a kill
+        for row in read_jsonl(levels_path):
+            if (out / audio_relpath(row["key"])).exists():
                 done[row["key"]] = row["levels"]
     todo = [j for j in jobs if j[0].key not in done]
     if done:
@@ -161,14 +159,14 @@ def synthesize(out: Path, opts: SynthOptions, workers: int = 1, progress: bool =
     render_s = time.time() - t0
 
     labels = build_labels(plans, done, opts)
-    write_json(out / "class-map.json", {t: i for i, t in enumerate(OPENMIC_TAGS)})
+    write_json(out / CLASS_MAP, {t: i for i, t in enumerate(OPENMIC_TAGS)})
     meta_rows = labels["metadata"]
-    write_csv(out / "openmic-2018-aggregated-labels.csv", ["sample_key", "instrument", "relevance", "num_responses"], labels["labels"])
-    write_csv(out / "openmic-2018-metadata.csv", list(meta_rows[0]), [list(r.values()) for r in meta_rows])
+    write_csv(out / LABELS_CSV, LABELS_HEADER, labels["labels"])
+    write_csv(out / METADATA_CSV, list(meta_rows[0]), [list(r.values()) for r in meta_rows])
     write_csv(out / "synth-ground-truth.csv", ["sample_key", "instrument", "gm_program", "role", "gain_db", "level_db", "present"], labels["stems"])
     train, test = labels["train"], labels["test"]
-    write_text(out / "partitions" / "split01_train.csv", "\n".join(train) + "\n")
-    write_text(out / "partitions" / "split01_test.csv", "\n".join(test) + "\n")
+    write_text(out / TRAIN_PARTITION, "\n".join(train) + "\n")
+    write_text(out / TEST_PARTITION, "\n".join(test) + "\n")
     summary = {"options": opts_record, "complete": True, "clips": len(plans), "train": len(train), "test": len(test),
                "render_seconds": round(render_s, 2), "audible_floor_db": AUDIBLE_FLOOR_DB}
     write_json(marker, summary)

@@ -2,7 +2,7 @@
 
 An instrument counts as present only if its stem is audible in the mix (its energy at least
 ``AUDIBLE_FLOOR_DB`` relative to the mix); inaudible stems are left out of the mix entirely.
-Several SoundFonts can serve one dataset: each part names the font it is played with (``Part.font``,
+Several SoundFonts can serve one dataset: each part names the font it is played with (``InstrumentPart.font``,
 an index into the fonts given). With ``variety`` planned (``arrange.Variety``), each stem gets its own
 EQ tilt, compression and room send before the audibility measurement, and the mix gets background
 noise after it (noise is not an instrument).
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HmicError
-from .arrange import ClipPlan, Part
+from .arrange import ClipPlan, InstrumentPart
 
 SAMPLE_RATE = 44_100
 AUDIBLE_FLOOR_DB = -20.0  # a stem quieter than this relative to the mix is not labelled present
@@ -89,7 +89,7 @@ def init_worker(soundfont: bytes | Fonts) -> None:
         pass
 
 
-def render_part(part: Part, duration: float, soundfont: bytes | Fonts) -> np.ndarray:
+def render_part(part: InstrumentPart, duration: float, soundfont: bytes | Fonts) -> np.ndarray:
     """Render one part to a (L, 2) float32 stem at 44.1 kHz with its font (reset synth: deterministic)."""
     fonts = as_fonts(soundfont)
     if part.font >= len(fonts):
@@ -227,7 +227,7 @@ class StemEffects:
         self.room = rfft(ir, self.n, axis=0)
         self.octaves = np.log2(np.maximum(rfftfreq(self.n, 1 / SAMPLE_RATE), 20.0) / 1000.0)
 
-    def __call__(self, stem: np.ndarray, part: Part) -> np.ndarray:
+    def __call__(self, stem: np.ndarray, part: InstrumentPart) -> np.ndarray:
         from scipy.fft import irfft, rfft
 
         x = _compress(stem, part.compression)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .predict import Tagger
+from .tagger import FileTagger
 
 RIGHT_F1 = 0.8  # a section counts as right when its fine-level F1 reaches this
 
@@ -18,8 +18,9 @@ def set_scores(predicted: set[str], truth: set[str]) -> dict:
     return {"found": found, "missed": missed, "false": false, "precision": precision, "recall": recall, "f1": f1}
 
 
-def compare_song(result: dict, truth: dict, tagger: Tagger) -> dict:
-    """``result``: ``Tagger.tag`` output (with its segments); ``truth``: a song truth file's content."""
+def compare_song(result: dict, truth: dict, tagger: FileTagger) -> dict:
+    """``result``: ``FileTagger.tag`` output (with its segments); ``truth``: a song truth file's content
+    (``hmic.synth.song.read_truth``)."""
     h = tagger.hierarchy
     parent_of = {f: h.coarse_names[h.parent[i]] for i, f in enumerate(h.fine_names)}
     truth_fine = set(truth["instruments"])
@@ -37,7 +38,7 @@ def compare_song(result: dict, truth: dict, tagger: Tagger) -> dict:
             overlap = [min(end, s["end"]) - max(start, s["start"]) for s in segments]
             inside = [int(np.argmax(overlap))]
         fine = np.array([[segments[i]["fine"][f] for f in h.fine_names] for i in inside]).max(axis=0)
-        thresholds, basis = tagger.thresholds_for(end - start, len(inside), result["aggregate"])
+        thresholds, basis = tagger.thresholds.for_file(end - start, len(inside), result["aggregate"])
         predicted = {f for f, p, t in zip(h.fine_names, fine, thresholds["fine"]) if p >= t}
         scores = set_scores(predicted, set(section["instruments"]))
         sections.append({"start": start, "end": end, "windows": len(inside), "thresholds": basis, **scores})

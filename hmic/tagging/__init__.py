@@ -1,0 +1,18 @@
+"""Tagging audio files of any length: sliding windows → batched model → song-level fine and coarse tags.
+
+The modules, in the order a file goes through them: ``inputs`` (files and folders to tag),
+``workers`` (decoding, resampling, windows and log-mel in worker processes), ``batching`` (windows of
+several files share each forward pass), ``thresholds`` (clip or song thresholds for a file),
+``results`` (a file's result, the JSON schema, and the writers), ``tagger`` (``FileTagger``: a run
+made ready to tag), ``truth`` (a song against its ground truth), ``library`` (``tag_files``: what
+``hmic predict`` does, with resume, label tracks and truth comparison). Importing it imports no torch.
+"""
+
+from .inputs import AUDIO_SUFFIXES, AudioInputs, expand_inputs
+from .library import TaggingPlan, TaggingReport, plan_tagging, run_tagging, tag_files
+from .results import label_track
+from .tagger import DEFAULT_AGGREGATE, DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, FileTagger
+
+__all__ = ["AUDIO_SUFFIXES", "AudioInputs", "expand_inputs", "TaggingPlan", "TaggingReport", "plan_tagging",
+           "run_tagging", "tag_files", "label_track", "DEFAULT_AGGREGATE", "DEFAULT_BATCH_SIZE",
+           "DEFAULT_HOP_SECONDS", "FileTagger"]

@@ -1,0 +1,119 @@
+"""Tagging files and folders as a library does it: what ``hmic predict`` runs, callable from Python.
+
+    from hmic.tagging import FileTagger, tag_files
+    report = tag_files(FileTagger.load("runs/gmp/lam0.80/seed0"), ["music/"], jsonl="tags.jsonl", labels="labels/")
+
+``plan_tagging`` finds the files (reporting unreadable entries) and, with ``jsonl``, leaves out those
+already tagged there; ``run_tagging`` tags the rest, appends each result to the JSON Lines file as it
+finishes (a killed run resumes), writes label tracks, compares a song with its truth, and collects
+failures without stopping. ``tag_files`` is both in one call.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..errors import HmicError
+from ..fileio import append_jsonl, read_jsonl, trim_partial_line, write_text
+from .inputs import expand_inputs
+from .results import for_output, label_path, label_track, write_outputs
+from .tagger import DEFAULT_AGGREGATE, DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, FileTagger
+
+
+@dataclass
+class TaggingPlan:
+    """The files to tag now, the name of each one's label track, and what was left out (and why)."""
+
+    files: list[Path]
+    names: dict[str, Path]  # file -> its path below the input folder it was found in
+    unreadable: list[dict] = field(default_factory=list)  # folder entries that cannot be read: {"file", "error"}
+    not_audio: int = 0  # folder entries without an audio suffix
+    already_done: int = 0  # files that already have a result in the JSON Lines file
+    found: int = 0  # audio files found in all
+    truth: dict | None = None  # a song's ground truth (hmic synth-song's .truth.json)
+    jsonl: Path | None = None
+
+
+@dataclass
+class TaggingReport:
+    results: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)  # {"file", "error"}, unreadable entries included
+
+
+def default_workers(n_files: int) -> int:
+    """Decoding processes: none for one file (start-up would cost more), else min(4, half the CPUs)."""
+    return 0 if n_files <= 1 else max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def done_in_jsonl(path: str | Path) -> set[str]:
+    """Absolute paths of the files that already have a result line in a --jsonl file (failures are
+    retried). A last line cut short by a killed run is removed first, so appending stays valid."""
+    if not Path(path).exists():
+        return set()
+    trim_partial_line(path)
+    return {os.path.abspath(r["file"]) for r in read_jsonl(path) if "error" not in r and "file" in r}
+
+
+def plan_tagging(audio: Iterable[str | Path], jsonl: str | Path | None = None, truth: str | Path | None = None) -> TaggingPlan:
+    from ..synth.song import read_truth
+
+    audio = list(audio)
+    truth_data = read_truth(truth) if truth else None
+    found = expand_inputs(audio)
+    if not found.files and not found.unreadable:
+        raise HmicError("no audio files found in " + ", ".join(map(str, audio)))
+    if truth_data is not None and len(found.files) != 1:
+        raise HmicError("--truth compares one song: give exactly one audio file")
+    todo = found.files
+    if jsonl is not None:
+        done = done_in_jsonl(jsonl)
+        todo = [f for f in todo if os.path.abspath(f) not in done]
+    return TaggingPlan(todo, dict(zip(map(str, found.files), found.names)), found.unreadable, found.not_audio,
+                       len(found.files) - len(todo), len(found.files), truth_data, Path(jsonl) if jsonl else None)
+
+
+def run_tagging(tagger: FileTagger, plan: TaggingPlan, *, hop_seconds: float = DEFAULT_HOP_SECONDS,
+                aggregate: str = DEFAULT_AGGREGATE, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
+                labels: str | Path | None = None, segments: bool = False, json_out: str | Path | None = None,
+                csv_out: str | Path | None = None,
+                on_file: Callable[[str, dict | None, str | None], None] | None = None) -> TaggingReport:
+    """Tag the plan's files; ``on_file(path, result, error)`` after each one (progress, printing).
+    A failed file is reported and the others go on. ``json_out``/``csv_out`` hold this call's files only."""
+    from .truth import compare_song
+
+    report = TaggingReport()
+
+    def failed(entry: dict) -> None:
+        report.failures.append(entry)
+        if plan.jsonl is not None:
+            append_jsonl(plan.jsonl, entry)
+
+    for entry in plan.unreadable:
+        failed(entry)
+    workers = default_workers(len(plan.files)) if workers is None else workers
+    for path, result, error in tagger.stream(plan.files, hop_seconds, aggregate, batch_size, workers):
+        if error is not None:
+            failed({"file": path, "error": error})
+        else:
+            if plan.truth is not None:
+                result["truth_comparison"] = compare_song(result, plan.truth, tagger)
+            if labels is not None:
+                write_text(label_path(Path(labels), plan.names[path]), label_track(result))
+            if plan.jsonl is not None:
+                append_jsonl(plan.jsonl, for_output(result, segments))
+            report.results.append(result)
+        if on_file is not None:
+            on_file(path, result, error)
+    write_outputs(report.results, report.failures, Path(json_out) if json_out else None,
+                  Path(csv_out) if csv_out else None, segments)
+    return report
+
+
+def tag_files(tagger: FileTagger, audio: Iterable[str | Path], *, jsonl: str | Path | None = None,
+              truth: str | Path | None = None, **options) -> TaggingReport:
+    """``plan_tagging`` then ``run_tagging`` (its keyword options: hop_seconds, aggregate, batch_size,
+    workers, labels, segments, json_out, csv_out, on_file)."""
+    return run_tagging(tagger, plan_tagging(audio, jsonl, truth), **options)

@@ -1,0 +1,95 @@
+"""``FileTagger``: a trained run made ready to tag audio files of any length, over PyTorch
+(``FileTagger.load``) or onnxruntime (``hmic.onnxrun.load_onnx_tagger``). ``stream(files)`` is the
+library path: workers prepare files ahead of the model (``workers``), windows of several files share
+batches (``batching``), and each file's result (``results.file_result``) comes back in input order.
+Importing this module does not import torch: over onnxruntime, nothing does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..audio import AudioError, FrontendConfig
+from ..devices import resolve_device, resolve_precision
+from ..errors import HmicError
+from ..explain import Explainer
+from ..hierarchy import Hierarchy
+from ..inference import TorchRunner
+from .batching import Runner, run_batched
+from .results import file_result
+from .thresholds import TagThresholds
+from .workers import PrepareJob, prepare_all
+
+DEFAULT_HOP_SECONDS = 5.0  # between 10-s windows
+DEFAULT_AGGREGATE = "max"  # song-level aggregation of window probabilities ("max" or "mean")
+AGGREGATES = ("max", "mean")
+DEFAULT_BATCH_SIZE = 8  # windows per forward pass
+
+
+@dataclass
+class FileTagger:
+    runner: Runner
+    hierarchy: Hierarchy
+    method: str
+    explainer: Explainer  # how the head explains a coarse decision (hmic.explain)
+    frontend: FrontendConfig
+    min_samples: int
+    thresholds: TagThresholds
+    source: str
+
+    @classmethod
+    def load(cls, run_or_checkpoint: str | Path, device: str = "cpu", precision: str = "fp32") -> "FileTagger":
+        """From a run folder (its best.pt) or an hmic checkpoint, over PyTorch; needs tuned thresholds.
+        (An exported ONNX file: ``hmic.onnxrun.load_onnx_tagger``.)"""
+        from ..runs import load_tuned_checkpoint
+        from ..stack import require_torch_stack
+
+        require_torch_stack()
+        import torch
+
+        dev = resolve_device(device)
+        precision = resolve_precision(dev, precision)
+        ckpt, thresholds = load_tuned_checkpoint(run_or_checkpoint)
+        model = ckpt.model.eval()
+        model.backbone.for_inference()  # the same function, faster (README, "Project choices")
+        model = model.to(dev, memory_format=torch.channels_last)
+        runner = TorchRunner(model, dev, precision)
+        return cls.build(runner, model.hierarchy, model.method, model.head.explainer(), ckpt.frontend,
+                         model.backbone.min_samples(ckpt.frontend), thresholds, str(ckpt.path))
+
+    @classmethod
+    def build(cls, runner: Runner, hierarchy: Hierarchy, method: str, explainer: Explainer, frontend: FrontendConfig,
+              min_samples: int, thresholds: dict, source: str) -> "FileTagger":
+        """``thresholds``: as stored by tune-thresholds ({"fine": {tag: t}, "coarse": …, "song": …})."""
+        return cls(runner, hierarchy, method, explainer, frontend, min_samples,
+                   TagThresholds.from_stored(thresholds, hierarchy, frontend.clip_seconds, source), source)
+
+    def prepare_job(self, hop_seconds: float) -> PrepareJob:
+        return PrepareJob(self.frontend, self.min_samples, hop_seconds, self.runner.inputs)
+
+    def tag(self, path: str | Path, hop_seconds: float = DEFAULT_HOP_SECONDS, aggregate: str = DEFAULT_AGGREGATE,
+            batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+        """Tag one audio file of any length (raises AudioError). See the README for the JSON schema."""
+        for _, result, error in self.stream([path], hop_seconds, aggregate, batch_size):
+            if error is not None:
+                raise AudioError(error)
+            return result
+        raise AssertionError("unreachable")
+
+    def stream(self, paths: Iterable[str | Path], hop_seconds: float = DEFAULT_HOP_SECONDS,
+               aggregate: str = DEFAULT_AGGREGATE, batch_size: int = DEFAULT_BATCH_SIZE,
+               workers: int = 0) -> Iterator[tuple[str, dict | None, str | None]]:
+        """(path, result, None) or (path, None, error) for every file, in input order."""
+        if aggregate not in AGGREGATES:
+            raise HmicError(f"--aggregate must be {' or '.join(AGGREGATES)}")
+        if hop_seconds <= 0:
+            raise HmicError("--hop must be positive")
+        if batch_size < 1:
+            raise HmicError("--batch-size must be at least 1")
+        prepared = prepare_all([str(p) for p in paths], self.prepare_job(hop_seconds), workers)
+        for file, windows in run_batched(prepared, self.runner, batch_size):
+            if windows is None:
+                yield file.path, None, file.error
+            else:
+                yield file.path, file_result(self, file, windows, hop_seconds, aggregate), None

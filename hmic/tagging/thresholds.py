@@ -1,0 +1,45 @@
+"""Which thresholds read a file's probabilities: the clip thresholds for one window (and for mean
+aggregation), the song thresholds of the nearest pseudo-song length for the max over several windows
+(README, "Song-level calibration")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import HmicError
+from ..hierarchy import Hierarchy
+from ..metrics import SONG_CLIPS, song_clips_for
+from ..runs import LEVELS
+
+
+@dataclass
+class TagThresholds:
+    clip: dict[str, np.ndarray]  # level -> (K,): for one window (clip)
+    song: dict[str, np.ndarray] | None  # level -> (len(SONG_CLIPS), K): for the max over a song's windows
+    clip_seconds: float
+
+    @classmethod
+    def from_stored(cls, thresholds: dict, hierarchy: Hierarchy, clip_seconds: float, source: str) -> "TagThresholds":
+        """``thresholds``: as stored by tune-thresholds ({"fine": {tag: t}, "coarse": …, "song": …})."""
+        levels = dict(zip(LEVELS, (hierarchy.fine_names, hierarchy.coarse_names)))
+        try:
+            clip = {level: np.array([thresholds[level][n] for n in names]) for level, names in levels.items()}
+        except KeyError as e:
+            raise HmicError(f"{source}: its thresholds have no entry for {e}; re-run 'hmic tune-thresholds'") from None
+        stored = thresholds.get("song")
+        song = None
+        if stored is not None and tuple(stored.get("clips", ())) == SONG_CLIPS:
+            song = {level: np.array([stored[level][n] for n in names]).T for level, names in levels.items()}
+        return cls(clip, song, clip_seconds)
+
+    def for_file(self, seconds: float, windows: int, aggregate: str = "max") -> tuple[dict[str, np.ndarray], str]:
+        """The thresholds for ``windows`` windows spanning ``seconds``, aggregated by ``aggregate``: the
+        clip thresholds for one window (or for mean aggregation, or a run tuned without song thresholds),
+        else the song thresholds of the nearest pseudo-song length. Returns (level -> (K,), what they are)."""
+        if windows <= 1 or aggregate != "max" or self.song is None:
+            return self.clip, "clip"
+        clips = song_clips_for(seconds, self.clip_seconds)
+        i = SONG_CLIPS.index(clips)
+        return {level: t[i] for level, t in self.song.items()}, f"song ({clips} clips)"

@@ -1,0 +1,76 @@
+"""The data a run trains on: the split's parts read from the feature store, with fine and coarse targets.
+
+``load_training_data(cfg)`` reads the dataset's labels, the split and the feature store once; runs
+with the same ``data_key`` (``hmic.grid``) share it. ``batches`` reads log-mel batches from the
+memory-mapped store in file order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .audio import FrontendConfig
+from .backbones import backbone_class
+from .config import TrainConfig
+from .dataset import OpenMIC, resolve_data_dir, resolve_work_dir
+from .features import FeatureStore
+from .hierarchy import Hierarchy, load_hierarchy
+from .split import PARTS, load_split, split_dir
+
+
+@dataclass
+class SplitPart:
+    """The clips of one split part (train, val or test), with fine and coarse targets and masks."""
+
+    keys: list[str]
+    rows: np.ndarray  # (N,) rows of the feature store
+    fine_targets: np.ndarray  # (N, F) float32
+    fine_mask: np.ndarray  # (N, F) bool
+    coarse_targets: np.ndarray  # (N, C) float32
+    coarse_mask: np.ndarray  # (N, C) bool
+
+
+@dataclass
+class TrainingData:
+    """The feature store, the hierarchy and the three parts of the split."""
+
+    store: FeatureStore
+    hierarchy: Hierarchy
+    parts: dict[str, SplitPart] = field(default_factory=dict)
+
+
+def data_key(cfg: TrainConfig) -> tuple:
+    """Runs with the same key read the same data (dataset, split, features, hierarchy, targets)."""
+    return (cfg.data_dir, cfg.work_dir, cfg.hierarchy, cfg.coarse_rule, cfg.clip_seconds, cfg.arch)
+
+
+def load_training_data(cfg: TrainConfig) -> TrainingData:
+    root = resolve_data_dir(cfg.data_dir)
+    dataset = OpenMIC.load(root)
+    work = resolve_work_dir(root, cfg.work_dir or None)
+    hierarchy = load_hierarchy(cfg.hierarchy or None, dataset.class_names)
+    split = load_split(split_dir(work))
+    store = FeatureStore.open(work, FrontendConfig(clip_seconds=cfg.clip_seconds, n_mels=backbone_class(cfg.arch).n_mels))
+    data = TrainingData(store, hierarchy)
+    for name in PARTS:
+        keys = store.usable(split.part(name), name)
+        labels = dataset.labels.subset(keys)
+        ct, cm = hierarchy.coarse_targets(labels.targets, labels.mask, cfg.coarse_rule)
+        data.parts[name] = SplitPart(keys, store.rows(keys), labels.targets, labels.mask, ct, cm)
+    return data
+
+
+def batches(part: SplitPart, store: FeatureStore, batch_size: int, order: np.ndarray | None = None):
+    """Yield (logmel (B, T, M) float32, fine_t, fine_m, coarse_t, coarse_m, indices) from the memmap."""
+    order = np.arange(len(part.keys)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        rows = part.rows[idx]
+        sort = np.argsort(rows)  # read the memmap in file order, then restore the batch order
+        x = np.empty((len(rows),) + store.shape[1:], dtype=np.float32)
+        x[sort] = store.data[rows[sort]]
+        yield (torch.from_numpy(x), torch.from_numpy(part.fine_targets[idx]), torch.from_numpy(part.fine_mask[idx]),
+               torch.from_numpy(part.coarse_targets[idx]), torch.from_numpy(part.coarse_mask[idx]), idx)
