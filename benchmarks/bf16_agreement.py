@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +22,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hmic.devices  # noqa: E402
-from hmic.predict import Tagger  # noqa: E402
+from hmic.tagging import FileTagger as Tagger  # noqa: E402
 from hmic.synth.song import render_song  # noqa: E402
 from predict import probabilities  # noqa: E402
 

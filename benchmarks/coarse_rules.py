@@ -11,10 +11,8 @@ stems is audible), split into wrong positives and wrong negatives.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hmic.synth.truth import coarse_rule_accuracy  # noqa: E402
 

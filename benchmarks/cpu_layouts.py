@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hmic.backbones import BackboneConfig, Cnn14  # noqa: E402
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hmic.audio import FrontendConfig  # noqa: E402
 from hmic.dataset import OpenMIC  # noqa: E402

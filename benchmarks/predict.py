@@ -37,8 +37,6 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import device_name  # noqa: E402
 
@@ -49,8 +47,9 @@ from hmic.checkpoint import save_checkpoint  # noqa: E402
 from hmic.dataset import OPENMIC_TAGS  # noqa: E402
 from hmic.devices import cpu_native_bf16, resolve_device  # noqa: E402
 from hmic.hierarchy import load_hierarchy  # noqa: E402
-from hmic.model import HierarchicalTagger  # noqa: E402
-from hmic.predict import Tagger, window_starts  # noqa: E402
+from hmic.model import HierarchicalModel  # noqa: E402
+from hmic.audio import window_starts  # noqa: E402
+from hmic.tagging import FileTagger as Tagger  # noqa: E402
 from hmic.synth.song import render_song  # noqa: E402
 from hmic.config import TrainConfig  # noqa: E402
 
@@ -159,7 +158,7 @@ def main() -> None:
     cfg = FrontendConfig()
     h = load_hierarchy(None, list(OPENMIC_TAGS))
     torch.manual_seed(0)
-    model = HierarchicalTagger(BackboneConfig("cnn14"), "resatt", h).eval()
+    model = HierarchicalModel(BackboneConfig("cnn14"), "resatt", h).eval()
     thresholds = {"fine": {n: 0.5 for n in h.fine_names}, "coarse": {n: 0.5 for n in h.coarse_names}}
     ckpt = tmp / "best.pt"
     save_checkpoint(ckpt, model, cfg, asdict(TrainConfig(method="resatt", arch="cnn14", pretrained="none")),
@@ -212,7 +211,7 @@ def main() -> None:
     done = sum(r is not None for _, r, _ in fp32.stream(files, batch_size=args.batch, workers=args.workers))
     folder_seconds = time.perf_counter() - t0
     assert done == len(files)
-    from hmic.predict import Job, prepare
+    from hmic.tagging.workers import PrepareJob as Job, prepare
 
     job = Job(cfg, 0, 5.0, "logmel")
     inputs = np.concatenate([prepare(0, f, job).inputs for f in files[:4]])

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import device_name, matmul_peak, sync  # noqa: E402
 from hmic.backbones import BACKBONES, BackboneConfig, count  # noqa: E402
@@ -27,7 +24,7 @@ from hmic.dataset import OPENMIC_TAGS  # noqa: E402
 from hmic.devices import DEVICE_HELP, PRECISIONS, autocast, resolve_device  # noqa: E402
 from hmic.heads import hierarchical_loss  # noqa: E402
 from hmic.hierarchy import load_hierarchy  # noqa: E402
-from hmic.model import HierarchicalTagger  # noqa: E402
+from hmic.model import HierarchicalModel  # noqa: E402
 
 
 def main() -> None:
@@ -46,7 +43,7 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     h = load_hierarchy(None, list(OPENMIC_TAGS))
     cfg = BackboneConfig(args.arch)
-    model = HierarchicalTagger(cfg, args.method, h).to(device, memory_format=torch.channels_last).train()
+    model = HierarchicalModel(cfg, args.method, h).to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
     x = torch.randn(args.batch, 1001, 64, device=device) * 10 - 40
     ft = (torch.rand(args.batch, 20, device=device) < 0.3).float()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from hmic.audio import FrontendConfig  # noqa: E402
 from hmic.checkpoint import Checkpoint  # noqa: E402
@@ -39,7 +37,8 @@ from hmic.split import make_split, save_split, split_dir, split_meta  # noqa: E4
 from hmic.synth.dataset import SynthOptions, synthesize  # noqa: E402
 from hmic.synth.render import default_soundfont  # noqa: E402
 from hmic.config import TrainConfig  # noqa: E402
-from hmic.train import load_data, predict_part, train_run  # noqa: E402
+from hmic.train import predict_part, train_run  # noqa: E402
+from hmic.trainingdata import load_training_data  # noqa: E402
 
 
 def prepare(root: Path, opts: SynthOptions, workers: int) -> Path:
@@ -60,7 +59,7 @@ def macro(scores) -> float:
 def held_out_scores(run: Run, cfg: TrainConfig) -> dict:
     """The run's model on every clip of another stand-in (its own labels), macro ROC-AUC per level."""
     model = Checkpoint.load(run.best_path).model
-    data = load_data(cfg)
+    data = load_training_data(cfg)
     device = resolve_device("cpu")
     preds = [predict_part(model, data.parts[p], data.store, device) for p in ("train", "val", "test")]
     out = {}
