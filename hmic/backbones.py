@@ -48,7 +48,7 @@ class Backbone(nn.Module):
     def check_frontend(self, frontend: FrontendConfig) -> None:
         if frontend.n_mels != self.n_mels:
             raise HmicError(f"{self.registered_name} expects {self.n_mels} mel bands but the features have {frontend.n_mels}; "
-                            f"re-run 'hmic featurize' with n_mels={self.n_mels}")
+                            f"compute features for it with 'hmic featurize --n-mels {self.n_mels}'")
 
     def load_pretrained(self, path: str | Path, frontend: FrontendConfig, strict_frontend: bool = True, warn=None) -> None:
         """Load pretrained weights; ``strict_frontend``: a checkpoint whose frozen front-end differs from

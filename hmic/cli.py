@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from .audio import FrontendConfig
 from .config import TRAIN_OPTIONS, TrainConfig, flag
 from .devices import DEVICE_HELP
 from .download import BASE_URL_ENV, CHECKPOINT_DIR, DOWNLOADS_DIR
@@ -146,19 +147,19 @@ def featurize(
     data_dir: DataDir = None,
     work_dir: WorkDir = None,
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = max(1, os.cpu_count() or 1),
-    clip_seconds: Annotated[float, typer.Option(help="Clip length the features are fitted to.")] = 10.0,
+    clip_seconds: Annotated[float, typer.Option(help="Clip length the features are fitted to.")] = FrontendConfig.clip_seconds,
+    n_mels: Annotated[int, typer.Option(help="Mel bands (a backbone's own: every registered one takes 64).")] = FrontendConfig.n_mels,
     force: Annotated[bool, typer.Option(help="Recompute a store made for another set of clips.")] = False,
 ) -> None:
     """Compute CNN14 log-mel features of every clip into a memory-mapped float16 store (resumable)."""
     from .stack import require_torch_stack
 
     require_torch_stack()
-    from .audio import FrontendConfig
     from .dataset import OpenMIC, resolve_data_dir, resolve_work_dir
     from .features import featurize_dataset
 
     root = resolve_data_dir(data_dir)
-    s = featurize_dataset(OpenMIC.load(root), resolve_work_dir(root, work_dir), FrontendConfig(clip_seconds=clip_seconds),
+    s = featurize_dataset(OpenMIC.load(root), resolve_work_dir(root, work_dir), FrontendConfig(clip_seconds=clip_seconds, n_mels=n_mels),
                           workers=workers, force=force, console=err)
     table = Table(title=f"featurize → {s.folder}")
     for col in ("clips", "done now", "failed", "skipped (already done)", "time", "throughput"):
@@ -315,6 +316,12 @@ def evaluate(
         table.add_row(lv, *[f"{100 * agg.mean[lv][m][0]:.2f} ± {100 * agg.mean[lv][m][1]:.2f}" for m in METRICS],
                       ", ".join(agg.left_out[lv]) or "-")
     console.print(table)
+    beyond = Table(title="beyond the paper: the hierarchy and calibration (mean ± std over runs)")
+    beyond.add_column("measure")
+    beyond.add_column("value", justify="right")
+    for name, (m, sd) in agg.beyond.items():
+        beyond.add_row(name.replace("_", " "), f"{m:.4f} ± {sd:.4f}")
+    console.print(beyond)
     if per_tag:
         for lv in LEVELS:
             t = Table(title=f"{lv} tags (mean over runs, %)")
@@ -326,6 +333,47 @@ def evaluate(
             console.print(t)
     if json_out:
         write_json(json_out, {"split": split.value, **agg.to_dict()})
+        console.print(f"written {json_out}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Two method folders (A B), or one runs folder compared against --reference.")],
+    reference: Annotated[str, typer.Option(help="With one runs folder: the method every other is compared with.")] = "flat",
+    split: Annotated[ScoredSplit, typer.Option(help="Which part to score.")] = ScoredSplit.test,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the test clips.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every comparison to this JSON file.")] = None,
+) -> None:
+    """Is a difference real? Paired by seed: mean difference, 95% CI and p-value per level and metric. Reads only."""
+    from .fileio import write_json
+    from .metrics import METRIC_LABELS
+    from .report import selected_runs
+    from .significance import PROCEDURE, against_reference, compare as compare_runs
+
+    if len(runs) == 2:
+        (a_name, a), (b_name, b) = (next(iter(selected_runs(r).items())) for r in runs)
+        results, corrected = {f"{a_name} − {b_name}": compare_runs(a, b, split.value, bootstrap, seed)}, False
+    elif len(runs) == 1:
+        groups = selected_runs(runs[0])
+        results = {f"{m} − {reference}": d for m, d in against_reference(groups, reference, split.value, bootstrap, seed).items()}
+        corrected = len(results) > 1
+    else:
+        raise typer.BadParameter("give two method folders, or one runs folder (with --reference)")
+    for title, diffs in results.items():
+        t = Table(title=f"{title} ({split.value} split, {diffs[0].pairs} seed pair(s), percentage points)")
+        for col in ("level", "metric", "difference", "95% CI", "p") + (("p (Holm)",) if corrected else ()) + ("",):
+            t.add_column(col, justify="left" if col in ("level", "metric") else "right")
+        for d in diffs:
+            mark = ("[green]better[/]" if d.mean > 0 else "[red]worse[/]") if d.significant() else "[dim]n.s.[/]"
+            t.add_row(d.level, METRIC_LABELS[d.metric], f"{100 * d.mean:+.2f}", f"[{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]",
+                      f"{d.p_value:.3f}", *((f"{d.p_holm:.3f}",) if corrected else ()), mark)
+        console.print(t)
+    console.print(f"procedure: {PROCEDURE}; {bootstrap} bootstrap resamples (seed {seed})"
+                  + ("; p-values Holm-corrected over the methods, per level and metric" if corrected else ""), soft_wrap=True)
+    if json_out:
+        write_json(json_out, {"procedure": PROCEDURE, "bootstrap": bootstrap, "seed": seed, "split": split.value,
+                              "comparisons": {k: [d.to_dict() for d in v] for k, v in results.items()}})
         console.print(f"written {json_out}")
 
 
@@ -361,12 +409,8 @@ def predict(
     """Tag songs of any length, or whole libraries, with fine and coarse instrument tags."""
     from .runs import latest_tuned_run
     from .tagging import FileTagger, plan_tagging, run_tagging
+    from .tagging.library import producer
 
-    plan = plan_tagging(audio, jsonl, truth)
-    if plan.not_audio:
-        err.print(f"{plan.not_audio} folder entries without an audio suffix were left out", highlight=False, soft_wrap=True)
-    if plan.already_done:
-        err.print(f"{jsonl}: {plan.already_done} file(s) already tagged there are skipped", highlight=False, soft_wrap=True)
     if run is None:
         run = latest_tuned_run(runs_dir).folder
         err.print(f"using the latest run with tuned thresholds: {run}")
@@ -376,6 +420,11 @@ def predict(
         tagger = load_onnx_tagger(run, device, precision)
     else:
         tagger = FileTagger.load(run, device, precision)
+    plan = plan_tagging(audio, jsonl, truth, labels, producer(tagger, hop, aggregate.value))
+    if plan.not_audio:
+        err.print(f"{plan.not_audio} folder entries without an audio suffix were left out", highlight=False, soft_wrap=True)
+    if plan.already_done:
+        err.print(f"{jsonl}: {plan.already_done} file(s) already tagged there are skipped", highlight=False, soft_wrap=True)
     show = tables if tables is not None else plan.found <= TABLES_UP_TO
     for entry in plan.unreadable:
         _print_failure(entry["error"])

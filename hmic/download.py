@@ -130,21 +130,38 @@ def download_file(url: str, dest: Path, md5: str, console: Console | None = None
     return dest
 
 
-def _check_member(member: tarfile.TarInfo, target: Path) -> None:
-    """Refuse absolute paths, '..' components, links that point out, devices (before extracting)."""
-    name = member.name
-    if name.startswith(("/", "\\")) or PurePosixPath(name).is_absolute() or (len(name) > 1 and name[1] == ":"):
-        raise HmicError(f"archive entry {name!r} has an absolute path; refusing to extract anything")
-    if ".." in PurePosixPath(name).parts:
-        raise HmicError(f"archive entry {name!r} escapes the target folder ('..'); refusing to extract anything")
-    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        raise HmicError(f"archive entry {name!r} is not a file, folder or link; refusing to extract anything")
-    if member.issym() or member.islnk():
-        link = member.linkname
-        base = (target / name).parent if member.issym() else target
-        resolved = os.path.normpath(os.path.join(base, link))
-        if os.path.isabs(link) or not (resolved + os.sep).startswith(str(target) + os.sep):
-            raise HmicError(f"archive entry {name!r} links to {link!r} outside the target folder; refusing to extract anything")
+ESCAPE = "the archive tried to escape its folder; refusing to extract anything"
+
+
+def check_members(members: list[tarfile.TarInfo]) -> None:
+    """Refuse, before anything is written, every entry that could land outside the target folder:
+    absolute paths, '..' components, devices, links whose target (taken from the link's own folder,
+    through the links the archive itself makes) leaves the folder, and any entry whose path runs
+    through a link of the archive (``x -> .`` then ``x/y -> ..``: each harmless alone, an escape
+    together), since where such an entry lands depends on the link, not on its name."""
+    links: set[PurePosixPath] = set()
+    for member in members:
+        name = member.name
+        path = PurePosixPath(name)
+        if name.startswith(("/", "\\")) or path.is_absolute() or (len(name) > 1 and name[1] == ":"):
+            raise HmicError(f"archive entry {name!r} has an absolute path: {ESCAPE}")
+        if ".." in path.parts:
+            raise HmicError(f"archive entry {name!r} uses '..': {ESCAPE}")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise HmicError(f"archive entry {name!r} is not a file, folder or link; refusing to extract anything")
+        through = next((parent for parent in path.parents if parent in links), None)
+        if through is not None:
+            raise HmicError(f"archive entry {name!r} lies through the link {str(through)!r}: {ESCAPE}")
+        if member.issym() or member.islnk():
+            link = member.linkname
+            base = path.parent if member.issym() else PurePosixPath(".")
+            target = PurePosixPath(os.path.normpath(str(base / link)))
+            if PurePosixPath(link).is_absolute() or target.parts[:1] == ("..",):
+                raise HmicError(f"archive entry {name!r} links to {link!r}, outside the target folder: {ESCAPE}")
+            hops = [target, *target.parents]
+            if any(h in links for h in hops):
+                raise HmicError(f"archive entry {name!r} links to {link!r} through another link of the archive: {ESCAPE}")
+            links.add(path)
 
 
 def safe_extract(archive: Path, target: Path, console: Console | None = None) -> None:
@@ -155,8 +172,7 @@ def safe_extract(archive: Path, target: Path, console: Console | None = None) ->
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
-            for m in members:
-                _check_member(m, target)
+            check_members(members)
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task(f"extracting {archive.name}", total=len(members))
                 for m in members:

@@ -25,7 +25,7 @@ from torch import nn
 from .audio import FrontendConfig
 from .logmel import GraphLogMel, LogMel
 from .model import HierarchicalModel
-from .onnxrun import FORMAT, FORMAT_VERSION, METADATA_KEY, OnnxRunner, need, weights_path
+from .onnxrun import FORMAT, FORMAT_VERSION, METADATA_KEY, OnnxRunner, need, weights_digest, weights_path
 from .runs import load_tuned_checkpoint
 
 OPSET = 17
@@ -88,14 +88,19 @@ def export_onnx(source: str | Path, out: str | Path, opset: int = OPSET) -> dict
                 "min_samples": model.backbone.min_samples(frontend), "embedding_dim": model.backbone.embedding_dim,
                 "explainer": model.head.explainer().to_dict(), "inputs": {"wave": ["batch", frontend.clip_samples]},
                 "outputs": names, "checkpoint": str(ckpt.path), "backbone": ckpt.state["backbone"]}
+        # The weights go to <out>.data beside the graph (ONNX external data): onnxruntime maps that file
+        # instead of parsing 300 MB of protobuf, so a session opens in about 0.1 s (README, "Tagging
+        # speed"). Both are written in a folder beside ``out``, then moved into place, weights first;
+        # the graph's metadata records the weights' digest, so a graph beside another export's
+        # weights (a crash between the two moves) is refused when opened.
+        onnx.save_model(graph, str(Path(work) / out.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        graph = onnx.load(str(Path(work) / out.name), load_external_data=False)
+        meta["weights"] = weights_digest(Path(work) / data.name)
         del graph.metadata_props[:]
         entry = graph.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-        # The weights go to <out>.data beside the graph (ONNX external data): onnxruntime maps that file
-        # instead of parsing 300 MB of protobuf, so a session opens in about 0.1 s (README, "Tagging
-        # speed"). Both are written in a folder beside ``out``, then moved into place, weights first.
-        onnx.save_model(graph, str(Path(work) / out.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
+        onnx.save_model(graph, str(Path(work) / out.name))
         umask = os.umask(0)
         os.umask(umask)
         for name, final in ((data.name, data), (out.name, out)):

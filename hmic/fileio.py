@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -19,9 +20,20 @@ from typing import Any, Iterable, Iterator, Sequence
 CHUNK = 1 << 20
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's) data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``."""
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``, durably: the
+    temporary file is fsynced before the rename and the folder after it (as SQLite and pip do), so
+    that after a power loss ``path`` is the old file or the new one, never an empty one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,7 +41,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fsync_path(tmp_path)
         os.replace(tmp_path, path)
+        try:
+            fsync_path(path.parent)
+        except OSError as e:  # a few file systems cannot fsync a folder; the rename has happened
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+                raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -67,18 +85,26 @@ def trim_partial_line(path: str | os.PathLike) -> bool:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Every row of a JSON Lines file. A last line without its newline (cut by a kill) is ignored; any
+    other line that is not JSON is an error naming its line number, never a silent stop."""
+    from .errors import HmicError
+
     rows = []
     p = Path(path)
     if not p.exists():
         return rows
-    for line in p.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
+    text = p.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash: ignore it
-            break
+        except json.JSONDecodeError as e:
+            if number == len(lines) and not text.endswith("\n"):  # the line a kill cut short
+                break
+            raise HmicError(f"{p}, line {number}: not a JSON line ({e.msg}); the file is damaged: repair or "
+                            "remove that line (every other line is kept)") from None
     return rows
 
 

@@ -131,3 +131,71 @@ def song_clips_for(duration_seconds: float, clip_seconds: float) -> int:
     """The pseudo-song length (in clips) whose thresholds fit a file of this duration."""
     clips = max(duration_seconds / clip_seconds, 1.0)
     return min(SONG_CLIPS, key=lambda c: abs(np.log2(c) - np.log2(clips)))
+
+
+# Beyond the paper: what a hierarchical head is supposed to buy, and how well its probabilities are
+# calibrated (README, "Is the difference real?").
+ECE_BINS = 15
+
+
+def consistency(fine_present: np.ndarray, coarse_present: np.ndarray, parent: np.ndarray) -> dict:
+    """How often the decisions contradict the hierarchy, over every (clip, coarse tag) pair (decisions
+    need no labels, so every pair counts): a child present while its parent is absent, or a parent
+    present with every child absent. fine_present (N, F), coarse_present (N, C) bool; parent (F,)."""
+    n, c = coarse_present.shape
+    child_without_parent = np.zeros((n, c), dtype=bool)
+    any_child = np.zeros((n, c), dtype=bool)
+    for k in range(c):
+        kids = np.flatnonzero(parent == k)
+        child_without_parent[:, k] = fine_present[:, kids].any(axis=1) & ~coarse_present[:, k]
+        any_child[:, k] = fine_present[:, kids].any(axis=1)
+    parent_without_child = coarse_present & ~any_child
+    wrong = child_without_parent | parent_without_child
+    return {"violation_rate": float(wrong.mean()), "child_without_parent": float(child_without_parent.mean()),
+            "parent_without_child": float(parent_without_child.mean()), "pairs": int(wrong.size)}
+
+
+def hierarchical_prf(fine_present: np.ndarray, coarse_present: np.ndarray, fine_targets: np.ndarray,
+                     fine_mask: np.ndarray, coarse_targets: np.ndarray, coarse_mask: np.ndarray,
+                     parent: np.ndarray) -> dict:
+    """Hierarchical precision, recall and F1 (Kiritchenko et al.; HiClass's multi-label form): the
+    predicted set of a clip is extended with the ancestors of its predicted fine tags, the true set
+    likewise (the coarse targets are the fine targets' ancestors), and both are counted over observed
+    entries only (each level's mask). Micro: ratios of the sums over all (clip, tag) entries; macro:
+    the mean over tags of each tag's precision, recall and F1."""
+    extended = coarse_present.copy()
+    for f, k in enumerate(parent):
+        extended[:, k] |= fine_present[:, f]
+    pred = np.concatenate([fine_present, extended], axis=1).astype(bool)
+    true = np.concatenate([fine_targets > 0.5, coarse_targets > 0.5], axis=1)
+    mask = np.concatenate([fine_mask, coarse_mask], axis=1).astype(bool)
+    tp, p, t = (pred & true & mask).sum(axis=0), (pred & mask).sum(axis=0), (true & mask).sum(axis=0)
+
+    def prf(tp, p, t):
+        precision = np.where(p > 0, tp / np.maximum(p, 1), np.nan)
+        recall = np.where(t > 0, tp / np.maximum(t, 1), np.nan)
+        with np.errstate(invalid="ignore"):
+            f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        return precision, recall, np.where(np.isnan(precision) | np.isnan(recall), np.nan, f1)
+
+    micro = prf(tp.sum(), p.sum(), t.sum())
+    macro = [float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for v in prf(tp, p, t)]
+    return {"micro": {"precision": float(micro[0]), "recall": float(micro[1]), "f1": float(micro[2])},
+            "macro": {"precision": macro[0], "recall": macro[1], "f1": macro[2]}}
+
+
+def calibration(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, bins: int = ECE_BINS) -> dict:
+    """Expected calibration error (``bins`` equal-width bins of the probability; each bin's |mean
+    probability − positive rate| weighted by its share of entries) and the Brier score, over the
+    observed entries of one level."""
+    obs = mask.astype(bool)
+    p, y = probs[obs].astype(np.float64), (targets[obs] > 0.5).astype(np.float64)
+    if p.size == 0:
+        return {"ece": float("nan"), "brier": float("nan"), "entries": 0}
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            ece += inside.mean() * abs(p[inside].mean() - y[inside].mean())
+    return {"ece": float(ece), "brier": float(np.mean((p - y) ** 2)), "entries": int(p.size)}

@@ -9,6 +9,7 @@ resampling are ``hmic.audio`` (numpy). So this path imports numpy, soundfile and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .inference import Outputs
 from .tagging.tagger import FileTagger
 
 FORMAT = "hmic-onnx"
-FORMAT_VERSION = 2  # 2: the head's explanation rule as data ("explainer") instead of its weights
+FORMAT_VERSION = 3  # 2: the head's explanation rule as data ("explainer"); 3: the weights file's digest ("weights")
 METADATA_KEY = "hmic"
 
 
@@ -41,6 +42,23 @@ def need(module: str, what: str):
 def weights_path(model: Path) -> Path:
     """Where an exported graph keeps its weights: ``model.onnx`` → ``model.onnx.data`` beside it."""
     return model.with_name(model.name + ".data")
+
+
+DIGEST_BLOCKS, DIGEST_BLOCK = 64, 1 << 16
+
+
+def weights_digest(path: Path) -> dict:
+    """The size and a sampled sha256 (64 blocks of 64 KiB spread over the file, the last one included)
+    of an exported graph's weights file: the graph records it, and the runner refuses weights written
+    by another export (a crash between the two files' moves, or files mixed up by hand). Sampled, so
+    that opening stays fast for 320 MB of CNN14 weights; any other model's weights differ in most blocks."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for i in range(DIGEST_BLOCKS):
+            f.seek(max(0, min(size - DIGEST_BLOCK, i * size // DIGEST_BLOCKS)))
+            h.update(f.read(DIGEST_BLOCK))
+    return {"bytes": size, "sampled_sha256": h.hexdigest()}
 
 
 def default_threads() -> int:
@@ -101,6 +119,9 @@ class OnnxRunner:
         if meta.get("format_version") != FORMAT_VERSION:
             raise HmicError(f"{path} has hmic ONNX format version {meta.get('format_version')}; this hmic reads "
                             f"version {FORMAT_VERSION}: export the run again")
+        if meta.get("weights") != weights_digest(weights_path(path)):
+            raise HmicError(f"{weights_path(path)} is not the weights file {path} was exported with (its digest "
+                            "differs: written by another export?); export the run again, keeping the two files together")
         return cls(session, list(meta["outputs"]), meta)
 
     def __call__(self, x: np.ndarray) -> Outputs:

@@ -17,9 +17,12 @@ these files is a run just the same.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -73,6 +76,37 @@ class Run:
     def __str__(self) -> str:
         return str(self.folder)
 
+    @property
+    def lock_path(self) -> Path:
+        """Beside the folder, not in it: ``--force`` deletes the folder while the lock is held."""
+        return self.folder.parent / f".{self.folder.name}.lock"
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator["Run"]:
+        """Hold the run's writer lock (an exclusive ``flock``, released by the OS when the process dies,
+        so a killed run never blocks its resume). A second writer gets an HmicError naming the holder."""
+        import fcntl
+
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                raise HmicError(f"{self.folder} is being trained by another process (PID {holder}); wait for it "
+                                "to end, or stop it, before training this run again") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            try:
+                yield self
+            finally:
+                f.seek(0)
+                f.truncate()
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
     # -- state ------------------------------------------------------------------------------------
     @property
     def started(self) -> bool:
@@ -124,10 +158,13 @@ class Run:
     def append_metrics(self, row: dict) -> None:
         append_jsonl(self.metrics_path, row)
 
-    def keep_metrics_before(self, epoch: int) -> None:
-        """Drop rows of epochs from ``epoch`` on (written before a kill, not saved in last.pt)."""
-        rows = [r for r in self.metrics() if r["epoch"] < epoch]
+    def write_metrics(self, rows: list[dict]) -> None:
+        """Replace metrics.jsonl with ``rows`` (on resume: the history saved in last.pt, the commit point)."""
         write_text(self.metrics_path, "".join(_json_line(r) for r in rows))
+
+    def keep_metrics_before(self, epoch: int) -> None:
+        """Drop rows of epochs from ``epoch`` on (for a last.pt written before checkpoints held the history)."""
+        self.write_metrics([r for r in self.metrics() if r["epoch"] < epoch])
 
     def clear_metrics(self) -> None:
         self.metrics_path.unlink(missing_ok=True)

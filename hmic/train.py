@@ -72,7 +72,8 @@ def predict_part(model: HierarchicalModel, part: SplitPart, store: FeatureStore,
               "fine_targets": part.fine_targets, "fine_mask": part.fine_mask,
               "coarse_targets": part.coarse_targets, "coarse_mask": part.coarse_mask,
               "fine_names": np.array(model.hierarchy.fine_names),
-              "coarse_names": np.array(model.hierarchy.coarse_names)}
+              "coarse_names": np.array(model.hierarchy.coarse_names),
+              "parent": np.array(model.hierarchy.parent)}  # coarse index of each fine tag
     if out.attention is not None:
         result["attention"] = out.attention.astype(np.float16)
     return result
@@ -116,10 +117,17 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
     tests): it returns after that epoch, leaving the folder exactly as a killed run would.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     console = console or Console(stderr=True)
     cfg = cfg.resolved()
+    with cfg.run().exclusive():  # one writer per run folder, for the whole run
+        return _train_locked(cfg, resume, force, console, progress, data, stop_after_epoch)
+
+
+def _train_locked(cfg: TrainConfig, resume: bool, force: bool, console, progress: bool, data: TrainingData | None,
+                  stop_after_epoch: int | None) -> dict:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     run, done = open_run(cfg, resume, force)
     if done is not None:
         console.print(f"[green]✓[/] {run} already finished, skipping")
@@ -138,9 +146,9 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
     steps_per_epoch = math.ceil(len(data.parts["train"].keys) / cfg.batch_size)
     if cfg.limit_batches:
         steps_per_epoch = min(steps_per_epoch, cfg.limit_batches)
-    start_epoch, best = 0, {"val_fine_loss": float("inf"), "epoch": -1}
+    start_epoch, best, history = 0, {"val_fine_loss": float("inf"), "epoch": -1}, []
     if resume and run.resumable:
-        start_epoch, best = restore(run, model, optimizer, device)
+        start_epoch, best, history = restore(run, model, optimizer, device)
         console.print(f"resuming {run} at epoch {start_epoch + 1}/{cfg.epochs}")
     else:
         run.clear_metrics()
@@ -158,7 +166,7 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
 
             train_loss, lr = train_epoch(model, optimizer, data, cfg, epoch, steps_per_epoch, device, step_done)
             best, improved, val = validate_and_save(run, model, optimizer, data, cfg, epoch, best, device,
-                                                    {"epoch": epoch, "train_loss": train_loss}, lr, t0)
+                                                    {"epoch": epoch, "train_loss": train_loss}, lr, t0, history)
             bar.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} val fine {val['val_fine_loss']:.4f}"
                                   f"{' (best)' if improved else ''}")
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
@@ -166,9 +174,11 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
     return finish(run, model, data, cfg, best, device)
 
 
-def restore(run: Run, model: HierarchicalModel, optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[int, dict]:
-    """Model, optimiser and RNG states from last.pt; the metrics rows of later epochs dropped.
-    Returns (the epoch to start at, the best validation record so far)."""
+def restore(run: Run, model: HierarchicalModel, optimizer: torch.optim.Optimizer,
+            device: torch.device) -> tuple[int, dict, list[dict]]:
+    """Model, optimiser and RNG states from last.pt, and metrics.jsonl rewritten from the history saved
+    in it (last.pt is an epoch's commit point: a row appended after it, or lost by a kill before the
+    append, comes back from it). Returns (the epoch to start at, the best record, the history)."""
     state = read_state(run.last_path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["training"]["optimizer"])
@@ -176,8 +186,13 @@ def restore(run: Run, model: HierarchicalModel, optimizer: torch.optim.Optimizer
     if device.type == "cuda" and state["training"]["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(state["training"]["rng"]["cuda"])
     start_epoch = state["epoch"] + 1
-    run.keep_metrics_before(start_epoch)
-    return start_epoch, state["best"]
+    history = state["training"].get("history")
+    if history is None:  # a last.pt from before checkpoints carried the history
+        run.keep_metrics_before(start_epoch)
+        history = run.metrics()
+    else:
+        run.write_metrics(history)
+    return start_epoch, state["best"], list(history)
 
 
 def train_epoch(model: HierarchicalModel, optimizer: torch.optim.Optimizer, data: TrainingData, cfg: TrainConfig,
@@ -218,9 +233,10 @@ def train_epoch(model: HierarchicalModel, optimizer: torch.optim.Optimizer, data
 
 def validate_and_save(run: Run, model: HierarchicalModel, optimizer: torch.optim.Optimizer, data: TrainingData,
                       cfg: TrainConfig, epoch: int, best: dict, device: torch.device, row: dict, lr: float,
-                      started: float) -> tuple[dict, bool, dict]:
-    """Validation losses, best.pt when the fine loss improved, last.pt (with the optimiser and RNG
-    states), then the epoch's metrics row. Returns (the best record, whether it improved, the losses)."""
+                      started: float, history: list[dict]) -> tuple[dict, bool, dict]:
+    """Validation losses, best.pt when the fine loss improved, then the epoch's commit: last.pt (the
+    optimiser and RNG states and every metrics row so far, this epoch's included), then the row appended
+    to metrics.jsonl. Returns (the best record, whether it improved, the losses); ``history`` grows."""
     frontend, config = data.store.frontend, asdict(cfg)
     val, _ = validation_losses(model, data.parts["val"], data.store, device, cfg.precision)
     row = {**row, **val, "lr": lr, "seconds": round(time.time() - started, 3)}
@@ -229,8 +245,9 @@ def validate_and_save(run: Run, model: HierarchicalModel, optimizer: torch.optim
         best = {"val_fine_loss": val["val_fine_loss"], "epoch": epoch}
         save_checkpoint(run.best_path, model, frontend, config, epoch=epoch, best=best)
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+    history.append(row)
     save_checkpoint(run.last_path, model, frontend, config, epoch=epoch, best=best,
-                    training={"optimizer": optimizer.state_dict(), "rng": rng})
+                    training={"optimizer": optimizer.state_dict(), "rng": rng, "history": history})
     run.append_metrics(row)
     return best, improved, val
 

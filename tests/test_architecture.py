@@ -15,13 +15,13 @@ PKG = ROOT / "hmic"
 # Lowest first. A module may import from its own layer or below, never above.
 LAYERS = [
     {"__init__", "errors", "fileio", "registry"},
-    {"devices", "stack", "hierarchy", "dataset", "audio", "logmel", "explain", "metrics", "backbone_config"},
+    {"devices", "stack", "hierarchy", "dataset", "audio", "logmel", "explain", "metrics", "backbone_config", "weighted"},
     {"split", "features", "download", "panns", "heads", "backbones", "augment", "ingest", "synth", "synth.arrange"},
     {"model", "synth.render", "synth.dataset", "synth.song", "synth.truth"},
     {"checkpoint"},
     {"runs", "inference", "config"},
     {"trainingdata"},
-    {"evaluation", "train"},
+    {"evaluation", "train", "significance"},
     {"grid", "report", "tagging.inputs", "tagging.workers", "tagging.batching", "tagging.thresholds", "tagging.results"},
     {"tagging.tagger"},
     {"tagging.truth", "tagging.library", "onnxrun", "export", "tagging"},

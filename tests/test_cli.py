@@ -35,3 +35,16 @@ def test_console_script_runs_and_reports_errors_without_traceback(tmp_path):
     out = subprocess.run(exe + ["split", "--data-dir", str(tmp_path / "missing")], capture_output=True, text=True)
     assert out.returncode == 2
     assert "error:" in out.stderr and "does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_featurize_n_mels_makes_a_store_of_that_many_bands(synth_root, tmp_path):
+    import json
+
+    from hmic.cli import app as hmic_app
+
+    result = CliRunner().invoke(hmic_app, ["featurize", "--data-dir", str(synth_root), "--work-dir", str(tmp_path),
+                                           "--n-mels", "32", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    (manifest,) = tmp_path.glob("features/*/manifest.json")
+    assert json.loads(manifest.read_text())["frontend"]["n_mels"] == 32
+    assert json.loads(manifest.read_text())["shape"][2] == 32

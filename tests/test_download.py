@@ -177,3 +177,43 @@ def test_mirror_url_uses_the_environment_variable(monkeypatch):
     assert dl.OPENMIC.url_for(None) == "http://127.0.0.1:9/mirror/openmic-2018-v1.0.0.tgz"
     monkeypatch.delenv(dl.BASE_URL_ENV)
     assert dl.OPENMIC.url_for(None).startswith("https://zenodo.org/records/1432913/")
+
+
+def make_tar_with_hardlinks(entries) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind, value in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, value
+                tar.addfile(info)
+            elif kind == "hard":
+                info.type, info.linkname = tarfile.LNKTYPE, value
+                tar.addfile(info)
+            else:
+                info.size = len(value)
+                tar.addfile(info, io.BytesIO(value))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("entries", [
+    [("x", "sym", "."), ("x/y", "sym", "..")],  # each link stays inside on its own; through x, y escapes
+    [("d", "sym", "sub"), ("sub", "sym", ".."), ("d/evil.txt", "file", b"x")],  # a chain of links
+    [("a", "sym", "."), ("a/../../evil.txt", "file", b"x")],
+    [("s", "sym", "/etc"), ("h", "hard", "s/passwd")],
+    [("f.txt", "file", b"ok"), ("h", "hard", "../../etc/passwd")],  # a hard link out
+    [("s", "sym", "inner"), ("h", "hard", "s")],  # a hard link to a link of the archive
+])
+def test_link_chains_and_hard_links_that_escape_are_refused_before_anything_is_written(tmp_path, entries):
+    (tmp_path / "a.tar").write_bytes(make_tar_with_hardlinks([("ok.txt", "file", b"fine"), *entries]))
+    target = tmp_path / "target"
+    with pytest.raises(HmicError, match="tried to escape its folder"):
+        dl.safe_extract(tmp_path / "a.tar", target)
+    assert list(target.iterdir()) == [] and not (tmp_path / "evil.txt").exists()
+
+
+def test_links_that_stay_inside_still_extract(tmp_path):
+    entries = [("sub/f.txt", "file", b"data"), ("alias.txt", "sym", "sub/f.txt"), ("same.txt", "hard", "sub/f.txt")]
+    (tmp_path / "a.tar").write_bytes(make_tar_with_hardlinks(entries))
+    dl.safe_extract(tmp_path / "a.tar", tmp_path / "t")
+    assert (tmp_path / "t" / "alias.txt").read_bytes() == (tmp_path / "t" / "same.txt").read_bytes() == b"data"

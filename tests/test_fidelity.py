@@ -73,6 +73,7 @@ def test_the_embedding_gets_the_transfer_recipes_dropout_in_training_only():
     backbone = build_backbone(BackboneConfig("cnn14-tiny", specaugment=False))
     x = torch.randn(4, 200, 64)
     backbone.train()
+    upstream = torch.get_rng_state()  # the draws of the blocks' dropouts, replayed below
     z = backbone(x)
     assert (z == 0).float().mean() > 0.4  # relu zeros plus half of the rest dropped
     kept = z[z != 0]
@@ -84,6 +85,16 @@ def test_the_embedding_gets_the_transfer_recipes_dropout_in_training_only():
     torch.manual_seed(2)
     a = off(x)
     assert kept.numel() > 0 and (a == 0).float().mean() < (z == 0).float().mean()
+    # the dropout itself, not ReLU's zeros: with the same upstream draws and the embedding dropout off,
+    # the embedding is 0 exactly where ReLU makes it 0; with p = 0.5, about half of the positive values
+    # are dropped and the kept ones are scaled by 1 / (1 - 0.5)
+    torch.set_rng_state(upstream)
+    plain = off(x)
+    assert not ((z != 0) & (plain <= 0)).any()
+    positive = plain > 0
+    dropped = (z[positive] == 0).float().mean()
+    assert 0.35 < dropped < 0.65
+    torch.testing.assert_close(z[positive & (z != 0)], 2 * plain[positive & (z != 0)])
 
 
 def test_coarse_rules_against_the_stand_ins_truth(synth_root):

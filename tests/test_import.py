@@ -183,3 +183,40 @@ def test_errors_print_square_brackets_verbatim(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hmic", "import", str(manifest), "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 2 and "column '[kazoo]' is not a fine tag" in " ".join(out.stderr.split())
+
+
+def test_atomic_writes_fsync_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import os
+
+    from hmic import fileio
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("replace", str(b)))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    fileio.write_json(tmp_path / "t.json", {"a": 1})
+    kinds = [e[0] for e in events]
+    assert kinds == ["fsync", "replace", "fsync"]
+    assert events[0][1].startswith(str(tmp_path / ".t.json.")) and events[1][1] == str(tmp_path / "t.json")
+    assert events[2][1] == str(tmp_path)  # the folder, so the rename itself is durable
+
+
+def test_a_damaged_json_line_in_the_middle_is_an_error_naming_it(tmp_path):
+    from hmic.errors import HmicError
+    from hmic.fileio import read_jsonl
+
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2\n{"a": 3}\n')
+    with pytest.raises(HmicError, match=r"x.jsonl, line 2: not a JSON line"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": ')  # the last line cut by a kill: ignored
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]

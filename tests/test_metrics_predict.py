@@ -73,6 +73,17 @@ def test_table_has_every_method_and_figures(trained, tmp_path):
     assert (tmp_path / "fig4_resatt_attention.png").stat().st_size > 1000
     lines = (tmp_path / "table1.csv").read_text().splitlines()
     assert len(lines) == 9 and lines[0].startswith("method,lambda,seeds,fine_roc_auc_mean")
+    # the table's numbers are hmic evaluate's for the same runs
+    import csv
+
+    rows = {r["method"]: r for r in csv.DictReader(lines)}
+    for method in ("gmp", "resatt"):
+        out = tmp_path / f"{method}.json"
+        assert CliRunner().invoke(app, ["evaluate", str(trained["summaries"][method]["run"]), "--json", str(out)]).exit_code == 0
+        macro = json.loads(out.read_text())["macro"]
+        for level in ("fine", "coarse"):
+            for metric in ("roc_auc", "pr_auc", "f1"):
+                assert float(rows[method][f"{level}_{metric}_mean"]) == pytest.approx(100 * macro[level][metric]["mean"], abs=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -267,3 +267,72 @@ def test_a_narrow_convolution_as_a_matrix_product_equals_the_convolution(width):
         assert torch.allclose(narrow(x.contiguous(memory_format=torch.channels_last)), conv(x), atol=1e-5)
         with pytest.raises(HmicError, match="built for"):
             narrow(torch.randn(1, 6, 7, width + 2))
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _bce(p, t, m):
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    per = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    return (per * m).sum() / max(m.sum(), 1)
+
+
+def numpy_head(method, head, z):
+    """Each head's fine and coarse probabilities and extra loss, written from its definition (methods.md §3)."""
+    w = {k: v.detach().double().numpy() for k, v in head.named_parameters()}
+    parent = np.array(H.parent)
+    kids = [H.children(c) for c in range(H.n_coarse)]
+    zf = z @ w["fine.weight"].T + w["fine.bias"]
+    pf = _sigmoid(zf)
+    extra = 0.0
+    if method == "topdown":
+        pc = _sigmoid(z @ w["coarse.weight"].T + w["coarse.bias"])
+        pf = pf * pc[:, parent]
+    elif method == "levelwise":
+        pc = _sigmoid(z @ w["coarse.weight"].T + w["coarse.bias"])
+        max_child = np.stack([pf[:, k].max(axis=1) for k in kids], axis=1)
+        extra = np.maximum(pf - pc[:, parent], 0).mean() + np.maximum(pc - max_child, 0).mean()
+    elif method in ("flat", "gmp"):
+        pc = np.stack([pf[:, k].max(axis=1) for k in kids], axis=1)
+    elif method == "gap":
+        pc = np.stack([pf[:, k].mean(axis=1) for k in kids], axis=1)
+    elif method == "lp":
+        a = np.exp(w["projection"]) / np.exp(w["projection"]).sum(axis=0, keepdims=True)  # softmax over F
+        pc = pf @ a
+    elif method == "lp-linear":
+        pc = _sigmoid(pf @ w["projection.weight"].T + w["projection.bias"])
+    elif method == "resatt":
+        logits = (z @ w["attention.weight"].T + w["attention.bias"]).reshape(len(z), H.n_fine, H.n_coarse)
+        att = np.exp(logits - logits.max(axis=1, keepdims=True))
+        att /= att.sum(axis=1, keepdims=True)  # softmax over the fine tags
+        pc = np.einsum("bfc,bf->bc", att, pf)
+    return pf, pc, extra
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_head_and_the_loss_equal_an_independent_numpy_reference(method):
+    torch.manual_seed(11)
+    head = build_head(method, 16, H)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, 0.5)  # lp's zero-initialised A would hide a wrong softmax axis
+    z = torch.randn(6, 16)
+    ft, fm, ct, cm = labels(6, seed=3)
+    out = head(z)
+    pf, pc, extra = numpy_head(method, head, z.double().numpy())
+    np.testing.assert_allclose(out.fine_probs.detach().numpy(), pf, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.coarse_probs.detach().numpy(), pc, rtol=1e-5, atol=1e-6)
+    lam, alpha = 0.8, 1.0
+    fine, coarse = _bce(pf, ft.numpy(), fm.numpy()), _bce(pc, ct.numpy(), cm.numpy())
+    want = fine if method == "flat" else lam * fine + (1 - lam) * coarse + alpha * extra
+    got = hierarchical_loss(out, head, ft, fm, ct, cm, lam, alpha).item()
+    assert got == pytest.approx(want, rel=1e-5)
+    if method != "flat":  # λ weighs the fine level: swapping λ and 1 − λ would be caught here
+        assert abs(got - ((1 - lam) * fine + lam * coarse + alpha * extra)) > 1e-4
+
+
+def test_a_backbone_of_other_mel_bands_names_the_featurize_option_that_makes_them():
+    with pytest.raises(HmicError, match="hmic featurize --n-mels 64"):
+        build_backbone(BackboneConfig("cnn14-tiny")).check_frontend(FrontendConfig(n_mels=32))

@@ -160,6 +160,9 @@ def test_bf16_decisions_agree_with_fp32(trained, library, monkeypatch):
                     same += (sa[level][tag] >= t) == (sb[level][tag] >= t)
                     total += 1
     assert total == 8 * 27 and same / total >= 0.9
+    diff = max(abs(sa[level][tag] - sb[level][tag]) for a, b in zip(fp32, bf16) for sa, sb in zip(a["segments"], b["segments"])
+               for level in ("fine", "coarse") for tag in sa[level])
+    assert diff > 1e-4  # bf16 really ran: a silent float32 fallback would give equal probabilities
 
 
 def test_checkpoint_loads_memory_mapped_without_meta_tensors(trained):
@@ -267,3 +270,68 @@ def test_the_readme_python_example_runs_as_written(trained, library, tmp_path, m
     assert len((work / "tags.jsonl").read_text().splitlines()) == 4
     assert sorted(str(p.relative_to(work / "labels")) for p in (work / "labels").rglob("*.txt")) == [
         "a.wav.txt", "b.flac.txt", "song.wav.txt", "sub/c.wav.txt"]
+
+
+def test_jsonl_is_resumed_only_by_the_same_model_and_options(trained, library, tmp_path):
+    out = tmp_path / "tags.jsonl"
+    base = ["predict", str(library), "--jsonl", str(out), "--workers", "0"]
+    first = CliRunner().invoke(app, base + ["--run", gmp_run(trained)])
+    assert first.exit_code == 0, first.output
+    lines = out.read_text().splitlines()
+    assert all(json.loads(l)["producer"]["hop_seconds"] == 5.0 for l in lines)
+    assert all(Path(json.loads(l)["path"]).is_absolute() for l in lines)
+    for extra, needle in ((["--run", str(Path(trained["summaries"]["resatt"]["run"]))], "checkpoint"),
+                          (["--run", gmp_run(trained), "--hop", "2.5"], "hop_seconds 5.0 there, 2.5 now"),
+                          (["--run", gmp_run(trained), "--aggregate", "mean"], "aggregate 'max' there, 'mean' now")):
+        other = CliRunner().invoke(app, base + extra)
+        assert isinstance(other.exception, HmicError) and needle in str(other.exception), other.output
+        assert "another --jsonl file" in str(other.exception)
+    assert out.read_text().splitlines() == lines  # nothing added, nothing silently skipped
+
+
+def test_jsonl_resume_from_another_working_folder_tags_each_file_once(trained, library, tmp_path, monkeypatch):
+    out = tmp_path / "tags.jsonl"
+    monkeypatch.chdir(library)
+    args = ["predict", "a.wav", "b.flac", "--run", gmp_run(trained), "--jsonl", str(out), "--workers", "0"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    monkeypatch.chdir(library / "sub")
+    again = CliRunner().invoke(app, ["predict", "../a.wav", "../b.flac", "c.wav", "--run", gmp_run(trained),
+                                     "--jsonl", str(out), "--workers", "0"])
+    assert again.exit_code == 0, again.output
+    assert "2 file(s) already tagged there are skipped" in again.output
+    paths = [json.loads(l)["path"] for l in out.read_text().splitlines()]
+    assert sorted(Path(p).name for p in paths) == ["a.wav", "b.flac", "c.wav"] and len(set(paths)) == 3
+
+
+def test_a_damaged_jsonl_line_in_the_middle_stops_the_resume_naming_it(trained, library, tmp_path):
+    out = tmp_path / "tags.jsonl"
+    args = ["predict", str(library), "--run", gmp_run(trained), "--jsonl", str(out), "--workers", "0"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    lines = out.read_text().splitlines()
+    out.write_text(lines[0] + "\n" + lines[1][:40] + "\n" + lines[2] + "\n")
+    again = CliRunner().invoke(app, args)
+    assert isinstance(again.exception, HmicError) and "line 2: not a JSON line" in str(again.exception)
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_labels_of_two_inputs_with_the_same_name_are_refused_not_overwritten(trained, tmp_path):
+    a, b = noise_file(tmp_path / "A" / "01.wav", 3.0, 1), noise_file(tmp_path / "B" / "01.wav", 3.0, 2)
+    labels = tmp_path / "labels"
+    result = CliRunner().invoke(app, ["predict", str(a.parent), str(b.parent), "--run", gmp_run(trained),
+                                      "--labels", str(labels)])
+    assert isinstance(result.exception, HmicError)
+    assert str(a) in str(result.exception) and str(b) in str(result.exception)
+    assert not labels.exists()  # refused before anything was tagged or written
+
+
+def test_an_onnx_graph_beside_another_exports_weights_is_refused(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from hmic.export import export_onnx
+    from hmic.onnxrun import OnnxRunner
+
+    gmp, resatt = tmp_path / "gmp.onnx", tmp_path / "resatt.onnx"
+    export_onnx(Path(trained["summaries"]["gmp"]["run"]), gmp)
+    export_onnx(Path(trained["summaries"]["resatt"]["run"]), resatt)
+    os.replace(tmp_path / "resatt.onnx.data", tmp_path / "gmp.onnx.data")  # as a crash between the two moves would
+    with pytest.raises(HmicError, match="gmp.onnx.data is not the weights file .*gmp.onnx was exported with"):
+        OnnxRunner.open(gmp)

@@ -95,8 +95,16 @@ def test_a_failing_run_is_reported_while_the_others_complete(prepared, tmp_path,
 
 
 def test_incomplete_features_are_refused_before_anything_is_submitted(prepared, tmp_path, local_ray):
-    configs = grid(prepared, tmp_path / "runs", work_dir=str(tmp_path / "empty-work"))
-    with pytest.raises(HmicError, match="hmic split"):
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(prepared["work_dir"], work)  # the split and a feature store ...
+    done = next(work.glob("features/*/done.u8"))
+    flags = bytearray(done.read_bytes())
+    flags[3] = 0  # ... one of whose clips a killed featurize never finished
+    done.write_bytes(bytes(flags))
+    configs = grid(prepared, tmp_path / "runs", work_dir=str(work))
+    with pytest.raises(HmicError, match="not featurized yet; run 'hmic featurize' to finish"):
         RayExecutor(progress=False).run(configs)
     assert not (tmp_path / "runs").exists()
 

@@ -114,3 +114,120 @@ def test_missing_pretrained_checkpoint_is_a_clear_error(prepared, tmp_path, trai
     cfg = tiny_config(prepared, tmp_path, arch="cnn14", pretrained=str(tmp_path / "none.pth"))
     with pytest.raises(HmicError, match="hmic download cnn14"):
         train_run(cfg, data=trained["data"], progress=False)
+
+
+KILLER = '''
+import os, signal, sys
+point, at = sys.argv[1], int(sys.argv[2])
+import hmic.checkpoint as checkpoint, hmic.runs as runs, hmic.train as train
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if point == "in_epoch":  # at the second step of epoch `at`
+    real_lr = train.lr_at
+
+    def lr_at(step, steps_per_epoch, cfg):
+        if step == at * steps_per_epoch + 1:
+            die()
+        return real_lr(step, steps_per_epoch, cfg)
+
+    train.lr_at = lr_at
+elif point == "in_checkpoint":  # halfway through writing epoch `at`'s last.pt
+    real_write = checkpoint._write
+
+    def _write(path, payload):
+        if str(path).endswith("last.pt") and payload["epoch"] == at:
+            with checkpoint.atomic_path(path) as tmp:
+                tmp.write_bytes(b"half a checkpoint")
+                die()
+        return real_write(path, payload)
+
+    checkpoint._write = _write
+elif point == "before_row":  # last.pt of epoch `at` written, its metrics row not yet
+    real_append = runs.Run.append_metrics
+
+    def append_metrics(self, row):
+        if row["epoch"] == at:
+            die()
+        return real_append(self, row)
+
+    runs.Run.append_metrics = append_metrics
+from hmic.cli import main
+sys.argv = ["hmic", *sys.argv[3:]]
+main()
+'''
+
+
+def test_a_run_killed_anywhere_resumes_with_every_row_once_and_ends_like_an_uninterrupted_one(prepared, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "killer.py").write_text(KILLER)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"}
+
+    def train(runs: Path, *extra: str, point: str = "none", at: int = -1):
+        args = ["train", "--method", "gmp", "--arch", "cnn14-tiny", "--pretrained", "none", "--epochs", "3",
+                "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "0.5", "--data-dir", str(prepared["data_dir"]),
+                "--work-dir", str(prepared["work_dir"]), "--runs-dir", str(runs), "--device", "cpu", *extra]
+        return subprocess.run([sys.executable, str(tmp_path / "killer.py"), point, str(at), *args],
+                              capture_output=True, text=True, env=env, timeout=600)
+
+    def rows(runs: Path) -> list[dict]:
+        path = runs / "gmp" / "lam0.80" / "seed0" / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    straight = tmp_path / "straight"
+    assert train(straight).returncode == 0
+    want = np.load(straight / "gmp" / "lam0.80" / "seed0" / "predictions_test.npz")
+    for point in ("in_epoch", "in_checkpoint", "before_row"):
+        runs = tmp_path / point
+        killed = train(runs, point=point, at=1)
+        assert killed.returncode == -9, killed.stderr  # SIGKILL
+        first = rows(runs)[0]
+        resumed = train(runs, "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resuming" in resumed.stderr, point
+        after = rows(runs)
+        assert [r["epoch"] for r in after] == [0, 1, 2], point
+        assert after[0] == first, point  # epoch 0's row, its seconds included, is kept as it was
+        got = np.load(runs / "gmp" / "lam0.80" / "seed0" / "predictions_test.npz")
+        for k in ("fine_probs", "coarse_probs"):
+            np.testing.assert_array_equal(got[k], want[k], err_msg=point)
+
+
+def test_a_second_writer_on_one_run_folder_is_refused_naming_the_holder(prepared, tmp_path, trained):
+    import subprocess
+    import sys
+
+    cfg = tiny_config(prepared, tmp_path, epochs=1)
+    lock = cfg.run().lock_path
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               f"f = open({str(lock)!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+                               "f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush(); print('held', flush=True)\n"
+                               "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(HmicError, match=f"another process \\(PID {holder.pid}\\)"):
+            train_run(cfg, data=trained["data"], progress=False)
+        assert not cfg.run().started  # the second writer wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train_run(cfg, data=trained["data"], progress=False)["epochs"] == 1  # the OS released the dead holder's lock
+
+
+def test_an_empty_train_part_is_a_clear_error(prepared, tmp_path, trained):
+    from hmic.trainingdata import SplitPart, TrainingData
+
+    data = trained["data"]
+    train_part = data.parts["train"]
+    empty = SplitPart([], train_part.rows[:0], train_part.fine_targets[:0], train_part.fine_mask[:0],
+                      train_part.coarse_targets[:0], train_part.coarse_mask[:0])
+    fake = TrainingData(data.store, data.hierarchy, {**data.parts, "train": empty})
+    with pytest.raises(HmicError, match="no training batch: the train part of the split is empty"):
+        train_run(tiny_config(prepared, tmp_path), data=fake, progress=False)

@@ -48,16 +48,43 @@ def default_workers(n_files: int) -> int:
     return 0 if n_files <= 1 else max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
-def done_in_jsonl(path: str | Path) -> set[str]:
+def producer(tagger: FileTagger, hop_seconds: float, aggregate: str) -> dict:
+    """What produced a result line, so that a --jsonl file is resumed only by the same model and
+    options: the checkpoint (absolute path, size, modification time) and every option that changes
+    a result."""
+    source = Path(tagger.source).resolve()
+    stat = source.stat() if source.exists() else None
+    return {"checkpoint": str(source), "checkpoint_bytes": stat.st_size if stat else None,
+            "checkpoint_mtime_ns": stat.st_mtime_ns if stat else None, "backend": tagger.runner.backend,
+            "precision": tagger.runner.precision, "hop_seconds": float(hop_seconds), "aggregate": aggregate}
+
+
+def done_in_jsonl(path: str | Path, made_by: dict | None = None) -> set[str]:
     """Absolute paths of the files that already have a result line in a --jsonl file (failures are
-    retried). A last line cut short by a killed run is removed first, so appending stays valid."""
+    retried). A last line cut short by a killed run is removed first, so appending stays valid; a
+    damaged line elsewhere is an error naming it. With ``made_by`` (``producer``), a line written by
+    another model or with other options is an error naming the difference (write another file)."""
     if not Path(path).exists():
         return set()
     trim_partial_line(path)
-    return {os.path.abspath(r["file"]) for r in read_jsonl(path) if "error" not in r and "file" in r}
+    done = set()
+    for number, row in enumerate(read_jsonl(path), start=1):
+        if made_by is not None and row.get("producer") != made_by:
+            theirs = row.get("producer") or {}
+            diff = [f"{k} {theirs.get(k)!r} there, {v!r} now" for k, v in made_by.items() if theirs.get(k) != v]
+            raise HmicError(f"{path}, line {number}, was written by another model or with other options ("
+                            + ("; ".join(diff) if theirs else "no producer recorded: an older hmic") +
+                            "); resume it with the same --run and options, or write to another --jsonl file")
+        if "error" not in row and "path" in row:
+            done.add(row["path"])
+    return done
 
 
-def plan_tagging(audio: Iterable[str | Path], jsonl: str | Path | None = None, truth: str | Path | None = None) -> TaggingPlan:
+def plan_tagging(audio: Iterable[str | Path], jsonl: str | Path | None = None, truth: str | Path | None = None,
+                 labels: str | Path | None = None, made_by: dict | None = None) -> TaggingPlan:
+    """The files to tag. With ``labels``, two files whose label tracks would have the same name are
+    refused before anything is written; with ``jsonl``, files already tagged there (by ``made_by``)
+    are left out."""
     from ..synth.song import read_truth
 
     audio = list(audio)
@@ -67,9 +94,16 @@ def plan_tagging(audio: Iterable[str | Path], jsonl: str | Path | None = None, t
         raise HmicError("no audio files found in " + ", ".join(map(str, audio)))
     if truth_data is not None and len(found.files) != 1:
         raise HmicError("--truth compares one song: give exactly one audio file")
+    if labels is not None:
+        seen: dict[Path, Path] = {}
+        for file, name in zip(found.files, found.names):
+            if name in seen:
+                raise HmicError(f"--labels: {seen[name]} and {file} would both write {label_path(Path(labels), name)}; "
+                                "tag them into separate --labels folders (or one input folder that holds both)")
+            seen[name] = file
     todo = found.files
     if jsonl is not None:
-        done = done_in_jsonl(jsonl)
+        done = done_in_jsonl(jsonl, made_by)
         todo = [f for f in todo if os.path.abspath(f) not in done]
     return TaggingPlan(todo, dict(zip(map(str, found.files), found.names)), found.unreadable, found.not_audio,
                        len(found.files) - len(todo), len(found.files), truth_data, Path(jsonl) if jsonl else None)
@@ -85,11 +119,15 @@ def run_tagging(tagger: FileTagger, plan: TaggingPlan, *, hop_seconds: float = D
     from .truth import compare_song
 
     report = TaggingReport()
+    made_by = producer(tagger, hop_seconds, aggregate)
+
+    def record(entry: dict) -> None:  # a JSON line: the file's absolute path and what produced it, too
+        append_jsonl(plan.jsonl, {**entry, "path": os.path.abspath(entry["file"]), "producer": made_by})
 
     def failed(entry: dict) -> None:
         report.failures.append(entry)
         if plan.jsonl is not None:
-            append_jsonl(plan.jsonl, entry)
+            record(entry)
 
     for entry in plan.unreadable:
         failed(entry)
@@ -103,7 +141,7 @@ def run_tagging(tagger: FileTagger, plan: TaggingPlan, *, hop_seconds: float = D
             if labels is not None:
                 write_text(label_path(Path(labels), plan.names[path]), label_track(result))
             if plan.jsonl is not None:
-                append_jsonl(plan.jsonl, for_output(result, segments))
+                record(for_output(result, segments))
             report.results.append(result)
         if on_file is not None:
             on_file(path, result, error)
@@ -116,4 +154,6 @@ def tag_files(tagger: FileTagger, audio: Iterable[str | Path], *, jsonl: str | P
               truth: str | Path | None = None, **options) -> TaggingReport:
     """``plan_tagging`` then ``run_tagging`` (its keyword options: hop_seconds, aggregate, batch_size,
     workers, labels, segments, json_out, csv_out, on_file)."""
-    return run_tagging(tagger, plan_tagging(audio, jsonl, truth), **options)
+    made_by = producer(tagger, options.get("hop_seconds", DEFAULT_HOP_SECONDS), options.get("aggregate", DEFAULT_AGGREGATE))
+    plan = plan_tagging(audio, jsonl, truth, options.get("labels"), made_by)
+    return run_tagging(tagger, plan, **options)
