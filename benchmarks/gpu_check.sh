@@ -4,7 +4,10 @@
 #   2. a stand-in dataset rendered, split and featurized here;
 #   3. one epoch of full CNN14 + resatt on it (bf16 backbone, float32 head), then tune and evaluate;
 #   4. a 3-minute song through `hmic predict` on the GPU;
-# and writes one JSON report, $OUT/gpu_check.json, with the card's name.
+#   5. Table 1's cost through the real train_run (benchmarks/table1_cost.py), eager and --compile;
+#   6. 1-4 hmic train processes packed on the GPU, with MPS where it exists (benchmarks/pack_gpu.py);
+# and writes one JSON report, $OUT/gpu_check.json, with the card's name (SKIP_COST=1 / SKIP_PACK=1 leave
+# out 5 / 6; COST_STEPS and PACK_STEPS size them), also copied to benchmarks/results/.
 #
 #   bash benchmarks/gpu_check.sh                       # on a machine with CUDA and hmic's dependencies
 #   DEVICE=cpu ARCH=cnn14-tiny CLIPS=60 SONG_SECONDS=30 STEPS=2 bash benchmarks/gpu_check.sh   # a CPU dry run
@@ -62,6 +65,17 @@ step song $HMIC synth-song "$WORK/song.wav" --seconds "$SONG_SECONDS" --seed 7
 step predict $HMIC predict "$WORK/song.wav" --run "$WORK/runs/resatt/lam0.80/seed0" --device "$DEVICE" \
     --segments --json "$OUT/predict.json"
 
+if [ -z "${SKIP_COST:-}" ]; then
+    step table1_cost $PY benchmarks/table1_cost.py --device "$DEVICE" --arch "$ARCH" --steps "${COST_STEPS:-200}" \
+        --batch "$BATCH" --json "$OUT/table1_cost.json"
+    step table1_cost_compile $PY benchmarks/table1_cost.py --device "$DEVICE" --arch "$ARCH" --steps "${COST_STEPS:-200}" \
+        --batch "$BATCH" --compile --json "$OUT/table1_cost_compile.json" || echo "--compile failed (reported as missing)"
+fi
+if [ -z "${SKIP_PACK:-}" ]; then
+    step pack $PY benchmarks/pack_gpu.py --device "$DEVICE" --arch "$ARCH" --steps "${PACK_STEPS:-60}" --batch "$BATCH" \
+        --json "$OUT/pack_gpu.json"
+fi
+
 $PY - "$OUT" "$WORK" "$DEVICE" "$ARCH" "$CLIPS" "$SONG_SECONDS" <<'PYEOF'
 import json, sys
 from pathlib import Path
@@ -87,8 +101,13 @@ report = {
     "predict": {"song_seconds": float(song), "windows": len(predicted["segments"]),
                 "command_seconds": timings["predict"], "real_time_factor": float(song) / timings["predict"]},
     "wall_seconds": timings,
+    **{name: json.loads((out / f"{name}.json").read_text()) for name in ("table1_cost", "table1_cost_compile", "pack_gpu")
+       if (out / f"{name}.json").exists()},
 }
 (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+import datetime
+kept = Path("benchmarks/results") / f"{datetime.date.today()}-{card.replace(' ', '-')}-gpu-check.json"
+kept.write_text(json.dumps(report, indent=2) + "\n")  # the raw record the README cites, committed
 print(json.dumps(report, indent=2))
 PYEOF
 if [ -n "${KEEP_WORK:-}" ]; then  # the caller uses the trained run, then removes $WORK itself

@@ -68,6 +68,8 @@ class TrainConfig:
     precision: str = option("auto", "The backbone's precision: auto (bf16 autocast on CUDA, float32 elsewhere), bf16 or "
                             "fp32; the head, loss and saved probabilities are always float32.")
     limit_batches: int = option(0, "Train on at most this many batches per epoch; 0 = all (smoke tests).")
+    compile: bool = option(False, "torch.compile the model for training (measured against eager: README, 'Table 1 at a fraction of the cost').")
+    keep_last: bool = option(False, "Keep last.pt (the resume checkpoint, with the optimiser state) once the run has finished.")
     # augmentation (hmic.augment), off by default: Table 1 runs do not use it
     aug_gain_db: float = option(0.0, "Augmentation: random gain of up to ± this many dB per clip (0: off).")
     aug_shift_seconds: float = option(0.0, "Augmentation: random circular time shift of up to ± this many seconds (0: off).")
@@ -119,7 +121,7 @@ class TrainConfig:
     def identity(self) -> dict:
         """The fields that make two runs the same run (device and folders aside)."""
         d = asdict(self)
-        for k in ("device", "runs_dir"):
+        for k in ("device", "runs_dir", "keep_last"):
             d.pop(k)
         return d
 

@@ -63,8 +63,9 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
     return data
 
 
-def batches(part: SplitPart, store: FeatureStore, batch_size: int, order: np.ndarray | None = None):
-    """Yield (logmel (B, T, M) float32, fine_t, fine_m, coarse_t, coarse_m, indices) from the memmap."""
+def batches(part: SplitPart, store: FeatureStore, batch_size: int, order: np.ndarray | None = None, pin: bool = False):
+    """Yield (logmel (B, T, M) float32, fine_t, fine_m, coarse_t, coarse_m, indices) from the memmap;
+    ``pin``: in page-locked memory, so that the copy to a GPU runs asynchronously."""
     order = np.arange(len(part.keys)) if order is None else order
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
@@ -72,5 +73,45 @@ def batches(part: SplitPart, store: FeatureStore, batch_size: int, order: np.nda
         sort = np.argsort(rows)  # read the memmap in file order, then restore the batch order
         x = np.empty((len(rows),) + store.shape[1:], dtype=np.float32)
         x[sort] = store.data[rows[sort]]
-        yield (torch.from_numpy(x), torch.from_numpy(part.fine_targets[idx]), torch.from_numpy(part.fine_mask[idx]),
+        yield (torch.from_numpy(x).pin_memory() if pin else torch.from_numpy(x), torch.from_numpy(part.fine_targets[idx]), torch.from_numpy(part.fine_mask[idx]),
                torch.from_numpy(part.coarse_targets[idx]), torch.from_numpy(part.coarse_mask[idx]), idx)
+
+
+RESIDENT_SHARE = 0.5  # a part's features go to the GPU when they take at most this share of its free memory
+
+
+@dataclass
+class ResidentPart:
+    """A split part's features and targets on the GPU (float16 log-mel, as in the store), gathered into
+    batches there: no host copy per step. OpenMIC's 20,000 clips are about 2.6 GB of float16."""
+
+    logmel: torch.Tensor  # (N, T, M) float16, in the part's order
+    fine_targets: torch.Tensor
+    fine_mask: torch.Tensor
+    coarse_targets: torch.Tensor
+    coarse_mask: torch.Tensor
+
+    @classmethod
+    def upload(cls, part: SplitPart, store: FeatureStore, device: torch.device) -> "ResidentPart | None":
+        """The part on ``device`` if it is a CUDA device with room for it, else None (batches then come
+        from the memory-mapped store through pinned memory)."""
+        if device.type != "cuda" or not len(part.keys):
+            return None
+        need = len(part.keys) * int(np.prod(store.shape[1:])) * 2
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > RESIDENT_SHARE * free:
+            return None
+        order = np.argsort(part.rows)
+        host = np.empty((len(part.keys),) + store.shape[1:], dtype=np.float16)
+        host[order] = store.data[part.rows[order]]
+        move = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+        return cls(move(host), move(part.fine_targets), move(part.fine_mask), move(part.coarse_targets),
+                   move(part.coarse_mask))
+
+    def batches(self, batch_size: int, order: np.ndarray):
+        """As ``batches``, gathered on the device (log-mel as float32)."""
+        index = torch.from_numpy(order).to(self.logmel.device)
+        for start in range(0, len(order), batch_size):
+            idx = index[start:start + batch_size]
+            yield (self.logmel.index_select(0, idx).float(), self.fine_targets[idx], self.fine_mask[idx],
+                   self.coarse_targets[idx], self.coarse_mask[idx], idx)

@@ -81,6 +81,10 @@ def macro_scores(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, thres
     for k in range(probs.shape[1]):
         obs = mask[:, k].astype(bool)
         s, y, w = probs[obs, k].astype(np.float64), targets[obs, k] > 0.5, weights[:, obs]
+        if not obs.any():  # a tag never observed on these clips: left out of every weighting
+            for v in per.values():
+                v.append(np.full(len(weights), np.nan))
+            continue
         both = ((w * y).sum(axis=1) > 0) & ((w * ~y).sum(axis=1) > 0)
         per["roc_auc"].append(roc_auc(s, y, w))
         per["pr_auc"].append(np.where(both, average_precision(s, y, w), np.nan))

@@ -121,8 +121,9 @@ def make_tar(entries: list[tuple[str, bytes | None, str | None]]) -> bytes:
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, data, link in entries:
             info = tarfile.TarInfo(name)
-            if link is not None:
-                info.type, info.linkname = tarfile.SYMTYPE, link
+            if link is not None:  # "hard:TARGET" is a hard link, anything else a symbolic one
+                hard = link.startswith("hard:")
+                info.type, info.linkname = (tarfile.LNKTYPE, link[5:]) if hard else (tarfile.SYMTYPE, link)
                 tar.addfile(info)
             elif data is None:
                 info.type = tarfile.DIRTYPE
@@ -180,20 +181,9 @@ def test_mirror_url_uses_the_environment_variable(monkeypatch):
 
 
 def make_tar_with_hardlinks(entries) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, kind, value in entries:
-            info = tarfile.TarInfo(name)
-            if kind == "sym":
-                info.type, info.linkname = tarfile.SYMTYPE, value
-                tar.addfile(info)
-            elif kind == "hard":
-                info.type, info.linkname = tarfile.LNKTYPE, value
-                tar.addfile(info)
-            else:
-                info.size = len(value)
-                tar.addfile(info, io.BytesIO(value))
-    return buf.getvalue()
+    """(name, "sym" | "hard" | "file", link target or bytes) entries, through ``make_tar``."""
+    return make_tar([(name, value if kind == "file" else None,
+                      None if kind == "file" else (value if kind == "sym" else "hard:" + value)) for name, kind, value in entries])
 
 
 @pytest.mark.parametrize("entries", [

@@ -202,3 +202,14 @@ def test_compare_is_seeded_and_the_cli_shows_intervals_p_values_and_markers(tmp_
     ref = CliRunner().invoke(app, ["compare", str(tmp_path / "runs"), "--bootstrap", "100"], env={"COLUMNS": "200"})
     assert ref.exit_code == 0, ref.output
     assert "gmp − flat" in ref.output and "resatt − flat" in ref.output and "p (Holm)" in ref.output
+
+
+def test_a_tag_never_observed_is_left_out_of_every_weighting():
+    rng = np.random.default_rng(2)
+    probs, targets = rng.random((30, 3)), (rng.random((30, 3)) < 0.5).astype(np.float32)
+    mask = np.ones((30, 3), bool)
+    mask[:, 2] = False
+    both = macro_scores(probs, targets, mask, np.full(3, 0.5), np.ones((2, 30)))
+    two = macro_scores(probs[:, :2], targets[:, :2], mask[:, :2], np.full(2, 0.5), np.ones((2, 30)))
+    for m in both:
+        np.testing.assert_array_equal(both[m], two[m])

@@ -31,7 +31,9 @@ def test_same_seed_gives_identical_metrics(prepared, tmp_path, trained):
     b = train_run(tiny_config(prepared, tmp_path / "b"), data=data, progress=False)
     rows = [[json.loads(line) for line in (Path(s["run"]) / "metrics.jsonl").read_text().splitlines()] for s in (a, b)]
     for ra, rb in zip(*rows):
-        ra.pop("seconds"), rb.pop("seconds")
+        for r in (ra, rb):
+            for k in [k for k in r if k.endswith("seconds")]:
+                r.pop(k)
         assert ra == rb
     pa, pb = (np.load(Path(s["run"]) / "predictions_test.npz") for s in (a, b))
     np.testing.assert_array_equal(pa["fine_probs"], pb["fine_probs"])
@@ -41,9 +43,9 @@ def test_same_seed_gives_identical_metrics(prepared, tmp_path, trained):
 
 def test_resume_after_interruption_is_bit_exact(prepared, tmp_path, trained):
     data = trained["data"]
-    cfg = tiny_config(prepared, tmp_path / "straight", epochs=3, method="resatt")
+    cfg = tiny_config(prepared, tmp_path / "straight", epochs=3, method="resatt", keep_last=True)
     train_run(cfg, data=data, progress=False)
-    cut = tiny_config(prepared, tmp_path / "cut", epochs=3, method="resatt")
+    cut = tiny_config(prepared, tmp_path / "cut", epochs=3, method="resatt", keep_last=True)
     assert train_run(cut, data=data, progress=False, stop_after_epoch=0)["interrupted"]
     with pytest.raises(HmicError, match="--resume"):
         train_run(cut, data=data, progress=False)  # an unfinished run is not silently restarted
@@ -71,14 +73,18 @@ def test_training_lowers_validation_loss_for_every_method(method, trained, prepa
 
 def test_run_folder_is_self_describing(trained):
     run = Path(trained["summaries"]["gmp"]["run"])
-    for name in ("config.json", "metrics.jsonl", "best.pt", "last.pt", "predictions_val.npz",
+    for name in ("config.json", "metrics.jsonl", "best.pt", "predictions_val.npz",
                  "predictions_test.npz", "done.json", "thresholds.json"):
         assert (run / name).exists(), name
+    assert not (run / "last.pt").exists()  # it exists to resume; a finished run no longer needs it
     ckpt = torch.load(run / "best.pt", weights_only=True)
     assert {"model", "config", "hierarchy", "frontend", "versions", "backbone", "thresholds"} <= set(ckpt)
     assert ckpt["frontend"]["n_mels"] == 64 and ckpt["config"]["method"] == "gmp"
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"epoch", "train_loss", "val_fine_loss", "val_coarse_loss", "lr", "seconds"} <= set(rows[0])
+    split = {"data_seconds", "compute_seconds", "validation_seconds", "checkpoint_seconds", "train_clips", "checkpoint_bytes"}
+    assert split <= set(rows[0]) and all(rows[0][k] >= 0 for k in split)
+    assert rows[0]["data_seconds"] + rows[0]["compute_seconds"] + rows[0]["validation_seconds"] <= rows[0]["seconds"] + 0.05
     assert ckpt["epoch"] == int(np.argmin([r["val_fine_loss"] for r in rows]))
 
 
@@ -231,3 +237,45 @@ def test_an_empty_train_part_is_a_clear_error(prepared, tmp_path, trained):
     fake = TrainingData(data.store, data.hierarchy, {**data.parts, "train": empty})
     with pytest.raises(HmicError, match="no training batch: the train part of the split is empty"):
         train_run(tiny_config(prepared, tmp_path), data=fake, progress=False)
+
+
+def test_keep_last_keeps_the_resume_checkpoint_of_a_finished_run(prepared, tmp_path, trained):
+    kept = train_run(tiny_config(prepared, tmp_path / "k", epochs=1, keep_last=True), data=trained["data"], progress=False)
+    assert (Path(kept["run"]) / "last.pt").is_file()
+    again = train_run(tiny_config(prepared, tmp_path / "k", epochs=1, keep_last=False), data=trained["data"], progress=False)
+    assert again == kept  # keep_last is not part of the run's identity: the finished run is skipped
+
+
+def test_the_table1_cost_benchmark_projects_time_and_disk_from_the_real_train_run(tmp_path):
+    """benchmarks/table1_cost.py on CPU with the tiny backbone (CI keeps it working; the figures are the GPU's)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "table1_cost.py"), "--device", "cpu", "--arch", "cnn14-tiny",
+                          "--steps", "2", "--batch", "4", "--json", str(tmp_path / "cost.json")],
+                         capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "cost.json").read_text())
+    assert report["rows"][-1]["train_clips"] == 2 * 4 and report["train_clips_per_second"] > 0
+    assert set(report["epoch_split_seconds"]) == {"data_seconds", "compute_seconds", "validation_seconds", "checkpoint_seconds"}
+    p = report["projection"]
+    assert p["runs"] == 248 and p["grid_device_hours"] > 0
+    assert 0 < p["finished_grid_disk_gb"] < p["disk_gb_if_last_pt_were_kept"]
+    assert "projected: 248-run grid" in out.stdout
+
+
+def test_resident_batches_equal_the_memory_mapped_ones(trained):
+    """The GPU path's batches (the part uploaded once, gathered on the device), checked on CPU tensors."""
+    from hmic.trainingdata import ResidentPart, batches
+
+    data = trained["data"]
+    part = data.parts["train"]
+    host = np.asarray(data.store.data[part.rows])
+    resident = ResidentPart(torch.from_numpy(host), *(torch.from_numpy(a) for a in (
+        part.fine_targets, part.fine_mask, part.coarse_targets, part.coarse_mask)))
+    order = np.random.default_rng(0).permutation(len(part.keys))
+    for a, b in zip(resident.batches(8, order), batches(part, data.store, 8, order)):
+        for x, y in zip(a[:5], b[:5]):
+            assert torch.equal(x, y)
+    assert ResidentPart.upload(part, data.store, torch.device("cpu")) is None  # CPU trains from the memmap
