@@ -23,6 +23,8 @@ def _groups(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def roc_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(N,) scores and bool labels, (B, N) weights → (B,) ROC-AUC (NaN where a class has no weight).
     AUC = P(score of a positive > score of a negative) + ½ P(tie), each pair weighted by w_i · w_j."""
+    if scores.size == 0:  # a tag never observed on these clips
+        return np.full(len(weights), np.nan)
     order, last = _groups(scores)
     y = positive[order]
     w = weights[:, order]
@@ -44,6 +46,8 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np
 def average_precision(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(B,) average precision, scikit-learn's definition: Σ_k (R_k − R_{k−1}) · P_k over the distinct
     thresholds, from the highest score down."""
+    if scores.size == 0:
+        return np.full(len(weights), np.nan)
     order, last = _groups(scores)
     y = positive[order]
     w = weights[:, order]
@@ -81,10 +85,6 @@ def macro_scores(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, thres
     for k in range(probs.shape[1]):
         obs = mask[:, k].astype(bool)
         s, y, w = probs[obs, k].astype(np.float64), targets[obs, k] > 0.5, weights[:, obs]
-        if not obs.any():  # a tag never observed on these clips: left out of every weighting
-            for v in per.values():
-                v.append(np.full(len(weights), np.nan))
-            continue
         both = ((w * y).sum(axis=1) > 0) & ((w * ~y).sum(axis=1) > 0)
         per["roc_auc"].append(roc_auc(s, y, w))
         per["pr_auc"].append(np.where(both, average_precision(s, y, w), np.nan))
