@@ -29,7 +29,9 @@ backbone_class = BACKBONES.lookup
 
 
 class Backbone(nn.Module):
-    """Log-mel (B, T, n_mels) → embedding (B, embedding_dim)."""
+    """Log-mel (B, T, n_mels) → embedding Z (B, embedding_dim), as the heads read it in evaluation: the
+    embedding dropout of training is applied after it, by ``HierarchicalModel`` (so that ``hmic embed``
+    caches exactly this output and the frozen protocol can still apply that dropout)."""
 
     registered_name = "?"  # set by @register_backbone
     n_mels = 64
@@ -192,8 +194,7 @@ class Cnn14(Backbone):
         x = x.mean(dim=3)  # over mel → (B, C, T')
         x = x.max(dim=2).values + x.mean(dim=2)
         x = F.dropout(x, p=0.5, training=self.training)
-        x = F.relu_(self.fc1(x))
-        return F.dropout(x, p=self.cfg.embedding_dropout, training=self.training)
+        return F.relu_(self.fc1(x))  # Z: the embedding dropout is the model's (HierarchicalModel)
 
 
     def for_inference(self, narrow: bool = True) -> "Cnn14":

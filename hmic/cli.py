@@ -31,7 +31,7 @@ class Commands(TyperGroup):
     onnx`` never needs. Listing the commands (``hmic --help``) builds it too."""
 
     # a lazily built command -> (the command it is listed after, the function that builds it)
-    LAZY = {"train": ("featurize", lambda: _train_command())}
+    LAZY = {"train": ("embed", lambda: _train_command())}
 
     def list_commands(self, ctx) -> list[str]:
         names = [n for n in super().list_commands(ctx) if n not in self.LAZY]
@@ -170,6 +170,47 @@ def featurize(
         console.print(f"[yellow]{s.failed} clips failed and are left out of training; see {s.failures_path}[/]")
 
 
+@app.command()
+def embed(
+    pretrained: Annotated[Optional[str], typer.Option(help="The backbone's weights: an AudioSet CNN14 file, an hmic run "
+                                                           "folder or an hmic checkpoint.", show_default="the AudioSet CNN14 checkpoint "
+                                                           "of 'hmic download cnn14'")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="Embed with this hmic run's backbone (the same as --pretrained RUN).",
+                                                show_default=False)] = None,
+    arch: Annotated[str, typer.Option(help="The backbone of an AudioSet file (an hmic run names its own).")] = "cnn14",
+    data_dir: DataDir = None,
+    work_dir: WorkDir = None,
+    clip_seconds: Annotated[float, typer.Option(help="Clip length of the features.")] = FrontendConfig.clip_seconds,
+    precision: Annotated[str, typer.Option(help="auto: bf16 where the device has it natively (CUDA, a CPU with "
+                                                "avx512_bf16 or AMX), else fp32; or bf16, fp32.")] = "auto",
+    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = "auto",
+    force: Annotated[bool, typer.Option(help="Recompute a store made for another set of clips.")] = False,
+) -> None:
+    """Cache every clip's embedding Z (after fc1 and ReLU, before dropout) for --protocol frozen (resumable)."""
+    from .stack import require_torch_stack
+
+    require_torch_stack()
+    from .backbones import backbone_class
+    from .dataset import resolve_data_dir, resolve_work_dir
+    from .download import default_checkpoint
+    from .embeddings import embed as embed_store
+
+    if run is not None and pretrained is not None:
+        raise typer.BadParameter("give --pretrained or --run, not both")
+    source = str(run) if run is not None else (pretrained or str(default_checkpoint()))
+    root = resolve_data_dir(data_dir)
+    frontend = FrontendConfig(clip_seconds=clip_seconds, n_mels=backbone_class(arch).n_mels)
+    s = embed_store(resolve_work_dir(root, work_dir), frontend, arch, source, precision=precision, device=device,
+                    force=force, console=err)
+    table = Table(title=f"embed → {s.folder}")
+    for col in ("clips", "done now", "failed", "skipped (already done)", "precision", "time", "throughput"):
+        table.add_column(col, justify="right")
+    table.add_row(str(s.total), str(s.done), str(s.failed), str(s.skipped), s.precision, f"{s.seconds:.1f} s",
+                  f"{s.clips_per_second:.1f} clips/s")
+    console.print(table)
+    console.print(f"train on it: hmic train --protocol frozen --pretrained {source} --precision {s.precision}")
+
+
 def _floats(text: str, option: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -226,6 +267,9 @@ def _train_command():
         values = load_config_file(config) if config else {}
         values.update({name: str(v) if isinstance(v, Path) else v for name, v in fields.items() if given(name)})
         base = TrainConfig(**values)
+        if base.protocol == "frozen" and values.get("specaugment"):
+            raise HmicError("--specaugment acts on the log-mel input, which a fixed backbone's cached embeddings no "
+                            "longer have: drop it with --protocol frozen")
         seed_list = list(range(seeds)) if seeds is not None else [base.seed]
         lam_list = _floats(lambdas, "--lambdas") if lambdas else [base.lam]
         methods = [m.strip() for m in base.method.split(",") if m.strip()]

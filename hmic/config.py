@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 
 DEFAULT_LAMBDA = 0.8
+PROTOCOLS = ("finetune", "frozen")
 
 
 def option(default, help: str, **cli):
@@ -42,11 +43,15 @@ class TrainConfig:
     """Everything that defines a run. Loadable from YAML (--config), overridden by CLI flags."""
 
     method: str = option("gmp", "Head, or several comma-separated.", choices="heads")
+    protocol: str = option("finetune", "finetune: the paper's protocol, all of the backbone trains; frozen: the "
+                           "backbone is fixed and only the head trains, on embeddings cached by 'hmic embed' "
+                           "(README, 'The frozen-backbone protocol').")
     lam: float = option(DEFAULT_LAMBDA, "Weight λ of the fine loss (1 for heads without coarse loss).", flag="--lambda")
     seed: int = option(0, "Train this one seed.")
     arch: str = option("cnn14", "Backbone.", choices="backbones")
     pretrained: str = option(str(default_checkpoint()), f"AudioSet CNN14 checkpoint ({CNN14.filename}: "
-                             "'hmic download cnn14'), or 'none' to train from scratch.")
+                             "'hmic download cnn14'), or 'none' to train from scratch; under the frozen protocol, the "
+                             "backbone that was embedded: that file, an hmic run folder or an hmic checkpoint.")
     epochs: int = option(30, "Epochs; the best validation epoch is kept.")  # a project choice (paper silent)
     batch_size: int = option(16, "Batch size.")
     lr: float = option(1e-4, "Peak learning rate.")
@@ -70,6 +75,9 @@ class TrainConfig:
     limit_batches: int = option(0, "Train on at most this many batches per epoch; 0 = all (smoke tests).")
     compile: bool = option(False, "torch.compile the model for training (measured against eager: README, 'Table 1 at a fraction of the cost').")
     keep_last: bool = option(False, "Keep last.pt (the resume checkpoint, with the optimiser state) once the run has finished.")
+    # finetune protocol with the backbone kept fixed (learning rate 0 on every backbone parameter, the
+    # backbone in eval mode): the frozen protocol's function at fine-tuning cost, its reference in the tests
+    fixed_backbone: bool = False
     # augmentation (hmic.augment), off by default: Table 1 runs do not use it
     aug_gain_db: float = option(0.0, "Augmentation: random gain of up to ± this many dB per clip (0: off).")
     aug_shift_seconds: float = option(0.0, "Augmentation: random circular time shift of up to ± this many seconds (0: off).")
@@ -106,13 +114,28 @@ class TrainConfig:
             raise HmicError("--aug-gain-db, --aug-shift-seconds and --mixup-alpha must be 0 (off) or more")
         if self.aug_shift_seconds >= self.clip_seconds:
             raise HmicError(f"--aug-shift-seconds must be shorter than a clip ({self.clip_seconds} s)")
+        if self.protocol not in PROTOCOLS:
+            raise HmicError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol == "frozen" or self.fixed_backbone:
+            refused = [name for name, on in (("--specaugment", self.specaugment and self.protocol == "frozen"),
+                                             ("--aug-gain-db", self.aug_gain_db), ("--aug-shift-seconds", self.aug_shift_seconds),
+                                             ("--mixup-alpha", self.mixup_alpha)) if on]
+            if refused:
+                raise HmicError(f"{', '.join(refused)} act on the log-mel input, which a fixed backbone's cached "
+                                "embeddings no longer have: drop them with --protocol frozen")
+            if not self.pretrained or self.pretrained.lower() == "none":
+                raise HmicError("--protocol frozen needs a trained backbone: pass --pretrained (an AudioSet CNN14 "
+                                "file, an hmic run folder or checkpoint), the one 'hmic embed' embedded")
 
     def resolved(self) -> "TrainConfig":
         """The configuration a run really uses: λ as its head takes it (1 for a head without coarse loss)."""
         from .heads import head_class
 
-        self.validate()
-        return replace(self, lam=head_class(self.method).lambda_for(self.lam))
+        cfg = self
+        if cfg.protocol == "frozen" and cfg.specaugment:  # the default is on; it cannot act on cached embeddings
+            cfg = replace(cfg, specaugment=False)  # (asked for explicitly, the command line refuses it: hmic.cli)
+        cfg.validate()
+        return replace(cfg, lam=head_class(cfg.method).lambda_for(cfg.lam))
 
     def run(self) -> Run:
         cfg = self.resolved()

@@ -102,12 +102,7 @@ def featurize(keys: list[str], paths: list[Path], work_dir: Path, cfg: FrontendC
 
     require_torch_stack()  # a broken torch/torchaudio is one error here, not every clip in failures.csv
     console = console or Console(stderr=True)
-    folder = store_dir(work_dir, cfg)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise HmicError(f"cannot create the feature store {folder} ({e.strerror}); pass --work-dir "
-                        "(or $HMIC_WORK_DIR) to a writable folder") from None
+    folder = make_store_folder(store_dir(work_dir, cfg), "feature store")
     n, shape = len(keys), (len(keys), cfg.n_frames, cfg.n_mels)
     manifest_path = folder / MANIFEST
     if manifest_path.exists():
@@ -187,24 +182,35 @@ def featurize_dataset(dataset: OpenMIC, work_dir: Path, cfg: FrontendConfig = Fr
     return featurize(keys, [dataset.audio_source(k) for k in keys], work_dir, cfg, **options)
 
 
-def _create_store(folder: Path, shape: tuple[int, int, int]) -> None:
-    """The store's two files, their disk space reserved now (posix_fallocate), so that a full disk is
-    an error before any work rather than a crash (SIGBUS) when a memory-mapped page is written."""
-    need = int(np.prod(shape)) * 2 + shape[0]
+def make_store_folder(folder: Path, what: str) -> Path:
+    """``folder`` created (parents too), or one line naming it and the fix."""
     try:
-        for name, dtype, dims in ((LOGMEL, np.float16, shape), (DONE, np.uint8, shape[:1])):
-            np.memmap(folder / name, dtype=dtype, mode="w+", shape=dims).flush()
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HmicError(f"cannot create the {what} {folder} ({e.strerror}); pass --work-dir "
+                        "(or $HMIC_WORK_DIR) to a writable folder") from None
+    return folder
+
+
+def _create_store(folder: Path, shape: tuple[int, ...], data_file: str = LOGMEL, dtype=np.float16) -> None:
+    """A store's two files (its rows and their done flags), their disk space reserved now
+    (posix_fallocate), so that a full disk is an error before any work rather than a crash (SIGBUS)
+    when a memory-mapped page is written."""
+    need = int(np.prod(shape)) * np.dtype(dtype).itemsize + shape[0]
+    try:
+        for name, kind, dims in ((data_file, dtype, shape), (DONE, np.uint8, shape[:1])):
+            np.memmap(folder / name, dtype=kind, mode="w+", shape=dims).flush()
             if hasattr(os, "posix_fallocate"):
                 fd = os.open(folder / name, os.O_RDWR)
                 try:
-                    os.posix_fallocate(fd, 0, int(np.prod(dims)) * np.dtype(dtype).itemsize)
+                    os.posix_fallocate(fd, 0, int(np.prod(dims)) * np.dtype(kind).itemsize)
                 finally:
                     os.close(fd)
     except OSError as e:
-        for name in (LOGMEL, DONE):
+        for name in (data_file, DONE):
             (folder / name).unlink(missing_ok=True)
         free = shutil.disk_usage(folder).free if folder.exists() else 0
-        raise HmicError(f"cannot create the feature store in {folder} ({e.strerror}): it needs {need / 1e9:.2f} GB, "
+        raise HmicError(f"cannot create the store in {folder} ({e.strerror}): it needs {need / 1e9:.2f} GB, "
                         f"{free / 1e9:.2f} GB are free; free space or pass --work-dir on another disk") from None
 
 
@@ -220,28 +226,63 @@ def _write_failures(folder: Path, failures: dict[str, tuple[str, str]]) -> None:
     write_csv(folder / FAILURES, FAILURES_HEADER, [[key, *failures[key]] for key in sorted(failures)])
 
 
-class FeatureStore:
-    """Read-only view of a feature store: rows by sample key, memory-mapped (nothing loaded up front)."""
+class RowStore:
+    """Read-only view of a store of one row per clip (``keys`` in row order), memory-mapped: its manifest,
+    ``data`` (N, ...), the done flags and the failures. ``usable`` and ``rows`` select a part's clips.
+    Subclasses name their data file, its dtype, and the command that fills them (``command``)."""
 
-    def __init__(self, folder: Path, cfg: FrontendConfig | None = None):
+    data_file = LOGMEL
+    dtype = np.float16
+    command = "hmic featurize"
+    verb = "featurized"
+
+    def __init__(self, folder: Path):
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.exists():
-            raise HmicError(f"no features in {folder}; run 'hmic featurize' first")
-        manifest = json.loads(path.read_text())
+            raise HmicError(f"no {self.verb} clips in {folder}; run '{self.command}' first")
+        self.manifest = json.loads(path.read_text())
+        self.folder = folder
+        self.frontend = FrontendConfig(**self.manifest["frontend"])
+        self.keys: list[str] = self.manifest["keys"]
+        self.index = {k: i for i, k in enumerate(self.keys)}
+        self.shape = tuple(self.manifest["shape"])
+        self.data = np.memmap(folder / self.data_file, dtype=self.dtype, mode="r", shape=self.shape)
+        self.done = np.fromfile(folder / DONE, dtype=np.uint8).astype(bool)
+        self.failures = _read_failures(folder)
+
+    def usable(self, keys: list[str], part: str = "") -> list[str]:
+        """Keys whose rows exist. Failed clips are left out with a warning naming them;
+        clips never computed are an error (run the store's command to finish)."""
+        missing = [k for k in keys if k not in self.index]
+        if missing:
+            raise HmicError(f"{len(missing)} clips of {part or 'the split'} (e.g. {missing[0]}) are not in {self.folder}; "
+                            f"re-run '{self.command} --force'")
+        failed = [k for k in keys if k in self.failures]
+        if failed:
+            warnings.warn(f"{len(failed)} clips of {part or 'the split'} left out, their audio failed ({', '.join(failed[:5])}"
+                          f"{', ...' if len(failed) > 5 else ''}); see {self.folder / FAILURES}", stacklevel=2)
+        not_done = [k for k in keys if k not in self.failures and not self.done[self.index[k]]]
+        if not_done:
+            raise HmicError(f"{len(not_done)} clips (e.g. {not_done[0]}) are not {self.verb} yet; "
+                            f"run '{self.command}' to finish ({self.folder})")
+        return [k for k in keys if k not in self.failures]
+
+    def rows(self, keys: list[str]) -> np.ndarray:
+        return np.array([self.index[k] for k in keys], dtype=np.int64)
+
+
+class FeatureStore(RowStore):
+    """The log-mel feature store (float16 (N, T, n_mels)), found by its front-end's digest."""
+
+    def __init__(self, folder: Path, cfg: FrontendConfig | None = None):
+        super().__init__(folder)
+        manifest = self.manifest
         if cfg is not None and (manifest["digest"] != cfg.digest() or manifest["frontend"] != cfg.to_dict()):
             raise HmicError(
                 f"features in {folder} were made with another front-end ({manifest['frontend']}); "
                 "re-run 'hmic featurize' for this model's front-end"
             )
-        self.folder = folder
-        self.frontend = FrontendConfig(**manifest["frontend"])
-        self.keys: list[str] = manifest["keys"]
-        self.index = {k: i for i, k in enumerate(self.keys)}
-        self.shape = tuple(manifest["shape"])
-        self.data = np.memmap(folder / LOGMEL, dtype=np.float16, mode="r", shape=self.shape)
-        self.done = np.fromfile(folder / DONE, dtype=np.uint8).astype(bool)
-        self.failures = _read_failures(folder)
 
     @classmethod
     def open(cls, work_dir: Path, cfg: FrontendConfig = FrontendConfig()) -> "FeatureStore":
@@ -251,21 +292,3 @@ class FeatureStore:
             hint = f" (found stores of other front-ends: {', '.join(others)})" if others else ""
             raise HmicError(f"no features for front-end {cfg.digest()} in {Path(work_dir) / 'features'}{hint}; run 'hmic featurize'")
         return cls(folder, cfg)
-
-    def usable(self, keys: list[str], part: str = "") -> list[str]:
-        """Keys whose features exist. Failed clips are left out with a warning naming them;
-        clips never featurized are an error (run featurize to finish)."""
-        missing = [k for k in keys if k not in self.index]
-        if missing:
-            raise HmicError(f"{len(missing)} clips of {part or 'the split'} (e.g. {missing[0]}) are not in {self.folder}; re-run 'hmic featurize --force'")
-        failed = [k for k in keys if k in self.failures]
-        if failed:
-            warnings.warn(f"{len(failed)} clips of {part or 'the split'} left out, their audio failed ({', '.join(failed[:5])}"
-                          f"{', ...' if len(failed) > 5 else ''}); see {self.folder / FAILURES}", stacklevel=2)
-        not_done = [k for k in keys if k not in self.failures and not self.done[self.index[k]]]
-        if not_done:
-            raise HmicError(f"{len(not_done)} clips (e.g. {not_done[0]}) are not featurized yet; run 'hmic featurize' to finish")
-        return [k for k in keys if k not in self.failures]
-
-    def rows(self, keys: list[str]) -> np.ndarray:
-        return np.array([self.index[k] for k in keys], dtype=np.int64)

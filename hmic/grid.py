@@ -1,7 +1,8 @@
 """The grid of runs (methods × λ × seeds) and the executors that run it.
 
 ``plan_grid`` lists the runs; ``run_grid`` validates them all before anything starts and hands them to
-an executor. ``LocalExecutor`` (the default) trains them one after another in this process, sharing
+an executor. ``work_units`` groups them: a fine-tuning run is a unit; frozen-protocol runs that differ
+only in seed and λ are one stack, trained together in one process (``hmic.frozen``). ``LocalExecutor`` (the default) trains them one after another in this process, sharing
 the loaded data; ``hmic.ray_engine.RayExecutor`` spreads them over a Ray cluster. An executor only
 needs ``run(configs, resume=, force=, console=)`` returning one summary (done.json) per config, in
 order, and raising ``GridError`` at the end when some runs failed while the others went on.
@@ -59,20 +60,49 @@ class LocalExecutor:
         return self._data[key]
 
     def run(self, configs: list[TrainConfig], *, resume: bool = False, force: bool = False, console=None) -> list[dict]:
-        summaries: list[dict | None] = []
+        summaries: list[dict | None] = [None] * len(configs)
         failures: dict[str, str] = {}
-        for cfg in configs:
+        for members in work_units(configs):  # a run, or a stack of frozen-protocol runs trained together
             try:
-                summaries.append(train_run(cfg, resume=resume, force=force, console=console, progress=self.progress,
-                                           data=self.data_for(cfg)))
+                if configs[members[0]].protocol == "frozen":
+                    from .frozen import train_frozen
+
+                    done = train_frozen([configs[i] for i in members], resume=resume, force=force, console=console,
+                                        progress=self.progress, data=self.data_for(configs[members[0]]))
+                else:
+                    done = [train_run(configs[members[0]], resume=resume, force=force, console=console,
+                                      progress=self.progress, data=self.data_for(configs[members[0]]))]
+                for i, summary in zip(members, done):
+                    summaries[i] = summary
             except Exception as e:  # one broken run must not stop the grid; KeyboardInterrupt still does
-                failures[str(cfg.run())] = str(e).splitlines()[0] if str(e) else type(e).__name__
-                summaries.append(None)
+                text = str(e).splitlines()[0] if str(e) else type(e).__name__
+                for i in members:
+                    failures[str(configs[i].run())] = text
                 if console is not None:
-                    console.print(f"[red]✗ {cfg.run()}: {failures[str(cfg.run())]}[/]", highlight=False, soft_wrap=True)
+                    console.print(f"[red]✗ {', '.join(str(configs[i].run()) for i in members)}: {text}[/]", highlight=False,
+                                  soft_wrap=True)
         if failures:
             raise GridError(summaries, failures)
         return summaries
+
+
+def work_units(configs: list[TrainConfig]) -> list[list[int]]:
+    """The grid as units of work, by index into ``configs``: each fine-tuning run alone; frozen-protocol runs
+    that can share a step (``hmic.frozen.stack_key``: the same but for seed and λ) as one stack."""
+    units: list[list[int]] = []
+    stacks: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        if cfg.protocol == "frozen":
+            from .frozen import stack_key
+
+            key = stack_key(cfg)
+            if key not in stacks:
+                stacks[key] = []
+                units.append(stacks[key])
+            stacks[key].append(i)
+        else:
+            units.append([i])
+    return units
 
 
 def run_grid(configs: list[TrainConfig], executor: Executor | None = None, *, resume: bool = False,

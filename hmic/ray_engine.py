@@ -1,4 +1,5 @@
-"""`hmic train --engine ray`: the grid spread over a Ray cluster, one Ray task per (method, λ, seed).
+"""`hmic train --engine ray`: the grid spread over a Ray cluster, one Ray task per (method, λ, seed), or per
+stack of frozen-protocol runs (``hmic.grid.work_units``: many runs in one process, no start-up per run).
 
 Every run trains through the same ``train_run`` as the local engine, in a Ray worker with the
 resources given (``gpus_per_run`` may be a fraction: 0.25 packs four runs on one GPU). The data,
@@ -19,7 +20,7 @@ from dataclasses import asdict
 
 from .errors import HmicError
 from .config import TrainConfig
-from .grid import GridError
+from .grid import GridError, work_units
 from .train import open_run, train_run
 from .trainingdata import data_key, load_training_data
 
@@ -34,16 +35,25 @@ def import_ray():
     return ray
 
 
-def train_task(config: dict, threads: int) -> dict:
-    """What one Ray task runs: the run, resumed from last.pt when an earlier attempt left one."""
+def train_task(configs: list[dict], threads: int) -> list[dict]:
+    """What one Ray task runs: a run, or a stack of frozen-protocol runs (``hmic.grid.work_units``) in one
+    process, resumed from last.pt where an earlier attempt left one. Returns their summaries."""
     import torch
 
     torch.set_num_threads(threads)
-    return train_run(TrainConfig(**config), resume=True, force=False, progress=False)
+    cfgs = [TrainConfig(**c) for c in configs]
+    if cfgs[0].protocol == "frozen":
+        from .frozen import train_frozen
+
+        return train_frozen(cfgs, resume=True, force=False, progress=False)
+    return [train_run(cfgs[0], resume=True, force=False, progress=False)]
 
 
-def task_name(cfg: TrainConfig) -> str:
-    """Also the worker's process title (``ray::hmic:gmp:0.80:3``), to find it in ps or top."""
+def task_name(cfgs: list[TrainConfig]) -> str:
+    """Also the worker's process title (``ray::hmic:gmp:0.80:3``; a stack ``ray::hmic:gmp:frozen:40-runs``)."""
+    cfg = cfgs[0]
+    if len(cfgs) > 1 or cfg.protocol == "frozen":
+        return f"hmic:{cfg.method}:frozen:{len(cfgs)}-runs"
     return f"hmic:{cfg.method}:{cfg.lam:.2f}:{cfg.seed}"
 
 
@@ -102,9 +112,10 @@ class RayExecutor:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         remote = ray.remote(train_task)
         threads = max(1, int(self.cpus_per_run))
-        refs = {remote.options(name=task_name(configs[i]), num_cpus=self.cpus_per_run, num_gpus=gpus,
+        units = [[todo[j] for j in unit] for unit in work_units([configs[i] for i in todo])]
+        refs = {remote.options(name=task_name([configs[i] for i in unit]), num_cpus=self.cpus_per_run, num_gpus=gpus,
                                max_retries=self.max_retries, retry_exceptions=False)
-                .remote(asdict(configs[i]), threads): i for i in todo}
+                .remote([asdict(configs[i]) for i in unit], threads): unit for unit in units}
         failures: dict[str, str] = {}
         pending = list(refs)
         live = Live(self._table(configs, summaries, failures), console=console, refresh_per_second=2) \
@@ -113,13 +124,15 @@ class RayExecutor:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_SECONDS)
                 for ref in ready:
-                    i = refs[ref]
+                    unit = refs[ref]
                     try:
-                        summaries[i] = ray.get(ref)
+                        for i, summary in zip(unit, ray.get(ref)):
+                            summaries[i] = summary
                     except Exception as e:  # the run's own error (RayTaskError wraps it) or its worker's death
                         cause = getattr(e, "cause", None) or e
                         text = str(cause).strip().splitlines()
-                        failures[str(configs[i].run())] = text[-1] if text else type(cause).__name__
+                        for i in unit:
+                            failures[str(configs[i].run())] = text[-1] if text else type(cause).__name__
                 if self.progress:
                     live.update(self._table(configs, summaries, failures))
         return failures

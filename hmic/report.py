@@ -47,14 +47,29 @@ def build_table(runs_dir: Path, split: str = "test", reference: str = REFERENCE,
         raise HmicError(f"no finished runs under {runs_dir}; train some with 'hmic train'")
     groups = by_method(finished_runs(runs_dir))
     chosen = selected_runs(runs_dir)
+    protocol = runs_protocol([r for runs in groups.values() for r in runs], runs_dir)
     versus = against_reference(chosen, reference, split, n_boot) if reference in chosen and len(chosen) > 1 else {}
     rows = []
     for method, runs in chosen.items():
         agg = evaluate_runs(runs, split)
-        rows.append({"method": method, "lambda": runs[0].lam, "seeds": len(runs), "selection": select_lambda(groups[method]),
+        rows.append({"method": method, "lambda": runs[0].lam, "seeds": len(runs), "protocol": protocol,
+                     "selection": select_lambda(groups[method]),
                      "aggregate": agg.to_dict(), "versus": {"reference": reference,
                                                             "differences": [d.to_dict() for d in versus.get(method, [])]}})
     return rows
+
+
+PROTOCOL_LABELS = {"finetune": "fine-tuned backbone (the paper's protocol)",
+                   "frozen": "frozen backbone: the head alone on cached embeddings ('hmic embed')"}
+
+
+def runs_protocol(runs: list[Run], runs_dir: Path) -> str:
+    """The protocol (``TrainConfig.protocol``) of every run of a table: one, or an error naming both."""
+    found = {r.config().get("protocol", "finetune") for r in runs}
+    if len(found) > 1:
+        raise HmicError(f"{runs_dir} holds runs of both protocols ({', '.join(sorted(found))}); a table compares runs "
+                        "of one protocol: train them into separate --runs-dir folders")
+    return found.pop() if found else "finetune"
 
 
 def _marker(row: dict, level: str, metric: str) -> str:
@@ -73,7 +88,9 @@ def _cell(agg: dict, level: str, metric: str) -> tuple[float, float]:
 def to_markdown(rows: list[dict], split: str) -> str:
     head = "| method | λ | seeds | " + " | ".join(COLUMNS) + " |"
     reference = rows[0].get("versus", {}).get("reference", REFERENCE) if rows else REFERENCE
-    lines = [f"Table 1 reproduction ({split} split, macro over tags, %, mean ± std over seeds; ▲ / ▼: significantly "
+    protocol = rows[0].get("protocol", "finetune") if rows else "finetune"
+    lines = [f"Protocol: {PROTOCOL_LABELS.get(protocol, protocol)}.", "",
+             f"Table 1 reproduction ({split} split, macro over tags, %, mean ± std over seeds; ▲ / ▼: significantly "
              f"better / worse than {reference} at 5%, paired by seed with a bootstrap over test clips, Holm-corrected "
              "over methods)", "", head, "|" + "---|" * (len(COLUMNS) + 3)]
     for r in rows:
@@ -97,7 +114,7 @@ def to_csv(rows: list[dict]) -> str:
     cells = [(lv, m) for lv in LEVELS for m in METRICS]
     header = (["method", "lambda", "seeds"] + [f"{lv}_{m}_{s}" for lv, m in cells for s in ("mean", "std")]
               + [f"{lv}_{m}_vs_reference_{s}" for lv, m in cells for s in ("diff", "p_holm")]
-              + [f"{name}_{s}" for name in EXTRA_METRICS for s in ("mean", "std")])
+              + [f"{name}_{s}" for name in EXTRA_METRICS for s in ("mean", "std")] + ["protocol"])
     lines = []
     for r in rows:
         vals = [f"{v:.4f}" for lv, m in cells for v in _cell(r["aggregate"], lv, m)]
@@ -105,7 +122,7 @@ def to_csv(rows: list[dict]) -> str:
         versus = [x for lv, m in cells for x in ((f"{100 * diffs[lv, m]['mean']:.4f}", f"{diffs[lv, m]['p_holm']:.4f}")
                                                  if (lv, m) in diffs else ("", ""))]
         beyond = [f"{r['aggregate']['beyond'][name][s]:.4f}" for name in EXTRA_METRICS for s in ("mean", "std")]
-        lines.append([r["method"], f"{r['lambda']:.2f}", r["seeds"]] + vals + versus + beyond)
+        lines.append([r["method"], f"{r['lambda']:.2f}", r["seeds"]] + vals + versus + beyond + [r.get("protocol", "finetune")])
     return csv_text(header, lines)
 
 

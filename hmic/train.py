@@ -22,12 +22,12 @@ from .checkpoint import read_state, save_checkpoint
 from .config import TrainConfig
 from .devices import autocast, resolve_device
 from .errors import HmicError
-from .features import FeatureStore
+from .features import RowStore
 from .heads import hierarchical_loss
 from .hierarchy import Hierarchy
 from .inference import infer
 from .metrics import masked_bce
-from .model import HierarchicalModel
+from .model import CachedEmbedding, HierarchicalModel
 from .runs import Run
 from .trainingdata import ResidentPart, SplitPart, TrainingData, batches, load_training_data
 
@@ -35,6 +35,8 @@ from .trainingdata import ResidentPart, SplitPart, TrainingData, batches, load_t
 # from torch's global generator (weights, dropout, SpecAugment) so that neither shifts the other.
 EPOCH_SEED_STRIDE = 100_003  # a prime: (seed, epoch) pairs of runs with < 100,003 epochs never collide
 AUGMENT_SEED_OFFSET = 7_919  # the augmentation stream of an epoch, away from its order stream
+DROPOUT_SEED_OFFSET = 50_021  # the embedding-dropout stream of a fixed-backbone run's epoch (numpy's PCG64)
+HEAD_SEED_OFFSET = 99_991  # the head initialisation of a fixed-backbone run
 
 
 def epoch_generator(seed: int, epoch: int, offset: int = 0) -> torch.Generator:
@@ -53,10 +55,38 @@ def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_model(cfg: TrainConfig, hierarchy: Hierarchy, frontend: FrontendConfig, warn=None) -> HierarchicalModel:
+def init_head(cfg: TrainConfig, hierarchy: Hierarchy, dim: int) -> torch.nn.Module:
+    """The head of a run with a fixed backbone (frozen protocol, or its fixed-backbone reference), drawn
+    from its seed alone, apart from torch's global generator: the same head whatever built the backbone."""
+    from .heads import build_head
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed * EPOCH_SEED_STRIDE + HEAD_SEED_OFFSET)
+        return build_head(cfg.method, dim, hierarchy)
+
+
+def dropout_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The embedding-dropout stream of one epoch of a fixed-backbone run (``hmic.model.dropout_keep``)."""
+    return np.random.Generator(np.random.PCG64(seed * EPOCH_SEED_STRIDE + epoch + DROPOUT_SEED_OFFSET))
+
+
+def build_model(cfg: TrainConfig, hierarchy: Hierarchy, frontend: FrontendConfig, warn=None,
+                embedding_dim: int | None = None) -> HierarchicalModel:
     """The run's model; with pretrained weights, a checkpoint whose frozen front-end differs from the
-    features' is reported through ``warn`` (the features are what the model trains on)."""
+    features' is reported through ``warn`` (the features are what the model trains on).
+
+    Frozen protocol: no backbone (``CachedEmbedding`` of ``embedding_dim``: the store's rows are its input).
+    Fixed-backbone fine-tuning: the backbone of ``cfg.pretrained`` (a CNN14 file or an hmic run), kept fixed."""
     backbone = BackboneConfig(cfg.arch, specaugment=cfg.specaugment, embedding_dropout=cfg.embedding_dropout)
+    if cfg.protocol == "frozen":
+        return HierarchicalModel(backbone, cfg.method, hierarchy, backbone=CachedEmbedding(backbone, embedding_dim),
+                                 head=init_head(cfg, hierarchy, embedding_dim))
+    if cfg.fixed_backbone:
+        from .checkpoint import load_backbone
+
+        fixed = load_backbone(cfg.arch, cfg.pretrained, frontend, warn).backbone
+        return HierarchicalModel(backbone, cfg.method, hierarchy, backbone=fixed,
+                                 head=init_head(cfg, hierarchy, fixed.embedding_dim))
     model = HierarchicalModel(backbone, cfg.method, hierarchy)
     if cfg.pretrained and cfg.pretrained.lower() != "none":
         model.backbone.check_frontend(frontend)
@@ -64,7 +94,7 @@ def build_model(cfg: TrainConfig, hierarchy: Hierarchy, frontend: FrontendConfig
     return model
 
 
-def predict_part(model: HierarchicalModel, part: SplitPart, store: FeatureStore, device: torch.device,
+def predict_part(model: HierarchicalModel, part: SplitPart, store: RowStore, device: torch.device,
                  precision: str = "auto", batch_size: int = 32) -> dict:
     """The model's outputs on a part, as the arrays of a run's predictions file (float32 probabilities)."""
     out = infer(model, (x for x, *_ in batches(part, store, batch_size)), device, precision)
@@ -79,9 +109,10 @@ def predict_part(model: HierarchicalModel, part: SplitPart, store: FeatureStore,
     return result
 
 
-def validation_losses(model, part: SplitPart, store: FeatureStore, device, precision: str = "auto") -> tuple[dict, dict]:
+def validation_losses(model, part: SplitPart, store: RowStore, device, precision: str = "auto",
+                      batch_size: int = 32) -> tuple[dict, dict]:
     """The validation BCE per level of the saved (float32) probabilities, and the predictions."""
-    pred = predict_part(model, part, store, device, precision)
+    pred = predict_part(model, part, store, device, precision, batch_size)
     return {"val_fine_loss": masked_bce(pred["fine_probs"], part.fine_targets, part.fine_mask),
             "val_coarse_loss": masked_bce(pred["coarse_probs"], part.coarse_targets, part.coarse_mask)}, pred
 
@@ -120,6 +151,9 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
 
     console = console or Console(stderr=True)
     cfg = cfg.resolved()
+    if cfg.protocol == "frozen":
+        raise HmicError("train_run trains the fine-tuning protocol; frozen-protocol runs train through "
+                        "hmic.frozen.train_frozen (or hmic.grid.run_grid, as 'hmic train --protocol frozen' does)")
     with cfg.run().exclusive():  # one writer per run folder, for the whole run
         return _train_locked(cfg, resume, force, console, progress, data, stop_after_epoch)
 
@@ -144,8 +178,13 @@ def _train_locked(cfg: TrainConfig, resume: bool, force: bool, console, progress
     model = model.to(device, memory_format=torch.channels_last)
     # CUDA: cuDNN picks its fastest kernels for the fixed input shape, and Adam runs as one fused kernel;
     # the CPU path stays as it was (its runs are bit-reproducible and equal those before this change).
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 **({"fused": True} if device.type == "cuda" else {}))
+    # a fixed backbone: learning rate 0 on every backbone parameter (lr_scale, applied in train_epoch)
+    groups = ([{"params": list(model.backbone.parameters()), "lr_scale": 0.0},
+               {"params": [p for n, p in model.named_parameters() if not n.startswith("backbone.")]}]
+              if cfg.fixed_backbone else model.parameters())
+    # fused Adam on CUDA, and for a fixed backbone (the frozen protocol's reference uses its kernel)
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 **({"fused": True} if device.type == "cuda" or cfg.fixed_backbone else {}))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     forward = torch.compile(model) if cfg.compile else model  # what trains (its state is model's)
@@ -173,7 +212,8 @@ def _train_locked(cfg: TrainConfig, resume: bool, force: bool, console, progress
 
             train_loss, lr, split = train_epoch(model, optimizer, data, cfg, epoch, steps_per_epoch, device, step_done,
                                                 resident, forward)
-            best, improved, val = validate_and_save(run, model, optimizer, data, cfg, epoch, best, device,
+            best, improved, val = validate_and_save(run, model, lambda: resume_state(optimizer, device), data, cfg,
+                                                    epoch, best, device,
                                                     {"epoch": epoch, "train_loss": train_loss, **split}, lr, t0, history)
             bar.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} val fine {val['val_fine_loss']:.4f}"
                                   f"{' (best)' if improved else ''}")
@@ -194,6 +234,11 @@ def restore(run: Run, model: HierarchicalModel, optimizer: torch.optim.Optimizer
     if device.type == "cuda" and state["training"]["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(state["training"]["rng"]["cuda"])
     start_epoch = state["epoch"] + 1
+    return start_epoch, state["best"], restored_history(run, state, start_epoch)
+
+
+def restored_history(run: Run, state: dict, start_epoch: int) -> list[dict]:
+    """The metrics rows of a last.pt (``state``), with metrics.jsonl rewritten from them."""
     history = state["training"].get("history")
     if history is None:  # a last.pt from before checkpoints carried the history
         run.keep_metrics_before(start_epoch)
@@ -202,7 +247,7 @@ def restore(run: Run, model: HierarchicalModel, optimizer: torch.optim.Optimizer
         written = {r["epoch"]: r for r in run.metrics()}
         history = [{**row, **{k: v for k, v in written.get(row["epoch"], {}).items() if k not in row}} for row in history]
         run.write_metrics(history)
-    return start_epoch, state["best"], list(history)
+    return list(history)
 
 
 def train_epoch(model: HierarchicalModel, optimizer: torch.optim.Optimizer, data: TrainingData, cfg: TrainConfig,
@@ -214,6 +259,9 @@ def train_epoch(model: HierarchicalModel, optimizer: torch.optim.Optimizer, data
     summed on the device and read once (no sync per step), and batches come from ``resident`` (the part
     already on the GPU) when given, else through pinned memory."""
     model.train()
+    if cfg.fixed_backbone:  # the backbone in eval mode (BatchNorm statistics, no dropout inside it)
+        model.backbone.eval()
+        model.embedding_dropout.rng = dropout_rng(cfg.seed, epoch)
     train, frontend = data.parts["train"], data.store.frontend
     order = torch.randperm(len(train.keys), generator=epoch_generator(cfg.seed, epoch)).numpy()
     aug_gen = epoch_generator(cfg.seed, epoch, AUGMENT_SEED_OFFSET)
@@ -238,7 +286,7 @@ def train_epoch(model: HierarchicalModel, optimizer: torch.optim.Optimizer, data
         data_seconds += time.perf_counter() - fetch
         lr = lr_at(epoch * steps_per_epoch + i, steps_per_epoch, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         with autocast(device, cfg.precision):
             out = (forward or model)(x)
         loss = hierarchical_loss(out, model.head, ft, fm, ct, cm, cfg.lam, cfg.alpha)
@@ -259,28 +307,35 @@ def train_epoch(model: HierarchicalModel, optimizer: torch.optim.Optimizer, data
     return mean_loss, lr, split
 
 
-def validate_and_save(run: Run, model: HierarchicalModel, optimizer: torch.optim.Optimizer, data: TrainingData,
+def resume_state(optimizer: torch.optim.Optimizer, device: torch.device) -> dict:
+    """What last.pt needs beyond the model to resume bit-exactly: the optimiser and the RNG states."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+    return {"optimizer": optimizer.state_dict(), "rng": rng}
+
+
+def validate_and_save(run: Run, model: HierarchicalModel, training_state, data: TrainingData,
                       cfg: TrainConfig, epoch: int, best: dict, device: torch.device, row: dict, lr: float,
-                      started: float, history: list[dict]) -> tuple[dict, bool, dict]:
-    """Validation losses, best.pt when the fine loss improved, then the epoch's commit: last.pt (the
-    optimiser and RNG states and every metrics row so far, this epoch's included), then the row appended
-    to metrics.jsonl. Returns (the best record, whether it improved, the losses); ``history`` grows."""
+                      started: float, history: list[dict], *, batch_size: int = 32,
+                      embedding: dict | None = None) -> tuple[dict, bool, dict]:
+    """Validation losses, best.pt when the fine loss improved, then the epoch's commit: last.pt (what
+    ``training_state()`` returns: the optimiser and RNG states, and every metrics row so far, this
+    epoch's included), then the row appended to metrics.jsonl. Returns (the best record, whether it
+    improved, the losses); ``history`` grows. ``embedding``: a frozen run's backbone (``hmic.checkpoint``)."""
     frontend, config = data.store.frontend, asdict(cfg)
     t_val = time.perf_counter()
-    val, _ = validation_losses(model, data.parts["val"], data.store, device, cfg.precision)
+    val, _ = validation_losses(model, data.parts["val"], data.store, device, cfg.precision, batch_size)
     t_save = time.perf_counter()
     row = {**row, **val, "lr": lr, "seconds": round(time.time() - started, 3),
            "validation_seconds": round(t_save - t_val, 3)}
     improved = val["val_fine_loss"] < best["val_fine_loss"]
     if improved:
         best = {"val_fine_loss": val["val_fine_loss"], "epoch": epoch}
-        save_checkpoint(run.best_path, model, frontend, config, epoch=epoch, best=best)
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+        save_checkpoint(run.best_path, model, frontend, config, epoch=epoch, best=best, embedding=embedding)
     # the time of this epoch's checkpoints is known only once they are written: it goes into the row of
     # metrics.jsonl (and the next epoch's history), while last.pt holds the row as it was at its commit
     history.append(dict(row))
-    save_checkpoint(run.last_path, model, frontend, config, epoch=epoch, best=best,
-                    training={"optimizer": optimizer.state_dict(), "rng": rng, "history": history})
+    save_checkpoint(run.last_path, model, frontend, config, epoch=epoch, best=best, embedding=embedding,
+                    training={**training_state(), "history": history})
     row["checkpoint_seconds"] = round(time.perf_counter() - t_save, 3)
     row["checkpoint_bytes"] = run.last_path.stat().st_size + (run.best_path.stat().st_size if improved else 0)
     if device.type == "cuda":
@@ -290,14 +345,14 @@ def validate_and_save(run: Run, model: HierarchicalModel, optimizer: torch.optim
 
 
 def finish(run: Run, model: HierarchicalModel, data: TrainingData, cfg: TrainConfig, best: dict,
-           device: torch.device) -> dict:
+           device: torch.device, batch_size: int = 32) -> dict:
     """The best checkpoint's predictions on validation and test, then done.json (the run's summary)."""
     model.load_state_dict(read_state(run.best_path)["model"])
     for name in ("val", "test"):
-        run.write_predictions(name, predict_part(model, data.parts[name], data.store, device, cfg.precision))
+        run.write_predictions(name, predict_part(model, data.parts[name], data.store, device, cfg.precision, batch_size))
     summary = {"run": str(run), "method": cfg.method, "lambda": cfg.lam, "seed": cfg.seed,
                "best_epoch": best["epoch"], "best_val_fine_loss": best["val_fine_loss"],
-               "epochs": cfg.epochs, "device": str(device)}
+               "epochs": cfg.epochs, "device": str(device), "protocol": cfg.protocol}
     run.write_done(summary)
     if not cfg.keep_last:  # last.pt exists to resume: a finished run keeps best.pt (README, "Where things go")
         run.last_path.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from .audio import FrontendConfig
 from .backbones import backbone_class
 from .config import TrainConfig
 from .dataset import OpenMIC, resolve_data_dir, resolve_work_dir
-from .features import FeatureStore
+from .features import FeatureStore, RowStore
 from .hierarchy import Hierarchy, load_hierarchy
 from .split import PARTS, load_split, split_dir
 
@@ -37,14 +37,28 @@ class SplitPart:
 class TrainingData:
     """The feature store, the hierarchy and the three parts of the split."""
 
-    store: FeatureStore
+    store: RowStore  # a FeatureStore (log-mel) or, frozen protocol, an EmbeddingStore
     hierarchy: Hierarchy
     parts: dict[str, SplitPart] = field(default_factory=dict)
 
 
 def data_key(cfg: TrainConfig) -> tuple:
-    """Runs with the same key read the same data (dataset, split, features, hierarchy, targets)."""
-    return (cfg.data_dir, cfg.work_dir, cfg.hierarchy, cfg.coarse_rule, cfg.clip_seconds, cfg.arch)
+    """Runs with the same key read the same data (dataset, split, features or embeddings, hierarchy, targets)."""
+    key = (cfg.data_dir, cfg.work_dir, cfg.hierarchy, cfg.coarse_rule, cfg.clip_seconds, cfg.arch)
+    return key + ((cfg.pretrained, cfg.precision, cfg.device) if cfg.protocol == "frozen" else ())
+
+
+def open_store(cfg: TrainConfig, work) -> RowStore:
+    """What a run trains on: the log-mel features, or (frozen protocol) the embedding store of its backbone
+    (``cfg.pretrained``) at the precision its device embeds in (``hmic.embeddings``)."""
+    frontend = FrontendConfig(clip_seconds=cfg.clip_seconds, n_mels=backbone_class(cfg.arch).n_mels)
+    if cfg.protocol != "frozen":
+        return FeatureStore.open(work, frontend)
+    from .devices import resolve_device
+    from .embeddings import open_embeddings, resolve_embed_precision
+
+    precision = resolve_embed_precision(resolve_device(cfg.device), cfg.precision)
+    return open_embeddings(work, frontend, cfg.arch, cfg.pretrained, precision)
 
 
 def load_training_data(cfg: TrainConfig) -> TrainingData:
@@ -53,7 +67,7 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
     work = resolve_work_dir(root, cfg.work_dir or None)
     hierarchy = load_hierarchy(cfg.hierarchy or None, dataset.class_names)
     split = load_split(split_dir(work))
-    store = FeatureStore.open(work, FrontendConfig(clip_seconds=cfg.clip_seconds, n_mels=backbone_class(cfg.arch).n_mels))
+    store = open_store(cfg, work)
     data = TrainingData(store, hierarchy)
     for name in PARTS:
         keys = store.usable(split.part(name), name)
@@ -63,7 +77,7 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
     return data
 
 
-def batches(part: SplitPart, store: FeatureStore, batch_size: int, order: np.ndarray | None = None, pin: bool = False):
+def batches(part: SplitPart, store: RowStore, batch_size: int, order: np.ndarray | None = None, pin: bool = False):
     """Yield (logmel (B, T, M) float32, fine_t, fine_m, coarse_t, coarse_m, indices) from the memmap;
     ``pin``: in page-locked memory, so that the copy to a GPU runs asynchronously."""
     order = np.arange(len(part.keys)) if order is None else order

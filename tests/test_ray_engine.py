@@ -131,7 +131,7 @@ def test_a_killed_worker_is_retried_and_resumes_from_last_pt(prepared, tmp_path,
     while time.time() < deadline and not (victim.resumable and len(victim.metrics()) >= 1):
         time.sleep(0.05)
     first_epoch = victim.metrics()[0]
-    pid = worker_pid(task_name(configs[0]))
+    pid = worker_pid(task_name([configs[0]]))
     assert pid is not None and not victim.finished
     os.kill(pid, signal.SIGKILL)
     thread.join(timeout=300)

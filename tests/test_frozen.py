@@ -1,0 +1,202 @@
+"""The frozen-backbone protocol: `hmic embed`'s store, head-only training on it, and its equivalence with a
+fine-tuning run whose backbone is kept fixed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hmic.audio import FrontendConfig
+from hmic.checkpoint import Checkpoint
+from hmic.config import TrainConfig
+from hmic.checkpoint import load_backbone
+from hmic.embeddings import EMBEDDINGS, EmbeddingStore, embed
+from hmic.frozen import train_frozen
+from hmic.errors import HmicError
+from hmic.features import DONE, FeatureStore
+from hmic.runs import Run
+from hmic.train import train_run
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def backbone_run(trained) -> Path:
+    """A trained tiny run whose backbone the frozen runs sit on (as a stand-in run's would)."""
+    return Path(trained["summaries"]["gmp"]["run"])
+
+
+@pytest.fixture(scope="module")
+def embedded(prepared, backbone_run) -> EmbeddingStore:
+    summary = embed(prepared["work_dir"], FrontendConfig(), "cnn14-tiny", backbone_run, precision="fp32",
+                    device="cpu", progress=False)
+    assert summary.done + summary.skipped == len(FeatureStore.open(prepared["work_dir"]).keys)
+    return EmbeddingStore(summary.folder)
+
+
+def frozen_config(prepared, runs_dir, backbone_run, **overrides) -> TrainConfig:
+    overrides = {"precision": "fp32", "epochs": 3, **overrides}  # fp32: the store of the module fixture
+    return tiny_config(prepared, runs_dir, protocol="frozen", pretrained=str(backbone_run), **overrides)
+
+
+def test_store_rows_are_the_backbones_output(prepared, backbone_run, embedded):
+    """Each row is Z of its clip: the backbone's eval output (after fc1 and ReLU, no dropout)."""
+    features = FeatureStore.open(prepared["work_dir"])
+    backbone = load_backbone("cnn14-tiny", backbone_run, FrontendConfig()).backbone.eval()
+    rows = np.arange(0, len(features.keys), 7)
+    with torch.no_grad():
+        z = backbone(torch.from_numpy(features.data[rows].astype(np.float32))).numpy()
+    assert embedded.shape == (len(features.keys), backbone.embedding_dim)
+    assert embedded.keys == features.keys and embedded.done.all()
+    np.testing.assert_allclose(embedded.data[rows], z, rtol=1e-4, atol=1e-5)
+    assert (z >= 0).all() and (z > 0).any()  # after the ReLU, before any dropout
+    manifest = embedded.manifest
+    assert manifest["backbone"]["source"] == str((backbone_run / "best.pt").resolve())
+    assert manifest["precision"] == "fp32" and "before the embedding dropout" in manifest["point"]
+
+
+def test_killed_embed_resumes_to_the_identical_store(prepared, backbone_run, embedded, tmp_path):
+    """An embed stopped after two chunks, plus a kill between a chunk's rows and its flags, resumes to
+    the same bytes as the uninterrupted store."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(prepared["work_dir"] / "features", work / "features")
+    first = embed(work, FrontendConfig(), "cnn14-tiny", backbone_run, precision="fp32", device="cpu",
+                  progress=False, limit_chunks=2)
+    done = np.fromfile(first.folder / DONE, dtype=np.uint8)
+    assert 0 < done.sum() < len(done)
+    last = np.flatnonzero(done)[-5:]  # the kill: rows of the last chunk written, their flags lost
+    flags = np.memmap(first.folder / DONE, dtype=np.uint8, mode="r+")
+    flags[last] = 0
+    flags.flush()
+    again = embed(work, FrontendConfig(), "cnn14-tiny", backbone_run, precision="fp32", device="cpu", progress=False)
+    assert again.folder.name == embedded.folder.name and again.skipped > 0
+    assert (again.folder / EMBEDDINGS).read_bytes() == (embedded.folder / EMBEDDINGS).read_bytes()
+    assert (again.folder / DONE).read_bytes() == (embedded.folder / DONE).read_bytes()
+
+
+def test_frozen_run_equals_finetuning_with_the_backbone_fixed(prepared, backbone_run, embedded, tmp_path):
+    """The same run two ways: the head on cached Z, and the whole network with the backbone at learning
+    rate 0 in eval mode (same head init, batches and dropout masks): the same predictions within float32
+    rounding, and the frozen checkpoint (head alone) predicts through the real backbone like it."""
+    frozen = train_frozen([frozen_config(prepared, tmp_path / "frozen", backbone_run)], progress=False)[0]
+    fixed_cfg = tiny_config(prepared, tmp_path / "fixed", pretrained=str(backbone_run), epochs=3, fixed_backbone=True,
+                            specaugment=False)
+    fixed = train_run(fixed_cfg, progress=False)
+    a = Run(Path(frozen["run"])).predictions("test")
+    b = Run(Path(fixed["run"])).predictions("test")
+    assert frozen["best_epoch"] == fixed["best_epoch"]
+    np.testing.assert_allclose(a["fine_probs"], b["fine_probs"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a["coarse_probs"], b["coarse_probs"], rtol=1e-4, atol=1e-5)
+    # the backbone really stayed fixed in the reference: its weights are the source's
+    ref = load_backbone("cnn14-tiny", backbone_run, FrontendConfig()).backbone.state_dict()
+    got = Checkpoint.load(Path(fixed["run"]) / "best.pt").model.backbone.state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    # the frozen checkpoint stores the head alone and names its backbone
+    state = torch.load(Path(frozen["run"]) / "best.pt", weights_only=True)
+    assert all(k.startswith("head.") for k in state["model"]) and state["embedding"]["arch"] == "cnn14-tiny"
+    model = Checkpoint.load(Path(frozen["run"]) / "best.pt").model.eval()
+    features = FeatureStore.open(prepared["work_dir"])
+    rows = features.rows(list(a["keys"][:6]))
+    with torch.no_grad():
+        out = model(torch.from_numpy(features.data[rows].astype(np.float32)))
+    np.testing.assert_allclose(out.fine_probs.numpy(), a["fine_probs"][:6], rtol=1e-4, atol=1e-5)
+
+
+def test_a_run_in_a_stack_equals_it_alone_and_resumes(prepared, backbone_run, embedded, tmp_path):
+    """Runs stacked (several seeds and λ in one vmapped step) equal each trained alone; a stack killed
+    after an epoch resumes to the same result; finished runs are skipped."""
+    grid = [frozen_config(prepared, tmp_path / "stack", backbone_run, seed=s, lam=lam)
+            for s in (0, 1) for lam in (0.7, 0.9)]
+    stacked = train_frozen(grid, progress=False)
+    alone = train_frozen([replace(grid[3], runs_dir=str(tmp_path / "alone"))], progress=False)[0]
+    np.testing.assert_allclose(Run(Path(stacked[3]["run"])).predictions("test")["fine_probs"],
+                               Run(Path(alone["run"])).predictions("test")["fine_probs"], rtol=1e-4, atol=1e-5)
+    assert len({json.dumps(Run(Path(s["run"])).predictions("test")["fine_probs"].tolist()) for s in stacked}) == 4
+    killed = [replace(c, runs_dir=str(tmp_path / "killed")) for c in grid]
+    assert train_frozen(killed, progress=False, stop_after_epoch=0)[0]["interrupted"]
+    assert all(Run(Path(c.run().folder)).resumable for c in killed)
+    resumed = train_frozen(killed, resume=True, progress=False)
+    for s, r in zip(stacked, resumed):
+        np.testing.assert_allclose(Run(Path(s["run"])).predictions("test")["fine_probs"],
+                                   Run(Path(r["run"])).predictions("test")["fine_probs"], rtol=1e-5, atol=1e-6)
+        assert not (Path(r["run"]) / "last.pt").exists()
+    rows = Run(Path(resumed[0]["run"])).metrics()
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[0]["stacked_runs"] == 4
+    assert train_frozen(killed, progress=False)[0]["best_epoch"] == resumed[0]["best_epoch"]  # skipped, unchanged
+
+
+@pytest.mark.parametrize("option", [dict(specaugment=True), dict(aug_gain_db=3.0), dict(aug_shift_seconds=1.0),
+                                    dict(mixup_alpha=0.2)])
+def test_input_options_are_refused_under_the_frozen_protocol(prepared, backbone_run, tmp_path, option):
+    cfg = frozen_config(prepared, tmp_path, backbone_run, **option)
+    if "specaugment" in option:  # on by default: the config drops it; asked for explicitly, the CLI refuses it
+        assert cfg.resolved().specaugment is False
+        return
+    with pytest.raises(HmicError, match="act on the log-mel input.*drop them with --protocol frozen"):
+        cfg.resolved()
+
+
+def test_frozen_needs_its_embeddings_and_says_how(prepared, backbone_run, tmp_path):
+    cfg = frozen_config(prepared, tmp_path, backbone_run, arch="cnn14-light")
+    with pytest.raises(HmicError, match="pass --arch cnn14-tiny"):
+        train_frozen([cfg], progress=False)
+    other = tmp_path / "other.pt"
+    torch.save({"conv_block1.conv1.weight": torch.zeros(1)}, other)
+    with pytest.raises(HmicError, match="missing keys"):
+        train_frozen([frozen_config(prepared, tmp_path, other)], progress=False)
+    with pytest.raises(HmicError, match="frozen-protocol runs train through hmic.frozen.train_frozen"):
+        train_run(frozen_config(prepared, tmp_path, backbone_run), progress=False)
+
+
+def test_cli_embed_train_table_predict(prepared, backbone_run, tmp_path):
+    """The commands a user types: embed (a second time: nothing to do), a frozen grid, refused input
+    options, a table labelled with its protocol, and predict on a frozen run through its backbone."""
+    from typer.testing import CliRunner
+
+    from hmic.cli import app
+
+    runner = CliRunner()
+    common = ["--data-dir", str(prepared["data_dir"]), "--work-dir", str(prepared["work_dir"])]
+    result = runner.invoke(app, ["embed", "--run", str(backbone_run), "--precision", "fp32", "--device", "cpu", *common])
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.output and "--protocol frozen" in result.output
+    train = ["train", "--protocol", "frozen", "--pretrained", str(backbone_run), "--arch", "cnn14-tiny", "--precision",
+             "fp32", "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--runs-dir", str(tmp_path / "runs"), *common]
+    refused = runner.invoke(app, [*train, "--method", "gmp", "--specaugment"])
+    assert isinstance(refused.exception, HmicError) and "--specaugment acts on the log-mel input" in str(refused.exception)
+    result = runner.invoke(app, [*train, "--method", "flat,gmp", "--seeds", "2"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["tune-thresholds", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["table", str(tmp_path / "runs"), "--out", str(tmp_path / "table")])
+    assert result.exit_code == 0, result.output
+    assert "Protocol: frozen backbone" in (tmp_path / "table" / "table1.md").read_text()
+    assert (tmp_path / "table" / "table1.csv").read_text().splitlines()[1].endswith(",frozen")
+    song = prepared["dataset"].audio_path(prepared["dataset"].test_keys[0])
+    result = runner.invoke(app, ["predict", str(song), "--run", str(tmp_path / "runs" / "gmp" / "lam0.80" / "seed0"),
+                                 "--json", str(tmp_path / "song.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "song.json").read_text())
+
+
+def test_ray_runs_a_frozen_stack_in_one_task(prepared, backbone_run, embedded, tmp_path):
+    """--engine ray: the frozen grid as one task per stack, the same results as the local engine."""
+    pytest.importorskip("ray")
+    from hmic.grid import LocalExecutor, plan_grid, run_grid, work_units
+    from hmic.ray_engine import RayExecutor
+
+    base = frozen_config(prepared, tmp_path / "local", backbone_run, epochs=2)
+    configs = plan_grid(base, ["gmp", "resatt"], [0.7, 0.9], [0, 1])
+    assert [len(u) for u in work_units(configs)] == [4, 4]
+    local = run_grid(configs, LocalExecutor(progress=False))
+    on_ray = run_grid([replace(c, runs_dir=str(tmp_path / "ray")) for c in configs], RayExecutor(progress=False))
+    for a, b in zip(local, on_ray):
+        np.testing.assert_allclose(Run(Path(a["run"])).predictions("test")["fine_probs"],
+                                   Run(Path(b["run"])).predictions("test")["fine_probs"], rtol=1e-5, atol=1e-6)
