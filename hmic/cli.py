@@ -208,7 +208,7 @@ def embed(
     table.add_row(str(s.total), str(s.done), str(s.failed), str(s.skipped), s.precision, f"{s.seconds:.1f} s",
                   f"{s.clips_per_second:.1f} clips/s")
     console.print(table)
-    console.print(f"train on it: hmic train --protocol frozen --pretrained {source} --precision {s.precision}")
+    console.print(f"train on it: hmic train --protocol frozen --pretrained {source} --arch {s.arch} --precision {s.precision}")
 
 
 def _floats(text: str, option: str) -> list[float]:

@@ -120,6 +120,9 @@ class TrainConfig:
             refused = [name for name, on in (("--specaugment", self.specaugment and self.protocol == "frozen"),
                                              ("--aug-gain-db", self.aug_gain_db), ("--aug-shift-seconds", self.aug_shift_seconds),
                                              ("--mixup-alpha", self.mixup_alpha)) if on]
+            if self.compile and self.protocol == "frozen":
+                raise HmicError("--compile compiles the fine-tuning forward; the frozen protocol's stacked head step "
+                                "is not compiled: drop --compile with --protocol frozen")
             if refused:
                 raise HmicError(f"{', '.join(refused)} act on the log-mel input, which a fixed backbone's cached "
                                 "embeddings no longer have: drop them with --protocol frozen")

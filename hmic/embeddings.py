@@ -94,6 +94,7 @@ class EmbedSummary(FeaturizeSummary):
     """What ``embed`` did (as ``FeaturizeSummary``), and the precision it embedded in."""
 
     precision: str = "fp32"
+    arch: str = "cnn14"  # the backbone's (an hmic run's own, whatever --arch said)
 
 
 def embed(work_dir: Path, frontend: FrontendConfig, arch: str, source: str | Path, *, precision: str = "auto",
@@ -177,4 +178,5 @@ def embed(work_dir: Path, frontend: FrontendConfig, arch: str, source: str | Pat
     manifest = json.loads(manifest_path.read_text())
     manifest.update(complete=complete, n_done=int(np.asarray(done).sum()), n_failed=len(features.failures))
     write_json(manifest_path, manifest)
-    return EmbedSummary(total_usable, n_done, len(features.failures), skipped, time.time() - t0, folder, precision)
+    return EmbedSummary(total_usable, n_done, len(features.failures), skipped, time.time() - t0, folder, precision,
+                        loaded.arch)
