@@ -137,6 +137,9 @@ class TrainConfig:
         cfg = self
         if cfg.protocol == "frozen" and cfg.specaugment:  # the default is on; it cannot act on cached embeddings
             cfg = replace(cfg, specaugment=False)  # (asked for explicitly, the command line refuses it: hmic.cli)
+        if cfg.protocol == "frozen" and cfg.pretrained and cfg.pretrained.lower() != "none":
+            # the backbone a frozen run sits on, as one path whatever folder the command ran from
+            cfg = replace(cfg, pretrained=str(Path(cfg.pretrained).expanduser().resolve()))
         cfg.validate()
         return replace(cfg, lam=head_class(cfg.method).lambda_for(cfg.lam))
 

@@ -143,6 +143,16 @@ def test_input_options_are_refused_under_the_frozen_protocol(prepared, backbone_
         cfg.resolved()
 
 
+def test_the_backbone_path_of_a_frozen_run_is_one_path(prepared, backbone_run, tmp_path, monkeypatch):
+    """The same backbone named from another folder is the same run (its identity holds the resolved path)."""
+    import os
+
+    absolute = frozen_config(prepared, tmp_path, backbone_run).resolved()
+    monkeypatch.chdir(backbone_run.parent)
+    relative = frozen_config(prepared, tmp_path, os.path.relpath(backbone_run)).resolved()
+    assert relative.identity() == absolute.identity() and Path(absolute.pretrained).is_absolute()
+
+
 def test_frozen_needs_its_embeddings_and_says_how(prepared, backbone_run, tmp_path):
     cfg = frozen_config(prepared, tmp_path, backbone_run, arch="cnn14-light")
     with pytest.raises(HmicError, match="pass --arch cnn14-tiny"):
