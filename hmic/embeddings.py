@@ -138,7 +138,7 @@ def embed(work_dir: Path, frontend: FrontendConfig, arch: str, source: str | Pat
             "backbone": {"arch": loaded.arch, "weights_digest": loaded.digest, "source": loaded.source},
             "frontend": frontend.to_dict(), "features": str(features.folder), "keys": list(features.keys),
             "complete": False})
-    _write_failures(folder, {k: features.failures[k] for k in features.failures})
+    _write_failures(folder, dict(features.failures))
     z = np.memmap(folder / EMBEDDINGS, dtype=np.float32, mode="r+", shape=shape)
     done = np.memmap(folder / DONE, dtype=np.uint8, mode="r+", shape=(n,))
     usable = np.array([k not in features.failures for k in features.keys])

@@ -43,6 +43,14 @@ def stack_key(cfg: TrainConfig) -> str:
     return json.dumps(identity, sort_keys=True)
 
 
+def stacks_of(configs: list[TrainConfig]) -> list[list[int]]:
+    """Indices into ``configs`` grouped by ``stack_key``, in order of first appearance."""
+    stacks: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        stacks.setdefault(stack_key(cfg), []).append(i)
+    return list(stacks.values())
+
+
 def embedding_reference(store) -> dict:
     """What a frozen run's checkpoints say of the backbone they need (``hmic.checkpoint``)."""
     m = store.manifest
@@ -71,10 +79,8 @@ def train_frozen(configs: list[TrainConfig], *, resume: bool = False, force: boo
                 summaries[i] = done
             else:
                 todo.append(i)
-        stacks: dict[str, list[int]] = {}
-        for i in todo:
-            stacks.setdefault(stack_key(configs[i]), []).append(i)
-        for members in stacks.values():
+        for stack in stacks_of([configs[i] for i in todo]):
+            members = [todo[j] for j in stack]
             stack_data = data or load_training_data(configs[members[0]])
             for i, summary in zip(members, _train_stack([configs[i] for i in members], resume, console, progress,
                                                         stack_data, stop_after_epoch)):

@@ -2,7 +2,8 @@
 
 ``plan_grid`` lists the runs; ``run_grid`` validates them all before anything starts and hands them to
 an executor. ``work_units`` groups them: a fine-tuning run is a unit; frozen-protocol runs that differ
-only in seed and λ are one stack, trained together in one process (``hmic.frozen``). ``LocalExecutor`` (the default) trains them one after another in this process, sharing
+only in seed and λ are one stack, trained together in one process (``hmic.frozen``); ``train_unit``
+trains one. ``LocalExecutor`` (the default) trains the units one after another in this process, sharing
 the loaded data; ``hmic.ray_engine.RayExecutor`` spreads them over a Ray cluster. An executor only
 needs ``run(configs, resume=, force=, console=)`` returning one summary (done.json) per config, in
 order, and raising ``GridError`` at the end when some runs failed while the others went on.
@@ -16,6 +17,7 @@ from typing import Protocol
 from .errors import HmicError
 from .heads import head_class
 from .config import TrainConfig
+from .frozen import stacks_of, train_frozen
 from .train import train_run
 from .trainingdata import TrainingData, data_key, load_training_data
 
@@ -64,14 +66,8 @@ class LocalExecutor:
         failures: dict[str, str] = {}
         for members in work_units(configs):  # a run, or a stack of frozen-protocol runs trained together
             try:
-                if configs[members[0]].protocol == "frozen":
-                    from .frozen import train_frozen
-
-                    done = train_frozen([configs[i] for i in members], resume=resume, force=force, console=console,
-                                        progress=self.progress, data=self.data_for(configs[members[0]]))
-                else:
-                    done = [train_run(configs[members[0]], resume=resume, force=force, console=console,
-                                      progress=self.progress, data=self.data_for(configs[members[0]]))]
+                done = train_unit([configs[i] for i in members], resume=resume, force=force, console=console,
+                                  progress=self.progress, data=self.data_for(configs[members[0]]))
                 for i, summary in zip(members, done):
                     summaries[i] = summary
             except Exception as e:  # one broken run must not stop the grid; KeyboardInterrupt still does
@@ -87,22 +83,21 @@ class LocalExecutor:
 
 
 def work_units(configs: list[TrainConfig]) -> list[list[int]]:
-    """The grid as units of work, by index into ``configs``: each fine-tuning run alone; frozen-protocol runs
-    that can share a step (``hmic.frozen.stack_key``: the same but for seed and λ) as one stack."""
-    units: list[list[int]] = []
-    stacks: dict[str, list[int]] = {}
-    for i, cfg in enumerate(configs):
-        if cfg.protocol == "frozen":
-            from .frozen import stack_key
+    """The grid as units of work, by index into ``configs``, in order: each fine-tuning run alone;
+    frozen-protocol runs that can share a step (``hmic.frozen.stack_key``: the same but for seed and λ)
+    as one stack."""
+    frozen = [i for i, cfg in enumerate(configs) if cfg.protocol == "frozen"]
+    units = [[i] for i, cfg in enumerate(configs) if cfg.protocol != "frozen"]
+    units += [[frozen[j] for j in stack] for stack in stacks_of([configs[i] for i in frozen])]
+    return sorted(units, key=lambda unit: unit[0])
 
-            key = stack_key(cfg)
-            if key not in stacks:
-                stacks[key] = []
-                units.append(stacks[key])
-            stacks[key].append(i)
-        else:
-            units.append([i])
-    return units
+
+def train_unit(configs: list[TrainConfig], *, resume: bool, force: bool, console=None, progress: bool = True,
+               data: TrainingData | None = None) -> list[dict]:
+    """Train one unit of ``work_units`` (what an executor runs at a time); its summaries, in order."""
+    if configs[0].protocol == "frozen":
+        return train_frozen(configs, resume=resume, force=force, console=console, progress=progress, data=data)
+    return [train_run(configs[0], resume=resume, force=force, console=console, progress=progress, data=data)]
 
 
 def run_grid(configs: list[TrainConfig], executor: Executor | None = None, *, resume: bool = False,

@@ -20,8 +20,8 @@ from dataclasses import asdict
 
 from .errors import HmicError
 from .config import TrainConfig
-from .grid import GridError, work_units
-from .train import open_run, train_run
+from .grid import GridError, train_unit, work_units
+from .train import open_run
 from .trainingdata import data_key, load_training_data
 
 POLL_SECONDS = 1.0
@@ -41,12 +41,7 @@ def train_task(configs: list[dict], threads: int) -> list[dict]:
     import torch
 
     torch.set_num_threads(threads)
-    cfgs = [TrainConfig(**c) for c in configs]
-    if cfgs[0].protocol == "frozen":
-        from .frozen import train_frozen
-
-        return train_frozen(cfgs, resume=True, force=False, progress=False)
-    return [train_run(cfgs[0], resume=True, force=False, progress=False)]
+    return train_unit([TrainConfig(**c) for c in configs], resume=True, force=False, progress=False)
 
 
 def task_name(cfgs: list[TrainConfig]) -> str:
