@@ -11,12 +11,17 @@ split of an epoch into data, compute, validation and checkpoint seconds, bytes w
 the fraction of the bf16 (CUDA) or float32 matmul peak measured in the same run, and the projection:
 OpenMIC's 14,915 train-partition clips a run sees per epoch (85% trained, 15% validated), 30 epochs,
 7 methods × 5 λ × 8 seeds (flat: one λ) = 248 runs, and the disk a finished grid keeps (best.pt, the
-predictions and the small files of each run; last.pt is removed when a run ends).
+predictions and the small files of each run; last.pt is removed when a run ends). The disk is summed
+per method: each method's best.pt (the trained backbone with that method's head) and its val and test
+predictions are written for real by the functions a run uses, since heads differ in size (resatt's
+attention layer is 1.3 MB at 2,048-d, gmp's classifier 0.16 MB) and so do predictions (resatt and lp
+keep an attention map per clip).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import tempfile
@@ -29,16 +34,23 @@ import torch
 from common import device_name, matmul_peak
 from hmic.audio import FrontendConfig
 from hmic.backbones import BACKBONES, backbone_class
+from hmic.checkpoint import Checkpoint, save_checkpoint
 from hmic.config import TrainConfig
 from hmic.dataset import OpenMIC
 from hmic.devices import resolve_device
 from hmic.features import featurize_dataset
+from hmic.heads import head_class
+from hmic.model import HierarchicalModel
+from hmic.report import METHOD_ORDER
 from hmic.runs import Run
 from hmic.split import make_split, save_split, split_dir, split_meta
 from hmic.synth.dataset import SynthOptions, synthesize
-from hmic.train import train_run
+from hmic.train import predict_part, train_run
+from hmic.trainingdata import load_training_data
 
-RUNS = 6 * 5 * 8 + 8  # six heads with a λ grid of 5, flat with one λ; 8 seeds each
+LAMBDAS, SEEDS = 5, 8
+RUNS_BY_METHOD = {m: SEEDS * len(head_class(m).lambdas_for([0.7 + 0.05 * i for i in range(LAMBDAS)])) for m in METHOD_ORDER}
+RUNS = sum(RUNS_BY_METHOD.values())  # 248: six heads with a λ grid of 5, flat with one λ; 8 seeds each
 EPOCHS = 30
 TRAIN_PARTITION = 14_915
 TRAIN_CLIPS, VAL_CLIPS = round(TRAIN_PARTITION * 0.85), round(TRAIN_PARTITION * 0.15)
@@ -70,17 +82,48 @@ def measure(args, work: Path) -> dict:
     row = rows[-1]
     n_val = len((work / "derived" / "split" / "val.txt").read_text().split())
     n_test = len((work / "derived" / "split" / "test.txt").read_text().split())
-    per_clip, fixed = 0.0, 0
-    for split in ("val", "test"):  # a file's bytes per clip (it is compressed), beyond its fixed arrays
-        with np.load(run.predictions_path(split)) as z:
-            n = len(z["keys"])
-            raw = sum(z[k].nbytes for k in z.files if z[k].ndim and z[k].shape[0] == n)
-            fixed += sum(z[k].nbytes for k in z.files if not (z[k].ndim and z[k].shape[0] == n))
-        per_clip += run.predictions_path(split).stat().st_size * (raw / (raw + fixed or 1)) / n / 2
     small = sum(p.stat().st_size for p in run.folder.iterdir() if p.suffix in (".json", ".jsonl"))
     return {"row": row, "rows": rows, "wall_seconds": wall, "val_clips": n_val, "test_clips": n_test,
             "best_bytes": run.best_path.stat().st_size, "last_bytes": run.last_path.stat().st_size,
-            "prediction_bytes_per_clip": per_clip, "small_bytes": small + fixed}
+            "small_bytes": small, "methods": method_footprints(run, cfg, work / "footprints")}
+
+
+def prediction_bytes(arrays: dict[str, np.ndarray], file_bytes: int) -> tuple[float, int]:
+    """(bytes per clip, fixed bytes) of one predictions file of ``file_bytes``: the same arrays cut to no
+    clip, compressed as ``Run.write_predictions`` does, give the fixed part (names, the hierarchy)."""
+    n = len(arrays["keys"])
+    empty = {k: v[:0] if v.ndim and v.shape[0] == n else v for k, v in arrays.items()}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **empty)
+    fixed = buffer.tell()
+    return (file_bytes - fixed) / max(n, 1), fixed
+
+
+def method_footprints(trained: Run, cfg: TrainConfig, folder: Path) -> dict[str, dict]:
+    """What each method's finished run keeps, written for real: best.pt of the trained run's backbone with
+    that method's head (freshly initialised: sizes do not depend on training) and its val and test
+    predictions, by the functions ``train_run`` uses. One method's files at a time are on disk."""
+    data = load_training_data(cfg)
+    device = resolve_device(cfg.device)
+    backbone = Checkpoint.load(trained.best_path).model.backbone.to(device)
+    out = {}
+    for method in METHOD_ORDER:
+        run = Run(folder / method)
+        run.folder.mkdir(parents=True)
+        torch.manual_seed(0)
+        model = HierarchicalModel(backbone.cfg, method, data.hierarchy, backbone=backbone).to(device).eval()
+        save_checkpoint(run.best_path, model, data.store.frontend, {**trained.config(), "method": method},
+                        epoch=0, best={"val_fine_loss": 0.0, "epoch": 0})
+        per_clip, fixed = 0.0, 0
+        for name in ("val", "test"):
+            arrays = predict_part(model, data.parts[name], data.store, device, cfg.precision)
+            run.write_predictions(name, arrays)
+            clip_bytes, file_fixed = prediction_bytes(arrays, run.predictions_path(name).stat().st_size)
+            per_clip, fixed = per_clip + clip_bytes / 2, fixed + file_fixed
+        out[method] = {"runs": RUNS_BY_METHOD[method], "best_bytes": run.best_path.stat().st_size,
+                       "prediction_bytes_per_clip": per_clip, "fixed_prediction_bytes": fixed}
+        shutil.rmtree(run.folder)
+    return out
 
 
 def main() -> None:
@@ -109,7 +152,9 @@ def main() -> None:
     flops = 3 * 2 * backbone_class(args.arch).multiply_adds() * train_rate  # training ≈ 3× the forward pass
     epoch = TRAIN_CLIPS / train_rate + VAL_CLIPS / val_rate + row["checkpoint_seconds"]
     grid_hours = RUNS * EPOCHS * epoch / 3600
-    run_bytes = m["best_bytes"] + m["prediction_bytes_per_clip"] * (VAL_CLIPS + TEST_CLIPS) + m["small_bytes"]
+    run_bytes = {method: f["best_bytes"] + f["prediction_bytes_per_clip"] * (VAL_CLIPS + TEST_CLIPS)
+                 + f["fixed_prediction_bytes"] + m["small_bytes"] for method, f in m["methods"].items()}
+    grid_bytes = sum(RUNS_BY_METHOD[method] * b for method, b in run_bytes.items())
     report = {
         "device": device_name(device), "arch": args.arch, "batch": args.batch, "steps": args.steps,
         "compile": args.compile, "train_clips_per_second": train_rate, "validation_clips_per_second": val_rate,
@@ -120,8 +165,10 @@ def main() -> None:
         "matmul_peak_tflops": peak / 1e12, "fraction_of_peak": flops / peak,
         "projection": {"runs": RUNS, "epochs": EPOCHS, "train_clips": TRAIN_CLIPS, "val_clips": VAL_CLIPS,
                        "epoch_seconds": epoch, "grid_device_hours": grid_hours,
-                       "finished_grid_disk_gb": RUNS * run_bytes / 1e9,
-                       "disk_gb_if_last_pt_were_kept": RUNS * (run_bytes + m["last_bytes"]) / 1e9},
+                       "finished_grid_disk_gb": grid_bytes / 1e9,
+                       "disk_gb_if_last_pt_were_kept": (grid_bytes + RUNS * m["last_bytes"]) / 1e9,
+                       "finished_run_mb_by_method": {method: b / 1e6 for method, b in run_bytes.items()}},
+        "method_footprints": m["methods"],
         "rows": m["rows"], "wall_seconds": m["wall_seconds"],
     }
     print(f"{report['device']}, {args.arch}, batch {args.batch}, {args.steps} steps per epoch")
@@ -133,6 +180,8 @@ def main() -> None:
     print(f"{'fraction of the matmul peak':<40}{report['fraction_of_peak']:>12.3f}  ({peak / 1e12:.1f} TFLOP/s measured)")
     print(f"{'projected: one epoch of OpenMIC (s)':<40}{epoch:>12.0f}")
     print(f"{'projected: 248-run grid (device-hours)':<40}{grid_hours:>12.1f}")
+    for method, b in run_bytes.items():
+        print(f"{'  finished ' + method + ' run (MB) × ' + str(RUNS_BY_METHOD[method]):<40}{b / 1e6:>12.2f}")
     print(f"{'finished grid on disk (GB)':<40}{report['projection']['finished_grid_disk_gb']:>12.1f}"
           f"  ({report['projection']['disk_gb_if_last_pt_were_kept']:.0f} GB if last.pt were kept)")
     if args.json:

@@ -263,6 +263,14 @@ def test_the_table1_cost_benchmark_projects_time_and_disk_from_the_real_train_ru
     assert p["runs"] == 248 and p["grid_device_hours"] > 0
     assert 0 < p["finished_grid_disk_gb"] < p["disk_gb_if_last_pt_were_kept"]
     assert "projected: 248-run grid" in out.stdout
+    # the disk is summed over each method's own files, written for real: 8 flat runs and 40 of each other head
+    feet = report["method_footprints"]
+    assert {m: f["runs"] for m, f in feet.items()} == {"flat": 8, **{m: 40 for m in
+                                                       ("levelwise", "topdown", "gap", "lp", "gmp", "resatt")}}
+    assert feet["resatt"]["best_bytes"] > feet["levelwise"]["best_bytes"] > feet["gmp"]["best_bytes"]
+    assert feet["resatt"]["prediction_bytes_per_clip"] > feet["gmp"]["prediction_bytes_per_clip"] > 0  # its attention maps
+    by_run = p["finished_run_mb_by_method"]
+    assert abs(sum(feet[m]["runs"] * by_run[m] for m in feet) / 1e3 - p["finished_grid_disk_gb"]) < 1e-9
 
 
 def test_resident_batches_equal_the_memory_mapped_ones(trained):
