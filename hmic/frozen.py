@@ -9,10 +9,15 @@ along a first axis, one vmapped forward and backward and one Adam step for all o
 run still draws its own batches (its seed's order), its own dropout masks (its seed's stream) and its
 own head initialisation, so a run trained in a stack equals the same run trained alone within float32
 rounding (tests), and equals a fine-tuning run whose backbone is kept fixed (``fixed_backbone``) too.
+
+Runs of one seed draw the same batches and masks whatever their λ, so a stack of S seeds × L λ gathers
+and masks S batches, not S·L, and each seed's L heads read their one batch in one matrix product (a
+vmap over λ inside the vmap over seeds): the same arithmetic per run, fewer and larger operations.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -27,12 +32,32 @@ from .checkpoint import read_state
 from .devices import resolve_device
 from .errors import HmicError
 from .heads import hierarchical_loss
+from .metrics import masked_bce
 from .model import HierarchicalModel, apply_keep, dropout_keep
 from .train import (build_model, dropout_rng, epoch_generator, finish, lr_at, open_run, restored_history,
                     validate_and_save)
 from .trainingdata import TrainingData, load_training_data
 
 PREDICT_BATCH = 4096  # rows per head pass in validation and predictions (no backbone: memory is no concern)
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep large freed blocks for reuse instead of handing them back to the system.
+    A stacked step allocates its gradients afresh (resatt's stack of 40 over 2,048-d embeddings: 46 MB
+    for one weight), and by default glibc maps every block over 32 MB anew and returns it when freed,
+    so each step paid the page faults of fresh memory: a third of resatt's step on a 2-core CPU (README,
+    "The frozen-backbone protocol"). Process-wide and arithmetic-neutral; False where the C library has
+    no ``mallopt`` (not glibc), and nothing changes there."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 31))
 
 
 def stack_key(cfg: TrainConfig) -> str:
@@ -119,7 +144,7 @@ def _train_stack(configs: list[TrainConfig], resume: bool, console, progress: bo
             member.run.clear_metrics()
         members.append(member)
     by_start: dict[int, list[_Member]] = {}
-    for member in members:
+    for member in sorted(members, key=lambda m: m.cfg.seed):  # seed by seed, as a Stack takes them
         by_start.setdefault(member.start_epoch, []).append(member)
     results: dict[int, dict] = {}
     for start, group in sorted(by_start.items()):
@@ -131,12 +156,22 @@ def _train_stack(configs: list[TrainConfig], resume: bool, console, progress: bo
 class Stack:
     """Heads of one method trained together: their parameters stacked along a first axis (the leaves
     that train), one Adam over them, and the train part's embeddings and targets on the device.
-    ``step`` is one batch of every member: its own rows, its own dropout mask, one vmapped loss."""
 
-    def __init__(self, heads: list[torch.nn.Module], lams: list[float], cfg: TrainConfig, z: torch.Tensor,
-                 targets: list[torch.Tensor], device: torch.device):
+    Members come seed by seed (``seeds`` sorted). When every seed has the same number L of members (a
+    grid: S seeds × L λ), the stack has S *slots*, one per seed: a slot's batch and dropout mask are
+    drawn once and read by its L heads through a vmap over λ inside the vmap over slots. Otherwise
+    (runs resumed at different epochs, an uneven grid) each member is its own slot (L = 1).
+    ``step`` is one batch of every slot: its own rows, its own dropout mask, one vmapped loss."""
+
+    def __init__(self, heads: list[torch.nn.Module], lams: list[float], seeds: list[int], cfg: TrainConfig,
+                 z: torch.Tensor, targets: list[torch.Tensor], device: torch.device):
         from torch.func import functional_call, vmap
 
+        if list(seeds) != sorted(seeds):
+            raise ValueError("a stack's members come seed by seed (sorted by seed)")
+        counts = [seeds.count(s) for s in dict.fromkeys(seeds)]
+        self.per_slot = counts[0] if len(set(counts)) == 1 else 1
+        self.slot_seeds = list(seeds[::self.per_slot])
         names = [n for n, _ in heads[0].named_parameters()]
         self.params = {n: torch.stack([dict(h.named_parameters())[n].detach() for h in heads]).clone().requires_grad_()
                        for n in names}
@@ -144,28 +179,75 @@ class Stack:
         # stack of 40 over 2,048-d embeddings: 80 → 8 ms a step); the same update within float rounding
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.z, self.targets, self.device, self.p = z, targets, device, cfg.embedding_dropout
+        # where freed memory is kept for reuse (CUDA's caching allocator, a CPU's tuned malloc), a step's
+        # fresh gradients replace the old ones (no add into the old buffers); elsewhere the buffers are
+        # reused, since allocating them costs more than adding
+        self.reuse_grads = device.type == "cpu" and not keep_freed_memory()
         self.lams = torch.tensor(lams, dtype=torch.float32, device=device)
         base, buffers, alpha = heads[0], dict(heads[0].named_buffers()), cfg.alpha
+        self.base, self.buffers = base, buffers
 
         def member_loss(p, z, ft, fm, ct, cm, lam):
             return hierarchical_loss(functional_call(base, (p, buffers), (z,)), base, ft, fm, ct, cm, lam, alpha)
 
-        self.losses_of = vmap(member_loss)
+        if self.per_slot == 1:
+            self.losses_of = vmap(member_loss)
+        else:  # one slot's batch (z and targets) shared by its heads: vmap over λ inside the vmap over slots
+            self.losses_of = vmap(vmap(member_loss, in_dims=(0, None, None, None, None, None, 0)))
+
+    def slot_params(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The parameters and λ as the vmapped loss reads them: (S, L, ...) views when slots are shared."""
+        if self.per_slot == 1:
+            return self.params, self.lams
+        shape = (len(self.slot_seeds), self.per_slot)
+        return {n: p.view(*shape, *p.shape[1:]) for n, p in self.params.items()}, self.lams.view(shape)
 
     def step(self, rows: np.ndarray, rngs: list[np.random.Generator], lr: float) -> torch.Tensor:
-        """One optimiser step on ``rows`` (R, B) of the resident part; returns the R losses (detached)."""
+        """One optimiser step on ``rows`` (S, B) of the resident part, one row of rows and one dropout
+        stream per slot; returns the members' losses (R,), detached."""
         index = torch.from_numpy(rows).to(self.device)
-        z = self.z[index]  # (R, B, D)
-        if self.p > 0:  # each member's own mask stream, as its fixed-backbone run draws it
+        z = self.z[index]  # (S, B, D)
+        if self.p > 0:  # each slot's own mask stream, as its runs' fixed-backbone references draw it
             keep = np.stack([dropout_keep(tuple(z.shape[1:]), self.p, rng) for rng in rngs])
             z = apply_keep(z, torch.from_numpy(keep).to(self.device), self.p)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        losses = self.losses_of(self.params, z, *(t[index] for t in self.targets), self.lams)
-        self.optimizer.zero_grad(set_to_none=False)  # the gradient buffers are reused: no allocation per step
+        params, lams = self.slot_params()
+        losses = self.losses_of(params, z, *(t[index] for t in self.targets), lams)
+        self.optimizer.zero_grad(set_to_none=not self.reuse_grads)
         losses.sum().backward()
         self.optimizer.step()
-        return losses.detach()
+        return losses.detach().reshape(-1)
+
+    def probabilities(self, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Every member's fine (R, N, F) and coarse (R, N, C) probabilities on ``z`` (N, D), float32, the
+        heads in eval mode: one vmapped forward per ``PREDICT_BATCH`` rows instead of one pass per run."""
+        from torch.func import functional_call, vmap
+
+        def member_probs(p, z):
+            out = functional_call(self.base, (p, self.buffers), (z,))
+            return out.fine_probs.float(), out.coarse_probs.float()
+
+        forward, fine, coarse = vmap(member_probs, in_dims=(0, None)), [], []
+        was_training = self.base.training
+        self.base.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(z), PREDICT_BATCH):
+                    f, c = forward(self.params, z[start:start + PREDICT_BATCH])
+                    fine.append(f.cpu())
+                    coarse.append(c.cpu())
+        finally:
+            self.base.train(was_training)
+        return torch.cat(fine, dim=1).numpy(), torch.cat(coarse, dim=1).numpy()
+
+    def validation_losses(self, z: torch.Tensor, part) -> list[dict]:
+        """Each member's validation BCE per level (``hmic.metrics.masked_bce`` of its float32
+        probabilities, as ``hmic.train.validation_losses`` computes a run's), from one stacked pass."""
+        fine, coarse = self.probabilities(z)
+        return [{"val_fine_loss": masked_bce(fine[r], part.fine_targets, part.fine_mask),
+                 "val_coarse_loss": masked_bce(coarse[r], part.coarse_targets, part.coarse_mask)}
+                for r in range(len(fine))]
 
 
 def _restore_adam(stack: Stack, group: list[_Member], device: torch.device) -> None:
@@ -208,9 +290,11 @@ def _train_group(group: list[_Member], start_epoch: int, data: TrainingData, dev
     z_all = torch.from_numpy(np.ascontiguousarray(data.store.data[train.rows], dtype=np.float32)).to(device)
     targets = [torch.from_numpy(a).to(device) for a in (train.fine_targets, train.fine_mask, train.coarse_targets,
                                                          train.coarse_mask)]
-    stack = Stack([m.model.head for m in group], [m.cfg.lam for m in group], cfg0, z_all, targets, device)
+    stack = Stack([m.model.head for m in group], [m.cfg.lam for m in group], [m.cfg.seed for m in group], cfg0,
+                  z_all, targets, device)
     _restore_adam(stack, group, device)
     params, optimizer = stack.params, stack.optimizer
+    z_val = torch.from_numpy(np.ascontiguousarray(data.store.data[data.parts["val"].rows], dtype=np.float32)).to(device)
     reference = embedding_reference(data.store)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -220,8 +304,9 @@ def _train_group(group: list[_Member], start_epoch: int, data: TrainingData, dev
                             completed=start_epoch * steps_per_epoch, info="")
         for epoch in range(start_epoch, cfg0.epochs):
             t0 = time.time()
-            orders = [torch.randperm(n_train, generator=epoch_generator(m.cfg.seed, epoch)).numpy() for m in group]
-            rngs = [dropout_rng(m.cfg.seed, epoch) for m in group]
+            # one batch order and one dropout stream per slot (per seed where a seed's runs share them)
+            orders = [torch.randperm(n_train, generator=epoch_generator(s, epoch)).numpy() for s in stack.slot_seeds]
+            rngs = [dropout_rng(s, epoch) for s in stack.slot_seeds]
             total = torch.zeros(n_runs, dtype=torch.float64, device=device)
             n_batches, clips, data_seconds, lr = 0, 0, 0.0, cfg0.lr
             started = time.perf_counter()
@@ -238,6 +323,9 @@ def _train_group(group: list[_Member], start_epoch: int, data: TrainingData, dev
                 bar.update(task, advance=1)
             compute = time.perf_counter() - started - data_seconds
             mean = (total / max(1, n_batches)).tolist()
+            t_val = time.perf_counter()
+            vals = stack.validation_losses(z_val, data.parts["val"])
+            val_share = (time.perf_counter() - t_val) / n_runs  # each run's share of the stacked pass
             best_losses = []
             for r, member in enumerate(group):
                 with torch.no_grad():
@@ -248,7 +336,7 @@ def _train_group(group: list[_Member], start_epoch: int, data: TrainingData, dev
                 member.best, _, val = validate_and_save(
                     member.run, member.model, lambda r=r: {"optimizer": _member_adam(optimizer, params, r), "rng": None},
                     data, member.cfg, epoch, member.best, device, row, lr, t0, member.history,
-                    batch_size=PREDICT_BATCH, embedding=reference)
+                    batch_size=PREDICT_BATCH, embedding=reference, val=(vals[r], val_share))
                 best_losses.append(val["val_fine_loss"])
             bar.update(task, info=f"epoch {epoch + 1}/{cfg0.epochs} val fine {min(best_losses):.4f}–{max(best_losses):.4f}")
             if stop_after_epoch is not None and epoch >= stop_after_epoch:

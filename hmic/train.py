@@ -316,17 +316,23 @@ def resume_state(optimizer: torch.optim.Optimizer, device: torch.device) -> dict
 def validate_and_save(run: Run, model: HierarchicalModel, training_state, data: TrainingData,
                       cfg: TrainConfig, epoch: int, best: dict, device: torch.device, row: dict, lr: float,
                       started: float, history: list[dict], *, batch_size: int = 32,
-                      embedding: dict | None = None) -> tuple[dict, bool, dict]:
+                      embedding: dict | None = None, val: tuple[dict, float] | None = None) -> tuple[dict, bool, dict]:
     """Validation losses, best.pt when the fine loss improved, then the epoch's commit: last.pt (what
     ``training_state()`` returns: the optimiser and RNG states, and every metrics row so far, this
     epoch's included), then the row appended to metrics.jsonl. Returns (the best record, whether it
-    improved, the losses); ``history`` grows. ``embedding``: a frozen run's backbone (``hmic.checkpoint``)."""
+    improved, the losses); ``history`` grows. ``embedding``: a frozen run's backbone (``hmic.checkpoint``);
+    ``val``: the losses and their seconds when computed already (a frozen stack validates all its runs at once)."""
     frontend, config = data.store.frontend, asdict(cfg)
     t_val = time.perf_counter()
-    val, _ = validation_losses(model, data.parts["val"], data.store, device, cfg.precision, batch_size)
+    if val is None:
+        losses, _ = validation_losses(model, data.parts["val"], data.store, device, cfg.precision, batch_size)
+        val_seconds = time.perf_counter() - t_val
+    else:
+        losses, val_seconds = val
+    val = losses
     t_save = time.perf_counter()
     row = {**row, **val, "lr": lr, "seconds": round(time.time() - started, 3),
-           "validation_seconds": round(t_save - t_val, 3)}
+           "validation_seconds": round(val_seconds, 6)}  # 6 places: a frozen run's share of its stack's pass
     improved = val["val_fine_loss"] < best["val_fine_loss"]
     if improved:
         best = {"val_fine_loss": val["val_fine_loss"], "epoch": epoch}

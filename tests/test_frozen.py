@@ -110,15 +110,30 @@ def test_frozen_run_equals_finetuning_with_the_backbone_fixed(prepared, backbone
 
 
 def test_a_run_in_a_stack_equals_it_alone_and_resumes(prepared, backbone_run, embedded, tmp_path):
-    """Runs stacked (several seeds and λ in one vmapped step) equal each trained alone; a stack killed
-    after an epoch resumes to the same result; finished runs are skipped."""
+    """Runs stacked (several seeds and λ in one vmapped step) equal each trained alone, whether a seed's
+    runs share their batches (a 2 × 2 grid: one slot per seed) or not (an uneven stack: one slot per run);
+    a stack killed after an epoch resumes to the same result; finished runs are skipped."""
+    from hmic.frozen import Stack
+
     grid = [frozen_config(prepared, tmp_path / "stack", backbone_run, seed=s, lam=lam)
-            for s in (0, 1) for lam in (0.7, 0.9)]
+            for s in (1, 0) for lam in (0.7, 0.9)]  # given out of seed order: the stack sorts them
     stacked = train_frozen(grid, progress=False)
-    alone = train_frozen([replace(grid[3], runs_dir=str(tmp_path / "alone"))], progress=False)[0]
-    np.testing.assert_allclose(Run(Path(stacked[3]["run"])).predictions("test")["fine_probs"],
-                               Run(Path(alone["run"])).predictions("test")["fine_probs"], rtol=1e-4, atol=1e-5)
-    assert len({json.dumps(Run(Path(s["run"])).predictions("test")["fine_probs"].tolist()) for s in stacked}) == 4
+    uneven = train_frozen([replace(c, runs_dir=str(tmp_path / "uneven")) for c in grid[:3]], progress=False)
+
+    def probs(summary, part="test"):
+        return Run(Path(summary["run"])).predictions(part)["fine_probs"]
+
+    for i, cfg in enumerate(grid):
+        alone = train_frozen([replace(cfg, runs_dir=str(tmp_path / f"alone{i}"))], progress=False)[0]
+        np.testing.assert_allclose(probs(stacked[i]), probs(alone), rtol=1e-4, atol=1e-5)
+        assert stacked[i]["best_epoch"] == alone["best_epoch"]
+        if i < 3:
+            np.testing.assert_allclose(probs(uneven[i]), probs(alone), rtol=1e-4, atol=1e-5)
+    assert len({json.dumps(probs(s).tolist()) for s in stacked}) == 4
+    heads = [torch.nn.Linear(4, 2) for _ in range(4)]
+    z, targets = torch.zeros(8, 4), [torch.zeros(8, 2)] * 4
+    assert Stack(heads, [0.7, 0.9] * 2, [0, 0, 1, 1], grid[0], z, targets, torch.device("cpu")).slot_seeds == [0, 1]
+    assert Stack(heads[:3], [0.7, 0.9, 0.7], [0, 0, 1], grid[0], z, targets, torch.device("cpu")).slot_seeds == [0, 0, 1]
     killed = [replace(c, runs_dir=str(tmp_path / "killed")) for c in grid]
     assert train_frozen(killed, progress=False, stop_after_epoch=0)[0]["interrupted"]
     assert all(Run(Path(c.run().folder)).resumable for c in killed)
@@ -210,3 +225,19 @@ def test_ray_runs_a_frozen_stack_in_one_task(prepared, backbone_run, embedded, t
     for a, b in zip(local, on_ray):
         np.testing.assert_allclose(Run(Path(a["run"])).predictions("test")["fine_probs"],
                                    Run(Path(b["run"])).predictions("test")["fine_probs"], rtol=1e-5, atol=1e-6)
+
+
+def test_freed_memory_is_kept_for_reuse_where_glibc_allows_it():
+    """The stacked step's allocator setting (hmic.frozen.keep_freed_memory): taken on glibc (Linux CI), and
+    then a stack's gradients are replaced each step instead of added into reused buffers."""
+    import platform
+
+    from hmic.frozen import Stack, keep_freed_memory
+
+    tuned = keep_freed_memory()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert tuned
+    heads = [torch.nn.Linear(4, 2) for _ in range(2)]
+    stack = Stack(heads, [0.7, 0.9], [0, 0], TrainConfig(method="gmp"), torch.zeros(8, 4), [torch.zeros(8, 2)] * 4,
+                  torch.device("cpu"))
+    assert stack.reuse_grads is not tuned
