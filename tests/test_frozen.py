@@ -137,6 +137,12 @@ def test_a_run_in_a_stack_equals_it_alone_and_resumes(prepared, backbone_run, em
     killed = [replace(c, runs_dir=str(tmp_path / "killed")) for c in grid]
     assert train_frozen(killed, progress=False, stop_after_epoch=0)[0]["interrupted"]
     assert all(Run(Path(c.run().folder)).resumable for c in killed)
+    # a member's Adam state in last.pt has its head's layout (the stack stores matrices transposed)
+    from hmic.checkpoint import read_state
+
+    state = read_state(Run(Path(killed[0].run().folder)).last_path)
+    for name, moments in state["training"]["optimizer"].items():
+        assert moments["exp_avg"].shape == state["model"][f"head.{name}"].shape and moments["exp_avg"].is_contiguous()
     resumed = train_frozen(killed, resume=True, progress=False)
     for s, r in zip(stacked, resumed):
         np.testing.assert_allclose(Run(Path(s["run"])).predictions("test")["fine_probs"],
