@@ -1,10 +1,21 @@
-"""Shared by the benchmarks: a matrix-multiply peak measured in the same process."""
+"""Shared by the benchmarks: the paper's grid (Makefile's LAMBDAS and SEEDS) and a matrix-multiply
+peak measured in the same process."""
 
 from __future__ import annotations
 
 import time
 
 import torch
+
+from hmic.heads import head_class
+
+LAMBDAS = [0.7, 0.75, 0.8, 0.85, 0.9]
+SEEDS = 8
+
+
+def lambdas_of(method: str) -> list[float]:
+    """The λ values of the paper's grid that ``method`` trains (one for flat: it has no coarse loss)."""
+    return head_class(method).lambdas_for(LAMBDAS)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None, repeats: int = 10) -> float:

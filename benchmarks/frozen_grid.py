@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from common import LAMBDAS, lambdas_of
 from embed_speed import cpu_name
 from hmic.backbones import BackboneConfig
 from hmic.config import TrainConfig, load_config_file
@@ -34,7 +35,6 @@ from hmic.model import HierarchicalModel
 from hmic.report import METHOD_ORDER as METHODS
 from hmic.runs import Run
 
-LAMBDAS = [0.7, 0.75, 0.8, 0.85, 0.9]
 OPENMIC = {"train": 12_678, "val": 2_237, "test": 5_085}
 EPOCHS = 30
 
@@ -81,7 +81,7 @@ def stack_step_seconds(method: str, dim: int, seeds: int, lambdas: int, steps: i
     z = torch.randn(n, dim).relu()
     targets = [torch.rand(n, h.n_fine).round(), torch.rand(n, h.n_fine) > 0.3,
                torch.rand(n, h.n_coarse).round(), torch.rand(n, h.n_coarse) > 0.3]
-    stack = Stack(heads, [0.7 + 0.05 * i for i in range(lambdas)] * seeds, [s for s in range(seeds) for _ in range(lambdas)],
+    stack = Stack(heads, LAMBDAS[:lambdas] * seeds, [s for s in range(seeds) for _ in range(lambdas)],
                   TrainConfig(method=method), z, targets, torch.device("cpu"))
     rngs = [np.random.default_rng(s) for s in stack.slot_seeds]
     order = np.stack([np.random.default_rng(100 + r).permutation(n) for r in range(len(rngs))])
@@ -171,14 +171,14 @@ def main() -> None:
     dim = _store_dim(summaries[0])
     ratios, save_ratios = {}, {}
     for method in METHODS:
-        lambdas = 1 if method == "flat" else len(LAMBDAS)
+        lambdas = len(lambdas_of(method))
         ratios[method] = (stack_step_seconds(method, 2048, args.seeds, lambdas)
                           / stack_step_seconds(method, dim, args.seeds, lambdas))
         save_ratios[method] = last_pt_seconds(method, 2048, Path(args.runs_dir)) / last_pt_seconds(method, dim, Path(args.runs_dir))
     scale_epochs = EPOCHS / epochs
     openmic_steps = EPOCHS * math.ceil(OPENMIC["train"] / base.batch_size)
-    floor = {m: openmic_steps * matmul_floor_seconds(m, args.seeds, 1 if m == "flat" else len(LAMBDAS),
-                                                     batch=base.batch_size) for m in METHODS}
+    floor = {m: openmic_steps * matmul_floor_seconds(m, args.seeds, len(lambdas_of(m)), batch=base.batch_size)
+             for m in METHODS}
     projected_save = sum(t * scale_epochs * save_ratios[m] for m, t in save_by_method.items())
     scale_steps = OPENMIC["train"] / clips["train"] * EPOCHS / epochs
     projected_train = sum(t * scale_steps * ratios[m] for m, t in train_by_method.items())

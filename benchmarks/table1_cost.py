@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import device_name, matmul_peak
+from common import SEEDS, device_name, lambdas_of, matmul_peak
 from hmic.audio import FrontendConfig
 from hmic.backbones import BACKBONES, backbone_class
 from hmic.checkpoint import Checkpoint, save_checkpoint
@@ -39,7 +39,6 @@ from hmic.config import TrainConfig
 from hmic.dataset import OpenMIC
 from hmic.devices import resolve_device
 from hmic.features import featurize_dataset
-from hmic.heads import head_class
 from hmic.model import HierarchicalModel
 from hmic.report import METHOD_ORDER
 from hmic.runs import Run
@@ -48,8 +47,7 @@ from hmic.synth.dataset import SynthOptions, synthesize
 from hmic.train import predict_part, train_run
 from hmic.trainingdata import load_training_data
 
-LAMBDAS, SEEDS = 5, 8
-RUNS_BY_METHOD = {m: SEEDS * len(head_class(m).lambdas_for([0.7 + 0.05 * i for i in range(LAMBDAS)])) for m in METHOD_ORDER}
+RUNS_BY_METHOD = {m: SEEDS * len(lambdas_of(m)) for m in METHOD_ORDER}
 RUNS = sum(RUNS_BY_METHOD.values())  # 248: six heads with a λ grid of 5, flat with one λ; 8 seeds each
 EPOCHS = 30
 TRAIN_PARTITION = 14_915

@@ -32,10 +32,9 @@ from .checkpoint import read_state
 from .devices import resolve_device
 from .errors import HmicError
 from .heads import hierarchical_loss
-from .metrics import masked_bce
 from .model import HierarchicalModel, apply_keep, dropout_keep
-from .train import (build_model, dropout_rng, epoch_generator, finish, lr_at, open_run, restored_history,
-                    validate_and_save)
+from .train import (build_model, dropout_rng, epoch_generator, finish, level_losses, lr_at, open_run,
+                    restored_history, validate_and_save)
 from .trainingdata import TrainingData, load_training_data
 
 PREDICT_BATCH = 4096  # rows per head pass in validation and predictions (no backbone: memory is no concern)
@@ -260,12 +259,10 @@ class Stack:
         return torch.cat(fine, dim=1).numpy(), torch.cat(coarse, dim=1).numpy()
 
     def validation_losses(self, z: torch.Tensor, part) -> list[dict]:
-        """Each member's validation BCE per level (``hmic.metrics.masked_bce`` of its float32
-        probabilities, as ``hmic.train.validation_losses`` computes a run's), from one stacked pass."""
+        """Each member's validation BCE per level (``hmic.train.level_losses``, as a run alone computes
+        it), from one stacked pass."""
         fine, coarse = self.probabilities(z)
-        return [{"val_fine_loss": masked_bce(fine[r], part.fine_targets, part.fine_mask),
-                 "val_coarse_loss": masked_bce(coarse[r], part.coarse_targets, part.coarse_mask)}
-                for r in range(len(fine))]
+        return [level_losses(fine[r], coarse[r], part) for r in range(len(fine))]
 
 
 def _restore_adam(stack: Stack, group: list[_Member], device: torch.device) -> None:
@@ -356,7 +353,7 @@ def _train_group(group: list[_Member], start_epoch: int, data: TrainingData, dev
                 member.best, _, val = validate_and_save(
                     member.run, member.model, lambda r=r: {"optimizer": _member_adam(stack, r), "rng": None},
                     data, member.cfg, epoch, member.best, device, row, lr, t0, member.history,
-                    batch_size=PREDICT_BATCH, embedding=reference, val=(vals[r], val_share))
+                    batch_size=PREDICT_BATCH, embedding=reference, validated=(vals[r], val_share))
                 best_losses.append(val["val_fine_loss"])
             bar.update(task, info=f"epoch {epoch + 1}/{cfg0.epochs} val fine {min(best_losses):.4f}–{max(best_losses):.4f}")
             if stop_after_epoch is not None and epoch >= stop_after_epoch:

@@ -113,8 +113,13 @@ def validation_losses(model, part: SplitPart, store: RowStore, device, precision
                       batch_size: int = 32) -> tuple[dict, dict]:
     """The validation BCE per level of the saved (float32) probabilities, and the predictions."""
     pred = predict_part(model, part, store, device, precision, batch_size)
-    return {"val_fine_loss": masked_bce(pred["fine_probs"], part.fine_targets, part.fine_mask),
-            "val_coarse_loss": masked_bce(pred["coarse_probs"], part.coarse_targets, part.coarse_mask)}, pred
+    return level_losses(pred["fine_probs"], pred["coarse_probs"], part), pred
+
+
+def level_losses(fine_probs: np.ndarray, coarse_probs: np.ndarray, part: SplitPart) -> dict:
+    """The validation BCE per level of one run's float32 probabilities on ``part`` (what picks the best epoch)."""
+    return {"val_fine_loss": masked_bce(fine_probs, part.fine_targets, part.fine_mask),
+            "val_coarse_loss": masked_bce(coarse_probs, part.coarse_targets, part.coarse_mask)}
 
 
 def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False) -> tuple[Run, dict | None]:
@@ -316,20 +321,20 @@ def resume_state(optimizer: torch.optim.Optimizer, device: torch.device) -> dict
 def validate_and_save(run: Run, model: HierarchicalModel, training_state, data: TrainingData,
                       cfg: TrainConfig, epoch: int, best: dict, device: torch.device, row: dict, lr: float,
                       started: float, history: list[dict], *, batch_size: int = 32,
-                      embedding: dict | None = None, val: tuple[dict, float] | None = None) -> tuple[dict, bool, dict]:
+                      embedding: dict | None = None, validated: tuple[dict, float] | None = None) -> tuple[dict, bool, dict]:
     """Validation losses, best.pt when the fine loss improved, then the epoch's commit: last.pt (what
     ``training_state()`` returns: the optimiser and RNG states, and every metrics row so far, this
     epoch's included), then the row appended to metrics.jsonl. Returns (the best record, whether it
     improved, the losses); ``history`` grows. ``embedding``: a frozen run's backbone (``hmic.checkpoint``);
-    ``val``: the losses and their seconds when computed already (a frozen stack validates all its runs at once)."""
+    ``validated``: the losses and their seconds when computed already (a frozen stack validates all its
+    runs at once)."""
     frontend, config = data.store.frontend, asdict(cfg)
     t_val = time.perf_counter()
-    if val is None:
-        losses, _ = validation_losses(model, data.parts["val"], data.store, device, cfg.precision, batch_size)
+    if validated is None:
+        val, _ = validation_losses(model, data.parts["val"], data.store, device, cfg.precision, batch_size)
         val_seconds = time.perf_counter() - t_val
     else:
-        losses, val_seconds = val
-    val = losses
+        val, val_seconds = validated
     t_save = time.perf_counter()
     row = {**row, **val, "lr": lr, "seconds": round(time.time() - started, 3),
            "validation_seconds": round(val_seconds, 6)}  # 6 places: a frozen run's share of its stack's pass
