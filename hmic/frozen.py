@@ -5,14 +5,15 @@ Every run keeps the fine-tuning protocol's loss, λ, seed, epochs, schedule, emb
 rule and run folder; only the backbone is fixed, so that its output Z is read from the embedding store
 instead of computed. Such runs are so small that one step costs less than Python's overhead around it,
 so the runs that differ only in seed and λ train together as a *stack*: their heads' parameters stacked
-along a first axis, one vmapped forward and backward and one Adam step for all of them per batch. Each
+along a first axis, one forward and backward and one Adam step for all of them per batch (the heads and
+the loss broadcast over stacked parameters, ``hmic.heads``). Each
 run still draws its own batches (its seed's order), its own dropout masks (its seed's stream) and its
 own head initialisation, so a run trained in a stack equals the same run trained alone within float32
 rounding (tests), and equals a fine-tuning run whose backbone is kept fixed (``fixed_backbone``) too.
 
 Runs of one seed draw the same batches and masks whatever their λ, so a stack of S seeds × L λ gathers
-and masks S batches, not S·L, and each seed's L heads read their one batch in one matrix product (a
-vmap over λ inside the vmap over seeds): the same arithmetic per run, fewer and larger operations.
+and masks S batches, not S·L, and each seed's L heads read their one batch (parameters (S, L, ...)
+against the batches (S, 1, B, D)): the same arithmetic per run, fewer and larger operations.
 """
 
 from __future__ import annotations
@@ -158,13 +159,16 @@ class Stack:
 
     Members come seed by seed (``seeds`` sorted). When every seed has the same number L of members (a
     grid: S seeds × L λ), the stack has S *slots*, one per seed: a slot's batch and dropout mask are
-    drawn once and read by its L heads through a vmap over λ inside the vmap over slots. Otherwise
-    (runs resumed at different epochs, an uneven grid) each member is its own slot (L = 1).
-    ``step`` is one batch of every slot: its own rows, its own dropout mask, one vmapped loss."""
+    drawn once and read by its L heads (the parameters viewed (S, L, ...), the batches (S, 1, B, D)).
+    Otherwise (runs resumed at different epochs, an uneven grid) each member is its own slot (L = 1).
+    ``step`` is one batch of every slot: its own rows, its own dropout mask, one stacked loss; the heads
+    and the loss broadcast over the stacked parameters (``hmic.heads``), so there is no per-run loop and
+    no vmap (which cost resatt's stack of 40 about as much as its products, and the small heads twice
+    their products: README, "The frozen-backbone protocol")."""
 
     def __init__(self, heads: list[torch.nn.Module], lams: list[float], seeds: list[int], cfg: TrainConfig,
                  z: torch.Tensor, targets: list[torch.Tensor], device: torch.device):
-        from torch.func import functional_call, vmap
+        from torch.func import functional_call
 
         if list(seeds) != sorted(seeds):
             raise ValueError("a stack's members come seed by seed (sorted by seed)")
@@ -191,13 +195,12 @@ class Stack:
         base, buffers, alpha = heads[0], dict(heads[0].named_buffers()), cfg.alpha
         self.base, self.buffers = base, buffers
 
-        def member_loss(p, z, ft, fm, ct, cm, lam):
-            return hierarchical_loss(functional_call(base, (p, buffers), (z,)), base, ft, fm, ct, cm, lam, alpha)
+        def losses_of(params, z, ft, fm, ct, cm, lams):  # params (S, L, ...), z and targets (S, B, ...) → (S, L)
+            slot = lambda t: t[:, None]  # noqa: E731 — a slot's batch, shared by its L heads
+            out = functional_call(base, (params, buffers), (slot(z),))
+            return hierarchical_loss(out, base, slot(ft), slot(fm), slot(ct), slot(cm), lams, alpha)
 
-        if self.per_slot == 1:
-            self.losses_of = vmap(member_loss)
-        else:  # one slot's batch (z and targets) shared by its heads: vmap over λ inside the vmap over slots
-            self.losses_of = vmap(vmap(member_loss, in_dims=(0, None, None, None, None, None, 0)))
+        self.losses_of = losses_of
 
     def to_storage(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """A parameter (or its Adam state) stacked in the heads' layout (R, ...) → the stored layout."""
@@ -212,10 +215,8 @@ class Stack:
         return {n: self.to_member(n, p) for n, p in self.params.items()}
 
     def slot_params(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The parameters and λ as the vmapped loss reads them: (S, L, ...) views when slots are shared."""
+        """The parameters and λ as the stacked loss reads them: (S, L, ...) views (L = 1 without shared slots)."""
         params = self.member_params()
-        if self.per_slot == 1:
-            return params, self.lams
         shape = (len(self.slot_seeds), self.per_slot)
         return {n: p.view(*shape, *p.shape[1:]) for n, p in params.items()}, self.lams.view(shape)
 
@@ -238,14 +239,14 @@ class Stack:
 
     def probabilities(self, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Every member's fine (R, N, F) and coarse (R, N, C) probabilities on ``z`` (N, D), float32, the
-        heads in eval mode: one vmapped forward per ``PREDICT_BATCH`` rows instead of one pass per run."""
-        from torch.func import functional_call, vmap
+        heads in eval mode: one stacked forward per ``PREDICT_BATCH`` rows instead of one pass per run."""
+        from torch.func import functional_call
 
-        def member_probs(p, z):
-            out = functional_call(self.base, (p, self.buffers), (z,))
+        def forward(params, z):
+            out = functional_call(self.base, (params, self.buffers), (z,))
             return out.fine_probs.float(), out.coarse_probs.float()
 
-        forward, fine, coarse = vmap(member_probs, in_dims=(0, None)), [], []
+        fine, coarse = [], []
         was_training = self.base.training
         self.base.eval()
         try:

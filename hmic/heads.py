@@ -2,7 +2,10 @@
 
 Every head maps the embedding Z (B, D) to a HeadOutput holding fine probabilities (B, F) and coarse
 probabilities (B, C), plus logits or log-probabilities where the head has them (for a stable loss) and
-resatt's attention map (B, F, C). A head also says what it means: whether it is trained on the coarse
+resatt's attention map (B, F, C). Heads and the loss are written for leading axes too: with every
+parameter stacked along the same leading axes (R, ...) (``torch.func.functional_call``, a frozen stack of
+runs, ``hmic.frozen``) and Z (..., B, D) broadcasting against them, the outputs are (R, B, ...) and the
+loss is one value per run (R,), the same arithmetic per run without a per-run loop or vmap. A head also says what it means: whether it is trained on the coarse
 loss (``uses_coarse_loss``; flat is not, so its λ is 1), any extra loss term (``extra_loss``), and how
 a coarse decision is explained (``explain``). A new head is one class and one ``@register`` line.
 """
@@ -38,6 +41,22 @@ class HeadOutput:
     attention: torch.Tensor | None = None  # resatt: (B, F, C), sums to 1 over F
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (the same parameters, state_dict keys and arithmetic), which also takes a weight and
+    bias stacked along leading axes ((..., out, in), (..., out): a frozen stack's heads) and an input
+    (..., B, in) broadcasting against them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.ndim == 2:
+            return F.linear(x, self.weight, self.bias)
+        return torch.matmul(x, self.weight.transpose(-1, -2)) + self.bias[..., None, :]
+
+
+def level_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over a run's batch and tags (the last two axes): a scalar for one run, (R,) for a stack."""
+    return x.mean(dim=(-2, -1))
+
+
 class Head(nn.Module):
     uses_coarse_loss = True  # False: trained on the fine loss alone, so λ is 1 whatever was asked
 
@@ -58,8 +77,8 @@ class Head(nn.Module):
         self.register_buffer("parent", torch.tensor(hierarchy.parent, dtype=torch.long), persistent=False)
 
     def grouped_max(self, values: torch.Tensor) -> torch.Tensor:
-        """(B, F) → (B, C): max over each coarse tag's children."""
-        masked = values[:, None, :].masked_fill(self.membership[None] == 0, float("-inf"))
+        """(..., B, F) → (..., B, C): max over each coarse tag's children."""
+        masked = values[..., None, :].masked_fill(self.membership == 0, float("-inf"))
         return masked.max(dim=-1).values
 
     def extra_loss(self, out: "HeadOutput") -> torch.Tensor | None:
@@ -80,7 +99,7 @@ class Head(nn.Module):
 class FineClassifier(Head):
     def __init__(self, dim: int, hierarchy: Hierarchy):
         super().__init__(dim, hierarchy)
-        self.fine = nn.Linear(dim, hierarchy.n_fine)
+        self.fine = Linear(dim, hierarchy.n_fine)
 
 
 @register("flat")
@@ -102,7 +121,7 @@ class FineAndCoarseClassifier(FineClassifier):
 
     def __init__(self, dim: int, hierarchy: Hierarchy):
         super().__init__(dim, hierarchy)
-        self.coarse = nn.Linear(dim, hierarchy.n_coarse)
+        self.coarse = Linear(dim, hierarchy.n_coarse)
 
 
 @register("levelwise")
@@ -116,8 +135,8 @@ class LevelWise(FineAndCoarseClassifier):
     def extra_loss(self, out: HeadOutput) -> torch.Tensor:
         """L_down + L_up (the project's reading of Krause & Müller 2022's loss items; need no labels)."""
         pf, pc = out.fine_probs.float(), out.coarse_probs.float()
-        down = F.relu(pf - pc[:, self.parent]).mean()
-        up = F.relu(pc - self.grouped_max(pf)).mean()
+        down = level_mean(F.relu(pf - pc[..., self.parent]))
+        up = level_mean(F.relu(pc - self.grouped_max(pf)))
         return down + up
 
 
@@ -127,7 +146,7 @@ class TopDown(FineAndCoarseClassifier):
 
     def forward(self, z: torch.Tensor) -> HeadOutput:
         zf, zc = self.fine(z), self.coarse(z)
-        log_pf = F.logsigmoid(zf) + F.logsigmoid(zc)[:, self.parent]
+        log_pf = F.logsigmoid(zf) + F.logsigmoid(zc)[..., self.parent]
         return HeadOutput(torch.exp(log_pf), torch.sigmoid(zc), None, zc, fine_log_probs=log_pf)
 
 
@@ -165,8 +184,8 @@ class LinearProjection(FineClassifier):
     def forward(self, z: torch.Tensor) -> HeadOutput:
         logits = self.fine(z)
         pf = torch.sigmoid(logits)
-        weights = torch.softmax(self.projection, dim=0)  # (F, C)
-        return HeadOutput(pf, pf @ weights, logits, attention=weights[None].expand(z.shape[0], -1, -1))
+        weights = torch.softmax(self.projection, dim=-2)  # (F, C), softmax over the fine tags
+        return HeadOutput(pf, pf @ weights, logits, attention=weights[..., None, :, :].expand(*pf.shape, -1))
 
     explain_rule = "attention"
 
@@ -177,7 +196,7 @@ class UnconstrainedProjection(FineClassifier):
 
     def __init__(self, dim: int, hierarchy: Hierarchy):
         super().__init__(dim, hierarchy)
-        self.projection = nn.Linear(hierarchy.n_fine, hierarchy.n_coarse)
+        self.projection = Linear(hierarchy.n_fine, hierarchy.n_coarse)
 
     def forward(self, z: torch.Tensor) -> HeadOutput:
         logits = self.fine(z)
@@ -201,13 +220,14 @@ class ResidualAttention(FineClassifier):
 
     def __init__(self, dim: int, hierarchy: Hierarchy):
         super().__init__(dim, hierarchy)
-        self.attention = nn.Linear(dim, hierarchy.n_fine * hierarchy.n_coarse)
+        self.attention = Linear(dim, hierarchy.n_fine * hierarchy.n_coarse)
 
     def forward(self, z: torch.Tensor) -> HeadOutput:
         logits = self.fine(z)
         pf = torch.sigmoid(logits)
-        w = torch.softmax(self.attention(z).view(-1, self.hierarchy.n_fine, self.hierarchy.n_coarse), dim=1)
-        return HeadOutput(pf, torch.einsum("bfc,bf->bc", w, pf), logits, attention=w)
+        a = self.attention(z)
+        w = torch.softmax(a.view(*a.shape[:-1], self.hierarchy.n_fine, self.hierarchy.n_coarse), dim=-2)
+        return HeadOutput(pf, torch.einsum("...fc,...f->...c", w, pf), logits, attention=w)
 
     explain_rule = "attention"
 
@@ -222,8 +242,10 @@ def build_head(method: str, dim: int, hierarchy: Hierarchy) -> Head:
 
 def masked_bce(targets: torch.Tensor, mask: torch.Tensor, probs: torch.Tensor,
                logits: torch.Tensor | None = None, log_probs: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean binary cross-entropy over observed entries (mask True). 0 if nothing is observed."""
-    targets, mask = targets.float(), mask.bool()
+    """Mean binary cross-entropy over observed entries (mask True). 0 if nothing is observed. Per run
+    for stacked inputs (..., B, T): targets and mask broadcast against the probabilities."""
+    shape = probs.shape
+    targets, mask = targets.float().expand(shape), mask.bool().expand(shape)
     if logits is not None:
         per = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
     elif log_probs is not None:
@@ -231,13 +253,14 @@ def masked_bce(targets: torch.Tensor, mask: torch.Tensor, probs: torch.Tensor,
         per = -(targets * lp + (1 - targets) * torch.log(-torch.expm1(lp)))
     else:
         per = F.binary_cross_entropy(probs.float().clamp(EPS, 1 - EPS), targets, reduction="none")
-    n = mask.sum()
-    return (per * mask).sum() / n.clamp(min=1)
+    n = mask.sum(dim=(-2, -1))
+    return (per * mask).sum(dim=(-2, -1)) / n.clamp(min=1)
 
 
 def hierarchical_loss(out: HeadOutput, head: Head, fine_targets, fine_mask, coarse_targets, coarse_mask,
                       lam: float, alpha: float = 1.0) -> torch.Tensor:
-    """L = λ·BCE_fine + (1 − λ)·BCE_coarse (+ α·the head's extra term); a head without coarse loss uses BCE_fine."""
+    """L = λ·BCE_fine + (1 − λ)·BCE_coarse (+ α·the head's extra term); a head without coarse loss uses BCE_fine.
+    ``lam`` may be a tensor of one λ per stacked run."""
     fine = masked_bce(fine_targets, fine_mask, out.fine_probs, out.fine_logits, out.fine_log_probs)
     if not head.uses_coarse_loss:
         total = fine

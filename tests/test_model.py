@@ -30,6 +30,43 @@ def test_head_shapes_and_probability_range(method):
         assert torch.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_head_with_stacked_parameters_is_each_run_alone(method):
+    """Parameters stacked (S, L, ...) against batches (S, 1, B, D) (a frozen stack: S seeds' batches, each
+    read by its L λ heads): every run's outputs, loss and gradients are those of its head alone on its
+    batch, within float32 rounding, and the loss is one value per run."""
+    from torch.func import functional_call
+
+    torch.manual_seed(4)
+    S, L, B, D = 2, 3, 5, 32
+    heads = [build_head(method, D, H) for _ in range(S * L)]
+    for h in heads:  # lp's projection starts at zero: make every parameter differ between runs
+        for q in h.parameters():
+            q.data.add_(torch.randn_like(q) * 0.1)
+    lams = torch.tensor([0.7, 0.8, 0.9] * S).view(S, L)
+    z = torch.randn(S, B, D).relu()
+    ft, fm = torch.rand(S, B, 20).round(), torch.rand(S, B, 20) > 0.3
+    ct, cm = torch.rand(S, B, 7).round(), torch.rand(S, B, 7) > 0.3
+    stacked = {n: torch.stack([dict(h.named_parameters())[n].detach() for h in heads]).view(S, L, *q.shape)
+               .requires_grad_() for n, q in heads[0].named_parameters()}
+    out = functional_call(heads[0], (stacked, dict(heads[0].named_buffers())), (z[:, None],))
+    loss = hierarchical_loss(out, heads[0], ft[:, None], fm[:, None], ct[:, None], cm[:, None], lams)
+    assert loss.shape == (S, L) and out.fine_probs.shape == (S, L, B, 20) and out.coarse_probs.shape == (S, L, B, 7)
+    loss.sum().backward()
+    for r, head in enumerate(heads):
+        s, l = divmod(r, L)
+        alone = head(z[s])
+        alone_loss = hierarchical_loss(alone, head, ft[s], fm[s], ct[s], cm[s], float(lams[s, l]))
+        alone_loss.backward()
+        torch.testing.assert_close(out.fine_probs[s, l], alone.fine_probs)
+        torch.testing.assert_close(out.coarse_probs[s, l], alone.coarse_probs)
+        if alone.attention is not None:
+            torch.testing.assert_close(out.attention[s, l], alone.attention)
+        torch.testing.assert_close(loss[s, l], alone_loss)
+        for n, q in head.named_parameters():
+            torch.testing.assert_close(stacked[n].grad[s, l], q.grad, msg=f"{method}: the gradient of {n}")
+
+
 def test_gmp_is_the_grouped_max_and_gap_the_grouped_mean():
     torch.manual_seed(1)
     z = torch.randn(4, 32)
