@@ -65,24 +65,28 @@ def finetune_step_seconds(steps: int = 2, batch: int = 16) -> float:
     return min(times[1:])
 
 
-def stack_step_seconds(method: str, dim: int, seeds: int, lambdas: int, steps: int = 20, batch: int = 16) -> float:
-    """Seconds of one stacked step (``hmic.frozen.Stack.step``) of ``seeds`` × ``lambdas`` heads over
-    ``dim``-d embeddings (a seed's heads share their batch, as in a grid)."""
-    import numpy as np
-
+def benchmark_stack(method: str, dim: int, seeds: int, lambdas: int, n: int = 4096):
+    """A ``hmic.frozen.Stack`` of ``seeds`` × ``lambdas`` fresh heads over ``n`` random ``dim``-d embeddings
+    (a seed's heads share their batch, as in a grid)."""
     from hmic.frozen import Stack
     from hmic.heads import build_head
 
     h = load_hierarchy()
     torch.manual_seed(0)
-    runs = seeds * lambdas
-    heads = [build_head(method, dim, h) for _ in range(runs)]
-    n = 4096
+    heads = [build_head(method, dim, h) for _ in range(seeds * lambdas)]
     z = torch.randn(n, dim).relu()
     targets = [torch.rand(n, h.n_fine).round(), torch.rand(n, h.n_fine) > 0.3,
                torch.rand(n, h.n_coarse).round(), torch.rand(n, h.n_coarse) > 0.3]
-    stack = Stack(heads, LAMBDAS[:lambdas] * seeds, [s for s in range(seeds) for _ in range(lambdas)],
-                  TrainConfig(method=method), z, targets, torch.device("cpu"))
+    return Stack(heads, LAMBDAS[:lambdas] * seeds, [s for s in range(seeds) for _ in range(lambdas)],
+                 TrainConfig(method=method), z, targets, torch.device("cpu"))
+
+
+def stack_step_seconds(method: str, dim: int, seeds: int, lambdas: int, steps: int = 20, batch: int = 16) -> float:
+    """Seconds of one stacked step (``hmic.frozen.Stack.step``) of ``seeds`` × ``lambdas`` heads over
+    ``dim``-d embeddings (a seed's heads share their batch, as in a grid)."""
+    import numpy as np
+
+    stack, n = benchmark_stack(method, dim, seeds, lambdas), 4096
     rngs = [np.random.default_rng(s) for s in stack.slot_seeds]
     order = np.stack([np.random.default_rng(100 + r).permutation(n) for r in range(len(rngs))])
     stack.step(order[:, :batch], rngs, 1e-4)
@@ -108,6 +112,21 @@ def matmul_floor_seconds(method: str, seeds: int, lambdas: int, dim: int = 2048,
     for _ in range(reps):
         torch.bmm(z, w)
         torch.bmm(g, z)
+    return (time.perf_counter() - t0) / reps
+
+
+def adam_floor_seconds(method: str, seeds: int, lambdas: int, dim: int = 2048, reps: int = 20) -> float:
+    """Seconds of the Adam step one stacked step cannot avoid: the stack's own fused Adam over its
+    parameters (``seeds`` × ``lambdas`` heads over ``dim``-d embeddings) with gradients in place, timed
+    alone. It streams the parameters, gradients and both moments through memory every step (float32:
+    28 bytes per parameter), so on a CPU it is bound by memory bandwidth, not arithmetic."""
+    stack = benchmark_stack(method, dim, seeds, lambdas, n=16)
+    for p in stack.params.values():
+        p.grad = torch.randn_like(p)
+    stack.optimizer.step()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        stack.optimizer.step()
     return (time.perf_counter() - t0) / reps
 
 
@@ -179,6 +198,7 @@ def main() -> None:
     openmic_steps = EPOCHS * math.ceil(OPENMIC["train"] / base.batch_size)
     floor = {m: openmic_steps * matmul_floor_seconds(m, args.seeds, len(lambdas_of(m)), batch=base.batch_size)
              for m in METHODS}
+    adam_floor = {m: openmic_steps * adam_floor_seconds(m, args.seeds, len(lambdas_of(m))) for m in METHODS}
     projected_save = sum(t * scale_epochs * save_ratios[m] for m, t in save_by_method.items())
     scale_steps = OPENMIC["train"] / clips["train"] * EPOCHS / epochs
     projected_train = sum(t * scale_steps * ratios[m] for m, t in train_by_method.items())
@@ -192,7 +212,8 @@ def main() -> None:
            "projected_openmic_train_seconds_by_method": {m: t * scale_steps * ratios[m] for m, t in train_by_method.items()},
            "embedding_dim": dim, "step_time_ratio_2048_vs_dim": ratios, "last_pt_time_ratio_2048_vs_dim": save_ratios,
            "checkpoint_seconds_by_method": save_by_method, "checkpoint_seconds": save_s,
-           "openmic_matmul_floor_seconds_by_method": floor, "openmic_matmul_floor_seconds": sum(floor.values()), "cpu": cpu_name(), "threads": torch.get_num_threads(), "runs": len(configs), "epochs": epochs,
+           "openmic_matmul_floor_seconds_by_method": floor, "openmic_matmul_floor_seconds": sum(floor.values()),
+           "openmic_adam_floor_seconds_by_method": adam_floor, "openmic_adam_floor_seconds": sum(adam_floor.values()), "cpu": cpu_name(), "threads": torch.get_num_threads(), "runs": len(configs), "epochs": epochs,
            "clips": clips, "wall_seconds": wall, "train_seconds": train_s, "validation_seconds": val_s,
            "rest_seconds": rest, "projected_openmic_seconds": projected, "date": time.strftime("%Y-%m-%d"),
            }
@@ -210,6 +231,10 @@ def main() -> None:
     print(f"floor: the grid's unavoidable float32 matrix products alone (forward and weight gradient of each "
           f"head's layers on Z) take {sum(floor.values()):.0f} s at OpenMIC's size on this CPU: "
           + ", ".join(f"{m} {t:.0f}" for m, t in floor.items()))
+    print(f"floor: the grid's Adam steps alone (each stack's fused Adam over its float32 parameters, every step) take "
+          f"{sum(adam_floor.values()):.0f} s at OpenMIC's size on this CPU: "
+          + ", ".join(f"{m} {t:.0f}" for m, t in adam_floor.items())
+          + f"; products and Adam together {sum(floor.values()) + sum(adam_floor.values()):.0f} s")
     if not args.skip_finetune_step:
         step = finetune_step_seconds()
         per_run = EPOCHS * math.ceil(OPENMIC["train"] / 16) * step
