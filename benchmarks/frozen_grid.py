@@ -86,7 +86,8 @@ def stack_step_seconds(method: str, dim: int, seeds: int, lambdas: int, steps: i
     ``dim``-d embeddings (a seed's heads share their batch, as in a grid)."""
     import numpy as np
 
-    stack, n = benchmark_stack(method, dim, seeds, lambdas), 4096
+    n = 4096
+    stack = benchmark_stack(method, dim, seeds, lambdas, n)
     rngs = [np.random.default_rng(s) for s in stack.slot_seeds]
     order = np.stack([np.random.default_rng(100 + r).permutation(n) for r in range(len(rngs))])
     stack.step(order[:, :batch], rngs, 1e-4)

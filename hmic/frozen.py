@@ -168,8 +168,6 @@ class Stack:
 
     def __init__(self, heads: list[torch.nn.Module], lams: list[float], seeds: list[int], cfg: TrainConfig,
                  z: torch.Tensor, targets: list[torch.Tensor], device: torch.device):
-        from torch.func import functional_call
-
         if list(seeds) != sorted(seeds):
             raise ValueError("a stack's members come seed by seed (sorted by seed)")
         counts = [seeds.count(s) for s in dict.fromkeys(seeds)]
@@ -192,15 +190,7 @@ class Stack:
         # reused, since allocating them costs more than adding
         self.reuse_grads = device.type == "cpu" and not keep_freed_memory()
         self.lams = torch.tensor(lams, dtype=torch.float32, device=device)
-        base, buffers, alpha = heads[0], dict(heads[0].named_buffers()), cfg.alpha
-        self.base, self.buffers = base, buffers
-
-        def losses_of(params, z, ft, fm, ct, cm, lams):  # params (S, L, ...), z and targets (S, B, ...) → (S, L)
-            slot = lambda t: t[:, None]  # noqa: E731 — a slot's batch, shared by its L heads
-            out = functional_call(base, (params, buffers), (slot(z),))
-            return hierarchical_loss(out, base, slot(ft), slot(fm), slot(ct), slot(cm), lams, alpha)
-
-        self.losses_of = losses_of
+        self.base, self.buffers, self.alpha = heads[0], dict(heads[0].named_buffers()), cfg.alpha
 
     def to_storage(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """A parameter (or its Adam state) stacked in the heads' layout (R, ...) → the stored layout."""
@@ -220,6 +210,15 @@ class Stack:
         shape = (len(self.slot_seeds), self.per_slot)
         return {n: p.view(*shape, *p.shape[1:]) for n, p in params.items()}, self.lams.view(shape)
 
+    def losses(self, z: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        """Every member's loss (S, L) on its slot's batch ``z`` (S, B, D) and ``targets`` (S, B, ...): the
+        parameters (S, L, ...) against the batches (S, 1, B, ...), a slot's batch shared by its L heads."""
+        from torch.func import functional_call
+
+        params, lams = self.slot_params()
+        out = functional_call(self.base, (params, self.buffers), (z[:, None],))
+        return hierarchical_loss(out, self.base, *(t[:, None] for t in targets), lams, self.alpha)
+
     def step(self, rows: np.ndarray, rngs: list[np.random.Generator], lr: float) -> torch.Tensor:
         """One optimiser step on ``rows`` (S, B) of the resident part, one row of rows and one dropout
         stream per slot; returns the members' losses (R,), detached."""
@@ -230,8 +229,7 @@ class Stack:
             z = apply_keep(z, torch.from_numpy(keep).to(self.device), self.p)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        params, lams = self.slot_params()
-        losses = self.losses_of(params, z, *(t[index] for t in self.targets), lams)
+        losses = self.losses(z, [t[index] for t in self.targets])
         self.optimizer.zero_grad(set_to_none=not self.reuse_grads)
         losses.sum().backward()
         self.optimizer.step()

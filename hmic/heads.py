@@ -5,8 +5,9 @@ probabilities (B, C), plus logits or log-probabilities where the head has them (
 resatt's attention map (B, F, C). Heads and the loss are written for leading axes too: with every
 parameter stacked along the same leading axes (R, ...) (``torch.func.functional_call``, a frozen stack of
 runs, ``hmic.frozen``) and Z (..., B, D) broadcasting against them, the outputs are (R, B, ...) and the
-loss is one value per run (R,), the same arithmetic per run without a per-run loop or vmap. A head also says what it means: whether it is trained on the coarse
-loss (``uses_coarse_loss``; flat is not, so its λ is 1), any extra loss term (``extra_loss``), and how
+loss is one value per run (R,), the same arithmetic per run without a per-run loop or vmap; a run's
+values are always its last two axes (``RUN_AXES``). A head also says what it means: whether it is
+trained on the coarse loss (``uses_coarse_loss``; flat is not, so its λ is 1), any extra loss term (``extra_loss``), and how
 a coarse decision is explained (``explain``). A new head is one class and one ``@register`` line.
 """
 
@@ -52,9 +53,12 @@ class Linear(nn.Linear):
         return torch.matmul(x, self.weight.transpose(-1, -2)) + self.bias[..., None, :]
 
 
+RUN_AXES = (-2, -1)  # a run's batch and tags; any axes before them are stacked runs
+
+
 def level_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over a run's batch and tags (the last two axes): a scalar for one run, (R,) for a stack."""
-    return x.mean(dim=(-2, -1))
+    """Mean over a run's batch and tags: a scalar for one run, (R,) for a stack."""
+    return x.mean(dim=RUN_AXES)
 
 
 class Head(nn.Module):
@@ -253,8 +257,8 @@ def masked_bce(targets: torch.Tensor, mask: torch.Tensor, probs: torch.Tensor,
         per = -(targets * lp + (1 - targets) * torch.log(-torch.expm1(lp)))
     else:
         per = F.binary_cross_entropy(probs.float().clamp(EPS, 1 - EPS), targets, reduction="none")
-    n = mask.sum(dim=(-2, -1))
-    return (per * mask).sum(dim=(-2, -1)) / n.clamp(min=1)
+    n = mask.sum(dim=RUN_AXES)
+    return (per * mask).sum(dim=RUN_AXES) / n.clamp(min=1)
 
 
 def hierarchical_loss(out: HeadOutput, head: Head, fine_targets, fine_mask, coarse_targets, coarse_mask,
