@@ -17,8 +17,9 @@ same(oggs, sorted(p.relative_to(b) for p in b.glob("data/synth/audio/*/*.ogg")),
 for p in oggs:
     if not np.array_equal(sf.read(a / p)[0], sf.read(b / p)[0]):
         bad.append(f"decoded {p}")
-runs_a = sorted(p.parent.relative_to(a) for p in a.glob("runs/**/done.json"))
-runs_b = sorted(p.parent.relative_to(b) for p in b.glob("runs/**/done.json"))
+def runs_in(d):  # the fine-tuned runs, and the frozen grid's where the check made one
+    return sorted(p.parent.relative_to(d) for top in ("runs", "frozen-runs") for p in d.glob(f"{top}/**/done.json"))
+runs_a, runs_b = runs_in(a), runs_in(b)
 same(runs_a, runs_b, "run folders")
 n_arrays = 0
 for r in runs_a:
@@ -44,6 +45,9 @@ for r in runs_a:
     same({k: ta[k] for k in ("fine", "coarse")}, {k: tb[k] for k in ("fine", "coarse")}, f"{r} thresholds")
 ea, eb = (json.loads((d / "eval.json").read_text()) for d in (a, b))
 same(ea["macro"], eb["macro"], "eval macro"); same(ea["per_tag"], eb["per_tag"], "eval per tag")
+if (a / "eval-frozen.json").exists():
+    fa, fb = (json.loads((d / "eval-frozen.json").read_text()) for d in (a, b))
+    same(fa["macro"], fb["macro"], "frozen eval macro"); same(fa["per_tag"], fb["per_tag"], "frozen eval per tag")
 def table_rows(path):  # the table's rows, without significance markers a newer hmic adds
     return [l.replace(" ▲", "").replace(" ▼", "") for l in path.read_text().splitlines() if l.startswith("|")]
 same(table_rows(a / "results/table1.md"), table_rows(b / "results/table1.md"), "table1.md")
