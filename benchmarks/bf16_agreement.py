@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 import hmic.devices  # noqa: E402
 from hmic.tagging import FileTagger as Tagger  # noqa: E402
-from hmic.synth.song import render_song  # noqa: E402
+from hmic.data.synth.song import render_song  # noqa: E402
 from predict import probabilities  # noqa: E402
 
 

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 
-from hmic.synth.truth import coarse_rule_accuracy  # noqa: E402
+from hmic.data.synth.truth import coarse_rule_accuracy  # noqa: E402
 
 
 def main() -> None:

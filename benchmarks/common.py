@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from hmic.heads import head_class
+from hmic.models.heads import head_class
 
 LAMBDAS = [0.7, 0.75, 0.8, 0.85, 0.9]
 SEEDS = 8

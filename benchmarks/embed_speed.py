@@ -23,22 +23,22 @@ import numpy as np
 import torch
 
 from common import device_name
-from hmic.audio import FrontendConfig
-from hmic.backbones import BackboneConfig
-from hmic.checkpoint import save_checkpoint
+from hmic.audio.decoding import FrontendConfig
+from hmic.models.backbones import BackboneConfig
+from hmic.models.checkpoint import save_checkpoint
 from hmic.devices import cpu_native_bf16, resolve_device
-from hmic.embeddings import embed
-from hmic.features import DONE, LOGMEL, MANIFEST, _create_store
+from hmic.training.embed import embed
+from hmic.data.features import DONE, LOGMEL, MANIFEST, _create_store
 from hmic.fileio import write_json
-from hmic.hierarchy import load_hierarchy
-from hmic.model import HierarchicalModel
+from hmic.data.hierarchy import load_hierarchy
+from hmic.models.model import HierarchicalModel
 
 OPENMIC_CLIPS = 20_000
 
 
 def fake_store(work: Path, clips: int, frontend: FrontendConfig) -> None:
     """A complete feature store of random float16 log-mels (the layout ``hmic featurize`` writes)."""
-    from hmic.features import store_dir
+    from hmic.data.features import store_dir
 
     folder = store_dir(work, frontend)
     folder.mkdir(parents=True)

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 
-from hmic.audio import FrontendConfig, decode  # noqa: E402
-from hmic.logmel import clip_features  # noqa: E402
-from hmic.dataset import OpenMIC  # noqa: E402
+from hmic.audio.decoding import FrontendConfig, decode  # noqa: E402
+from hmic.audio.logmel import clip_features  # noqa: E402
+from hmic.data.openmic import OpenMIC  # noqa: E402
 
 
 def _init() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.data_dir)
     if not root.exists():
-        from hmic.synth.dataset import SynthOptions, synthesize
+        from hmic.data.synth.dataset import SynthOptions, synthesize
 
         synthesize(root, SynthOptions(clips=args.clips, seed=0), workers=args.workers)
     ds = OpenMIC.load(root)

@@ -26,14 +26,14 @@ import torch
 
 from common import LAMBDAS, lambdas_of
 from embed_speed import cpu_name
-from hmic.backbones import BackboneConfig
-from hmic.config import TrainConfig, load_config_file
-from hmic.grid import plan_grid, run_grid
-from hmic.heads import hierarchical_loss
-from hmic.hierarchy import load_hierarchy
-from hmic.model import HierarchicalModel
-from hmic.report import METHOD_ORDER as METHODS
-from hmic.runs import Run
+from hmic.models.backbones import BackboneConfig
+from hmic.training.config import TrainConfig, load_config_file
+from hmic.training.grid import plan_grid, run_grid
+from hmic.models.heads import hierarchical_loss
+from hmic.data.hierarchy import load_hierarchy
+from hmic.models.model import HierarchicalModel
+from hmic.evaluation.report import METHOD_ORDER as METHODS
+from hmic.runs.run import Run
 
 OPENMIC = {"train": 12_678, "val": 2_237, "test": 5_085}
 EPOCHS = 30
@@ -66,10 +66,10 @@ def finetune_step_seconds(steps: int = 2, batch: int = 16) -> float:
 
 
 def benchmark_stack(method: str, dim: int, seeds: int, lambdas: int, n: int = 4096):
-    """A ``hmic.frozen.Stack`` of ``seeds`` × ``lambdas`` fresh heads over ``n`` random ``dim``-d embeddings
+    """A ``hmic.training.frozen.Stack`` of ``seeds`` × ``lambdas`` fresh heads over ``n`` random ``dim``-d embeddings
     (a seed's heads share their batch, as in a grid)."""
-    from hmic.frozen import Stack
-    from hmic.heads import build_head
+    from hmic.training.frozen import Stack
+    from hmic.models.heads import build_head
 
     h = load_hierarchy()
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def benchmark_stack(method: str, dim: int, seeds: int, lambdas: int, n: int = 40
 
 
 def stack_step_seconds(method: str, dim: int, seeds: int, lambdas: int, steps: int = 20, batch: int = 16) -> float:
-    """Seconds of one stacked step (``hmic.frozen.Stack.step``) of ``seeds`` × ``lambdas`` heads over
+    """Seconds of one stacked step (``hmic.training.frozen.Stack.step``) of ``seeds`` × ``lambdas`` heads over
     ``dim``-d embeddings (a seed's heads share their batch, as in a grid)."""
     import numpy as np
 
@@ -101,7 +101,7 @@ def matmul_floor_seconds(method: str, seeds: int, lambdas: int, dim: int = 2048,
     """Seconds of the matrix products one stacked step cannot avoid: for each seed's batch (B, D), the
     forward product with its λ heads' linear layers on Z (D, L·O) and their weight gradient (L·O, B) @
     (B, D), as float32 bmm over the seeds, timed alone on this CPU (no Python, no Adam, no loss)."""
-    from hmic.heads import build_head
+    from hmic.models.heads import build_head
 
     head = build_head(method, dim, load_hierarchy())
     outputs = sum(m.out_features for m in head.modules() if isinstance(m, torch.nn.Linear) and m.in_features == dim)
@@ -133,10 +133,10 @@ def adam_floor_seconds(method: str, seeds: int, lambdas: int, dim: int = 2048, r
 
 def last_pt_seconds(method: str, dim: int, folder: Path, writes: int = 10) -> float:
     """Seconds of writing one run's last.pt (its head over ``dim``-d embeddings and its Adam state) with
-    ``hmic.checkpoint.save_checkpoint``, as every frozen run does once per epoch."""
-    from hmic.audio import FrontendConfig
-    from hmic.checkpoint import save_checkpoint
-    from hmic.train import build_model
+    ``hmic.models.checkpoint.save_checkpoint``, as every frozen run does once per epoch."""
+    from hmic.audio.decoding import FrontendConfig
+    from hmic.models.checkpoint import save_checkpoint
+    from hmic.training.finetune import build_model
 
     model = build_model(TrainConfig(method=method, protocol="frozen"), load_hierarchy(), FrontendConfig(), embedding_dim=dim)
     adam = {n: {"step": 1.0, "exp_avg": torch.randn_like(p), "exp_avg_sq": torch.rand_like(p)}

@@ -40,18 +40,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from common import device_name  # noqa: E402
 
-from hmic.audio import FrontendConfig, load_wave  # noqa: E402
-from hmic.logmel import slaney_filterbank  # noqa: E402
-from hmic.backbones import BackboneConfig  # noqa: E402
-from hmic.checkpoint import save_checkpoint  # noqa: E402
-from hmic.dataset import OPENMIC_TAGS  # noqa: E402
+from hmic.audio.decoding import FrontendConfig, load_wave  # noqa: E402
+from hmic.audio.logmel import slaney_filterbank  # noqa: E402
+from hmic.models.backbones import BackboneConfig  # noqa: E402
+from hmic.models.checkpoint import save_checkpoint  # noqa: E402
+from hmic.data.openmic import OPENMIC_TAGS  # noqa: E402
 from hmic.devices import cpu_native_bf16, resolve_device  # noqa: E402
-from hmic.hierarchy import load_hierarchy  # noqa: E402
-from hmic.model import HierarchicalModel  # noqa: E402
-from hmic.audio import window_starts  # noqa: E402
+from hmic.data.hierarchy import load_hierarchy  # noqa: E402
+from hmic.models.model import HierarchicalModel  # noqa: E402
+from hmic.audio.decoding import window_starts  # noqa: E402
 from hmic.tagging import FileTagger as Tagger  # noqa: E402
-from hmic.synth.song import render_song  # noqa: E402
-from hmic.config import TrainConfig  # noqa: E402
+from hmic.data.synth.song import render_song  # noqa: E402
+from hmic.training.config import TrainConfig  # noqa: E402
 
 
 class ConvBlock(nn.Module):
@@ -178,8 +178,8 @@ def main() -> None:
         rows["hmic bf16"] = best_of(lambda: bf16.tag(song, batch_size=args.batch), args.repeats)
     onnx_command = None
     try:
-        from hmic.export import export_onnx
-        from hmic.onnxrun import load_onnx_tagger
+        from hmic.tagging.export import export_onnx
+        from hmic.tagging.onnxrun import load_onnx_tagger
 
         export_onnx(ckpt, tmp / "model.onnx")
         ort = load_onnx_tagger(tmp / "model.onnx", args.device, threads=torch.get_num_threads())

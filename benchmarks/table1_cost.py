@@ -32,20 +32,20 @@ import numpy as np
 import torch
 
 from common import SEEDS, device_name, lambdas_of, matmul_peak
-from hmic.audio import FrontendConfig
-from hmic.backbones import BACKBONES, backbone_class
-from hmic.checkpoint import Checkpoint, save_checkpoint
-from hmic.config import TrainConfig
-from hmic.dataset import OpenMIC
+from hmic.audio.decoding import FrontendConfig
+from hmic.models.backbones import BACKBONES, backbone_class
+from hmic.models.checkpoint import Checkpoint, save_checkpoint
+from hmic.training.config import TrainConfig
+from hmic.data.openmic import OpenMIC
 from hmic.devices import resolve_device
-from hmic.features import featurize_dataset
-from hmic.model import HierarchicalModel
-from hmic.report import METHOD_ORDER
-from hmic.runs import Run
-from hmic.split import make_split, save_split, split_dir, split_meta
-from hmic.synth.dataset import SynthOptions, synthesize
-from hmic.train import predict_part, train_run
-from hmic.trainingdata import load_training_data
+from hmic.data.features import featurize_dataset
+from hmic.models.model import HierarchicalModel
+from hmic.evaluation.report import METHOD_ORDER
+from hmic.runs.run import Run
+from hmic.data.split import make_split, save_split, split_dir, split_meta
+from hmic.data.synth.dataset import SynthOptions, synthesize
+from hmic.training.finetune import predict_part, train_run
+from hmic.training.data import load_training_data
 
 RUNS_BY_METHOD = {m: SEEDS * len(lambdas_of(m)) for m in METHOD_ORDER}
 RUNS = sum(RUNS_BY_METHOD.values())  # 248: six heads with a λ grid of 5, flat with one λ; 8 seeds each

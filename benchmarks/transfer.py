@@ -26,19 +26,19 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from hmic.audio import FrontendConfig  # noqa: E402
-from hmic.checkpoint import Checkpoint  # noqa: E402
-from hmic.dataset import OpenMIC  # noqa: E402
+from hmic.audio.decoding import FrontendConfig  # noqa: E402
+from hmic.models.checkpoint import Checkpoint  # noqa: E402
+from hmic.data.openmic import OpenMIC  # noqa: E402
 from hmic.devices import resolve_device  # noqa: E402
-from hmic.features import featurize  # noqa: E402
-from hmic.metrics import score_level  # noqa: E402
-from hmic.runs import Run  # noqa: E402
-from hmic.split import make_split, save_split, split_dir, split_meta  # noqa: E402
-from hmic.synth.dataset import SynthOptions, synthesize  # noqa: E402
-from hmic.synth.render import default_soundfont  # noqa: E402
-from hmic.config import TrainConfig  # noqa: E402
-from hmic.train import predict_part, train_run  # noqa: E402
-from hmic.trainingdata import load_training_data  # noqa: E402
+from hmic.data.features import featurize  # noqa: E402
+from hmic.evaluation.metrics import score_level  # noqa: E402
+from hmic.runs.run import Run  # noqa: E402
+from hmic.data.split import make_split, save_split, split_dir, split_meta  # noqa: E402
+from hmic.data.synth.dataset import SynthOptions, synthesize  # noqa: E402
+from hmic.data.synth.render import default_soundfont  # noqa: E402
+from hmic.training.config import TrainConfig  # noqa: E402
+from hmic.training.finetune import predict_part, train_run  # noqa: E402
+from hmic.training.data import load_training_data  # noqa: E402
 
 
 def prepare(root: Path, opts: SynthOptions, workers: int) -> Path:

@@ -1,3 +1,3 @@
-from .cli import main
+from hmic.cli import main
 
 main()

@@ -17,12 +17,12 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .audio import FrontendConfig
-from .config import TRAIN_OPTIONS, TrainConfig, flag
-from .devices import DEVICE_HELP
-from .download import BASE_URL_ENV, CHECKPOINT_DIR, DOWNLOADS_DIR
-from .errors import HmicError
-from .tagging.tagger import DEFAULT_AGGREGATE, DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS
+from hmic.audio.decoding import FrontendConfig
+from hmic.training.config import TRAIN_OPTIONS, TrainConfig, flag
+from hmic.devices import DEVICE_HELP
+from hmic.data.download import BASE_URL_ENV, CHECKPOINT_DIR, DOWNLOADS_DIR
+from hmic.errors import HmicError
+from hmic.tagging.tagger import DEFAULT_AGGREGATE, DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS
 
 
 class Commands(TyperGroup):
@@ -64,7 +64,7 @@ err = Console(stderr=True)
 
 def config_option(name: str, more_help: str = "", default_is_none: bool = True):
     """The ``hmic`` option of TrainConfig field ``name``, as an annotation: flag, help, environment
-    variable and shown default all come from the field (``hmic.config.option``). ``default_is_none``:
+    variable and shown default all come from the field (``hmic.training.config.option``). ``default_is_none``:
     the parameter's default is None (the field's default is shown in the help only)."""
     f = next(f for f in TRAIN_OPTIONS if f.name == name)
     kind = Path if f.metadata.get("path") else get_type_hints(TrainConfig)[name]
@@ -101,8 +101,8 @@ def download(
     ] = None,
 ) -> None:
     """Fetch the OpenMIC-2018 archive and/or the CNN14 16 kHz checkpoint (resumable, MD5-checked)."""
-    from . import download as dl
-    from .dataset import resolve_data_dir
+    from hmic.data import download as dl
+    from hmic.data.openmic import resolve_data_dir
 
     if what in (DownloadTarget.openmic, DownloadTarget.all):
         dl.fetch_openmic(resolve_data_dir(data_dir), downloads, base_url, console=err)
@@ -120,8 +120,8 @@ def split(
     force: Annotated[bool, typer.Option(help="Replace an existing, different split.")] = False,
 ) -> None:
     """Carve a stratified validation set from the train partition; write train/val/test key lists."""
-    from .dataset import OpenMIC, resolve_data_dir, resolve_work_dir
-    from . import split as sp
+    from hmic.data.openmic import OpenMIC, resolve_data_dir, resolve_work_dir
+    from hmic.data import split as sp
 
     root = resolve_data_dir(data_dir)
     dataset = OpenMIC.load(root)
@@ -152,11 +152,11 @@ def featurize(
     force: Annotated[bool, typer.Option(help="Recompute a store made for another set of clips.")] = False,
 ) -> None:
     """Compute CNN14 log-mel features of every clip into a memory-mapped float16 store (resumable)."""
-    from .stack import require_torch_stack
+    from hmic.environment import require_torch_stack
 
     require_torch_stack()
-    from .dataset import OpenMIC, resolve_data_dir, resolve_work_dir
-    from .features import featurize_dataset
+    from hmic.data.openmic import OpenMIC, resolve_data_dir, resolve_work_dir
+    from hmic.data.features import featurize_dataset
 
     root = resolve_data_dir(data_dir)
     s = featurize_dataset(OpenMIC.load(root), resolve_work_dir(root, work_dir), FrontendConfig(clip_seconds=clip_seconds, n_mels=n_mels),
@@ -187,13 +187,13 @@ def embed(
     force: Annotated[bool, typer.Option(help="Recompute a store made for another set of clips.")] = False,
 ) -> None:
     """Cache every clip's embedding Z (after fc1 and ReLU, before dropout) for --protocol frozen (resumable)."""
-    from .stack import require_torch_stack
+    from hmic.environment import require_torch_stack
 
     require_torch_stack()
-    from .backbones import backbone_class
-    from .dataset import resolve_data_dir, resolve_work_dir
-    from .download import default_checkpoint
-    from .embeddings import embed as embed_store
+    from hmic.models.backbones import backbone_class
+    from hmic.data.openmic import resolve_data_dir, resolve_work_dir
+    from hmic.data.download import default_checkpoint
+    from hmic.training.embed import embed as embed_store
 
     if run is not None and pretrained is not None:
         raise typer.BadParameter("give --pretrained or --run, not both")
@@ -221,8 +221,8 @@ def _floats(text: str, option: str) -> list[float]:
 def _train_options() -> list[inspect.Parameter]:
     """One option per TrainConfig field (``config_option``), the heads' and backbones' names in the help
     of --method and --arch (their registries import torch: hence the lazily built command)."""
-    from .backbones import BACKBONES
-    from .heads import describe_heads
+    from hmic.models.backbones import BACKBONES
+    from hmic.models.heads import describe_heads
 
     choices = {"heads": escape(describe_heads()) + ".", "backbones": ", ".join(BACKBONES.names()) + "."}
     return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
@@ -249,12 +249,12 @@ def _train_command():
         **fields,
     ) -> None:
         """Train CNN14 + a hierarchical head for each (method, λ, seed); keep the best validation epoch."""
-        from .stack import require_torch_stack
+        from hmic.environment import require_torch_stack
 
         require_torch_stack()
-        from .grid import GridError, LocalExecutor, plan_grid, run_grid
-        from .runs import Run, select_lambda
-        from .config import load_config_file
+        from hmic.training.grid import GridError, LocalExecutor, plan_grid, run_grid
+        from hmic.runs.run import Run, select_lambda
+        from hmic.training.config import load_config_file
 
         def given(name: str) -> bool:
             source = ctx.get_parameter_source(name)  # click's ParameterSource (typer may vendor click)
@@ -275,7 +275,7 @@ def _train_command():
         methods = [m.strip() for m in base.method.split(",") if m.strip()]
         configs = plan_grid(base, methods, lam_list, seed_list)
         if engine == Engine.ray:
-            from .ray_engine import RayExecutor
+            from hmic.training.ray_engine import RayExecutor
 
             executor = RayExecutor(ray_address, gpus_per_run, cpus_per_run)
         else:
@@ -327,8 +327,8 @@ def tune_thresholds(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (or folders holding runs).")],
 ) -> None:
     """Choose one threshold per tag and level maximising F1 on the validation predictions."""
-    from .evaluation import tune_run
-    from .runs import find_runs
+    from hmic.evaluation.scoring import tune_run
+    from hmic.runs.run import find_runs
 
     for run in find_runs(runs):
         result = tune_run(run)
@@ -344,10 +344,10 @@ def evaluate(
     per_tag: Annotated[bool, typer.Option(help="Also print per-tag values.")] = False,
 ) -> None:
     """Macro ROC-AUC, PR-AUC and F1 at both levels (observed entries only); mean ± std over runs. Reads only."""
-    from .evaluation import evaluate_runs
-    from .fileio import write_json
-    from .metrics import METRIC_LABELS, METRICS
-    from .runs import LEVELS, find_runs
+    from hmic.evaluation.scoring import evaluate_runs
+    from hmic.fileio import write_json
+    from hmic.evaluation.metrics import METRIC_LABELS, METRICS
+    from hmic.runs.run import LEVELS, find_runs
 
     found = find_runs(runs)
     agg = evaluate_runs(found, split.value)
@@ -390,10 +390,10 @@ def compare(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every comparison to this JSON file.")] = None,
 ) -> None:
     """Is a difference real? Paired by seed: mean difference, 95% CI and p-value per level and metric. Reads only."""
-    from .fileio import write_json
-    from .metrics import METRIC_LABELS
-    from .report import selected_runs
-    from .significance import PROCEDURE, against_reference, compare as compare_runs
+    from hmic.fileio import write_json
+    from hmic.evaluation.metrics import METRIC_LABELS
+    from hmic.evaluation.report import selected_runs
+    from hmic.evaluation.significance import PROCEDURE, against_reference, compare as compare_runs
 
     if len(runs) == 2:
         (a_name, a), (b_name, b) = (next(iter(selected_runs(r).items())) for r in runs)
@@ -451,15 +451,15 @@ def predict(
     truth: Annotated[Optional[Path], typer.Option(help="A song's ground truth (.truth.json from 'hmic synth-song'): print found, missed and false tags, per section too.", show_default=False)] = None,
 ) -> None:
     """Tag songs of any length, or whole libraries, with fine and coarse instrument tags."""
-    from .runs import latest_tuned_run
-    from .tagging import FileTagger, plan_tagging, run_tagging
-    from .tagging.library import producer
+    from hmic.runs.run import latest_tuned_run
+    from hmic.tagging import FileTagger, plan_tagging, run_tagging
+    from hmic.tagging.library import producer
 
     if run is None:
         run = latest_tuned_run(runs_dir).folder
         err.print(f"using the latest run with tuned thresholds: {run}")
     if backend is Backend.onnx:
-        from .onnxrun import load_onnx_tagger
+        from hmic.tagging.onnxrun import load_onnx_tagger
 
         tagger = load_onnx_tagger(run, device, precision)
     else:
@@ -572,8 +572,8 @@ def import_(
     clip_seconds: Annotated[float, typer.Option(help="Clip length; longer stretches are cut into clips.")] = 10.0,
 ) -> None:
     """Turn your own labelled audio (a CSV manifest) into a dataset the other commands read."""
-    from .hierarchy import load_hierarchy
-    from .ingest import import_manifest
+    from hmic.data.hierarchy import load_hierarchy
+    from hmic.data.ingest import import_manifest
 
     h = load_hierarchy(hierarchy)
     s = import_manifest(manifest, out, h, copy=copy, seed=seed, test_fraction=test_fraction, clip_seconds=clip_seconds)
@@ -590,7 +590,7 @@ def export(
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX file to write (its weights go to FILE.data beside it).", show_default="RUN/model.onnx")] = None,
 ) -> None:
     """Export a run to ONNX (log-mel front-end inside the graph; hierarchy and thresholds in its metadata)."""
-    from .export import export_onnx
+    from hmic.tagging.export import export_onnx
 
     out = onnx or (run / "model.onnx" if run.is_dir() else run.with_suffix(".onnx"))
     report = export_onnx(run, out)
@@ -607,7 +607,7 @@ def table(
     split: Annotated[ScoredSplit, typer.Option(help="Which part to score.")] = ScoredSplit.test,
 ) -> None:
     """Table 1 for the runs that exist (λ selected on validation, mean ± std over seeds), Fig. 3 and Fig. 4. Reads runs only."""
-    from .report import write_table
+    from hmic.evaluation.report import write_table
 
     result = write_table(runs_dir, out, split.value)
     typer.echo(result["markdown"])
@@ -628,7 +628,7 @@ def synth(
     workers: Annotated[int, typer.Option(help="Parallel rendering processes.")] = max(1, min(4, os.cpu_count() or 1)),
 ) -> None:
     """Render an OpenMIC-format stand-in dataset from General MIDI SoundFonts."""
-    from .synth.dataset import SynthOptions, synthesize
+    from hmic.data.synth.dataset import SynthOptions, synthesize
 
     opts = SynthOptions(clips=clips, seed=seed, duration=duration, label_noise=label_noise,
                         soundfonts=tuple(str(f) for f in soundfont or ()), variety=variety)
@@ -647,7 +647,7 @@ def synth_song(
     soundfont: Annotated[Optional[Path], typer.Option(help="SF2/SF3 file.", show_default="TimGM6mb.sf2 of pretty_midi")] = None,
 ) -> None:
     """Render a song of changing ensembles (sections of 15-30 s) and its ground truth, to try `hmic predict` on."""
-    from .synth.song import render_song
+    from hmic.data.synth.song import render_song
 
     if seconds < 1:
         raise typer.BadParameter("--seconds must be at least 1")
@@ -658,7 +658,7 @@ def synth_song(
     for s in sections:
         table.add_row(f"{s['start']:.0f} s", f"{s['end']:.0f} s", s["ensemble"], ", ".join(s["instruments"]))
     console.print(table)
-    from .synth.song import truth_path
+    from hmic.data.synth.song import truth_path
 
     console.print(f"ground truth: {truth_path(out)} (compare with 'hmic predict {out} --truth {truth_path(out)}')")
 

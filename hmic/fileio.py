@@ -87,7 +87,7 @@ def trim_partial_line(path: str | os.PathLike) -> bool:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Every row of a JSON Lines file. A last line without its newline (cut by a kill) is ignored; any
     other line that is not JSON is an error naming its line number, never a silent stop."""
-    from .errors import HmicError
+    from hmic.errors import HmicError
 
     rows = []
     p = Path(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from .errors import HmicError
+from hmic.errors import HmicError
 
 T = TypeVar("T", bound=type)
 

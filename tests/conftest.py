@@ -11,11 +11,11 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from hmic.audio import FrontendConfig  # noqa: E402
-from hmic.dataset import OpenMIC  # noqa: E402
-from hmic.features import featurize  # noqa: E402
-from hmic.split import make_split, save_split, split_dir, split_meta  # noqa: E402
-from hmic.synth.dataset import SynthOptions, synthesize  # noqa: E402
+from hmic.audio.decoding import FrontendConfig  # noqa: E402
+from hmic.data.openmic import OpenMIC  # noqa: E402
+from hmic.data.features import featurize  # noqa: E402
+from hmic.data.split import make_split, save_split, split_dir, split_meta  # noqa: E402
+from hmic.data.synth.dataset import SynthOptions, synthesize  # noqa: E402
 
 METHODS = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt", "lp-linear")
 # Tests that use these fixtures render audio, train or build: marked slow (make test runs them all;
@@ -52,7 +52,7 @@ def panns_frontend_tensors() -> dict:
     """The frozen front-end tensors of a PANNs CNN14 checkpoint (STFT kernels, mel filterbank)."""
     import numpy as np
 
-    from hmic.logmel import LogMel
+    from hmic.audio.logmel import LogMel
 
     n = 512
     k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
@@ -64,7 +64,7 @@ def panns_frontend_tensors() -> dict:
 
 
 def tiny_config(prepared, runs_dir, **overrides):
-    from hmic.config import TrainConfig
+    from hmic.training.config import TrainConfig
 
     base = dict(method="gmp", lam=0.8, seed=0, arch="cnn14-tiny", pretrained="none", epochs=2, batch_size=8,
                 lr=1e-3, warmup_epochs=0.5, data_dir=str(prepared["data_dir"]), work_dir=str(prepared["work_dir"]),
@@ -76,10 +76,10 @@ def tiny_config(prepared, runs_dir, **overrides):
 @pytest.fixture(scope="session")
 def trained(prepared, tmp_path_factory) -> dict:
     """One tiny run of every method, with thresholds tuned. Keeps each run's epoch losses."""
-    from hmic.evaluation import tune_run
-    from hmic.runs import Run
-    from hmic.train import train_run
-    from hmic.trainingdata import load_training_data
+    from hmic.evaluation.scoring import tune_run
+    from hmic.runs.run import Run
+    from hmic.training.finetune import train_run
+    from hmic.training.data import load_training_data
 
     runs_dir = tmp_path_factory.mktemp("runs")
     data = load_training_data(tiny_config(prepared, runs_dir))

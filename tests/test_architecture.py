@@ -12,23 +12,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "hmic"
 
-# Lowest first. A module may import from its own layer or below, never above.
-LAYERS = [
-    {"__init__", "errors", "fileio", "registry"},
-    {"devices", "stack", "hierarchy", "dataset", "audio", "logmel", "explain", "metrics", "backbone_config", "weighted"},
-    {"split", "features", "download", "panns", "heads", "backbones", "augment", "ingest", "synth", "synth.arrange"},
-    {"model", "synth.render", "synth.dataset", "synth.song", "synth.truth"},
-    {"checkpoint"},
-    {"runs", "inference", "config", "embeddings"},
-    {"trainingdata"},
-    {"evaluation", "train", "significance"},
-    {"frozen", "report", "tagging.inputs", "tagging.workers", "tagging.batching", "tagging.thresholds", "tagging.results"},
-    {"tagging.tagger", "grid"},
-    {"tagging.truth", "tagging.library", "onnxrun", "export", "tagging"},
-    {"ray_engine"},
-    {"cli", "__main__"},
-]
-LAYER = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+# The stages, lowest first: a module may import from its own stage or below, never above. The top-level
+# modules are the core every stage uses; hmic/__init__.py (the public surface, lazy) and the command line
+# sit above everything.
+STAGES = ["core", "audio", "data", "models", "runs", "evaluation", "training", "tagging", "cli", "__init__"]
+CORE = {"errors", "fileio", "registry", "devices", "environment"}
+TOP_LEVEL_MODULES = CORE | {"__init__", "__main__", "cli"}
+
+
+def stage_of(module: str) -> str:
+    head = module.split(".")[0]
+    if module in CORE:
+        return "core"
+    if module in ("cli", "__main__"):
+        return "cli"
+    return head
 
 
 def module_name(path: Path) -> str:
@@ -52,14 +50,16 @@ def imports_of(path: Path) -> set[str]:
                 base = package[: len(package) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
                 names = [target] if node.module else [".".join(base + [a.name]) for a in node.names]
+            elif node.module == "hmic" and {a.name for a in node.names} == {"__version__"}:
+                continue  # the version string, not the public surface
             elif node.module and node.module.split(".")[0] == "hmic":
                 names = [node.module[len("hmic."):] if node.module != "hmic" else "__init__"]
             else:
                 continue
             for n in names:
-                while n and n not in LAYER and "." in n:
+                while n and n not in MODULES and "." in n:
                     n = n.rsplit(".", 1)[0]
-                if n in LAYER:
+                if n in MODULES:
                     found.add(n)
         elif isinstance(node, ast.Import):
             for a in node.names:
@@ -71,16 +71,29 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
+MODULES = {module_name(p) for p in PKG.rglob("*.py")}
+
+
 def graph() -> dict[str, set[str]]:
     return {module_name(p): imports_of(p) for p in PKG.rglob("*.py")}
 
 
-def test_every_module_has_a_layer():
-    assert set(graph()) <= set(LAYER), set(graph()) - set(LAYER)
+def test_the_top_level_is_stages_and_a_few_core_modules():
+    modules = {p.stem for p in PKG.glob("*.py")}
+    packages = {p.name for p in PKG.iterdir() if (p / "__init__.py").exists()}
+    assert modules == TOP_LEVEL_MODULES and len(modules) <= 8
+    assert packages == set(STAGES) - {"core", "cli", "__init__"}
 
 
-def test_no_import_goes_up_a_layer():
-    up = [f"{m} → {d}" for m, deps in graph().items() for d in deps if LAYER[d] > LAYER[m]]
+def test_every_stage_says_what_it_owns_and_what_it_may_import():
+    for stage in set(STAGES) - {"core", "cli", "__init__"}:
+        doc = ast.get_docstring(ast.parse((PKG / stage / "__init__.py").read_text())) or ""
+        assert "May import:" in doc, stage
+
+
+def test_no_import_goes_up_a_stage():
+    rank = {s: i for i, s in enumerate(STAGES)}
+    up = [f"{m} → {d}" for m, deps in graph().items() for d in deps if rank[stage_of(d)] > rank[stage_of(m)]]
     assert up == []
 
 
@@ -104,7 +117,7 @@ def test_no_import_cycles():
 
 def test_readers_never_import_train_and_core_never_imports_cli():
     g = graph()
-    assert all("train" not in g[m] for m in g if m in ("report", "evaluation") or m.startswith("tagging"))
+    assert all(not d.startswith("training") for m in g if m.startswith(("evaluation", "tagging")) for d in g[m])
     assert all("cli" not in deps for m, deps in g.items() if m != "__main__")
 
 
@@ -121,9 +134,9 @@ def test_no_module_shadows_the_standard_library():
 
 
 def test_the_default_hierarchy_ships_in_the_package_and_matches_the_top_level_file():
-    from hmic.hierarchy import DEFAULT_HIERARCHY
+    from hmic.data.hierarchy import DEFAULT_HIERARCHY
 
-    assert DEFAULT_HIERARCHY.is_relative_to(PKG)
+    assert DEFAULT_HIERARCHY.is_relative_to(PKG) and DEFAULT_HIERARCHY.is_file()
     assert DEFAULT_HIERARCHY.read_bytes() == (ROOT / "hierarchy.yaml").read_bytes(), \
         "hierarchy.yaml and hmic/data/hierarchy.yaml must stay the same file"
 
@@ -141,7 +154,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_built_wheel_carries_the_default_hierarchy(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "hmic/data/hierarchy.yaml" in names
-    assert "hmic/synth/render.py" in names
+    assert "hmic/data/synth/render.py" in names
 
 
 @pytest.mark.slow
@@ -150,7 +163,7 @@ def test_non_editable_install_runs_and_loads_the_default_hierarchy(wheel, tmp_pa
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, text=True)
     env = {**os.environ, "PYTHONPATH": str(target), "COLUMNS": "200"}
-    probe = ("import hmic, hmic.hierarchy as h; print(hmic.__file__); "
+    probe = ("import hmic, hmic.data.hierarchy as h; print(hmic.__file__); "
              "print(len(h.load_hierarchy().coarse_names))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     where, n_coarse = out.stdout.split()

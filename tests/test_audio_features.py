@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hmic.audio import AudioError, FrontendConfig, decode, load_wave
-from hmic.logmel import clip_features, logmel_of_wave
+from hmic.audio.decoding import AudioError, FrontendConfig, decode, load_wave
+from hmic.audio.logmel import clip_features, logmel_of_wave
 from hmic.errors import HmicError
-from hmic.features import FeatureStore, featurize
+from hmic.data.features import FeatureStore, featurize
 
 SR = 16_000
 
@@ -183,11 +183,11 @@ def test_features_of_another_frontend_are_refused(tmp_path):
 
 @pytest.mark.parametrize("rate", [44_100, 48_000, 22_050, 11_025, 8_000, 96_000])
 def test_the_numpy_resampler_equals_torchaudio(rate):
-    """hmic.audio resamples without torch (the ONNX path imports none); it is torchaudio's Kaiser sinc."""
+    """hmic.audio.decoding resamples without torch (the ONNX path imports none); it is torchaudio's Kaiser sinc."""
     import torch
     import torchaudio
 
-    from hmic.audio import resample
+    from hmic.audio.decoding import resample
 
     cfg = FrontendConfig()
     method, width, rolloff, beta = cfg.resampler.split("/")
@@ -211,7 +211,7 @@ def test_a_failure_that_is_not_the_clips_stops_featurize_and_resumes_after_the_f
     after the fix resumes to the store an uninterrupted run gives."""
     import errno
 
-    import hmic.features as features
+    import hmic.data.features as features
 
     files = make_files(tmp_path)
     keys = ["corrupt", "float", "long", "pcm24", "pcm8", "short", "six"]

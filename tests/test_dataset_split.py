@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from hmic.cli import app
-from hmic.dataset import OpenMIC, resolve_data_dir, resolve_work_dir
+from hmic.data.openmic import OpenMIC, resolve_data_dir, resolve_work_dir
 from hmic.errors import HmicError
-from hmic.split import load_split, make_split, save_split, split_dir, split_meta, stratified_split
+from hmic.data.split import load_split, make_split, save_split, split_dir, split_meta, stratified_split
 
 
 def write_layout(root, labels_csv, train=("000001_0", "000002_0", "000003_0"), test=("000004_0",)):

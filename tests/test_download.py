@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hmic import download as dl
+from hmic.data import download as dl
 from hmic.cli import app
 from hmic.errors import HmicError
 

@@ -11,21 +11,21 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import panns_frontend_tensors, tiny_config
-from hmic.backbones import BackboneConfig, build_backbone
-from hmic.checkpoint import Checkpoint
+from hmic.models.backbones import BackboneConfig, build_backbone
+from hmic.models.checkpoint import Checkpoint
 from hmic.cli import app
-from hmic.dataset import OPENMIC_TAGS
+from hmic.data.openmic import OPENMIC_TAGS
 from hmic.devices import autocast
-from hmic.evaluation import tune_run
-from hmic.hierarchy import load_hierarchy
-from hmic.model import HierarchicalModel
-from hmic.audio import window_starts
+from hmic.evaluation.scoring import tune_run
+from hmic.data.hierarchy import load_hierarchy
+from hmic.models.model import HierarchicalModel
+from hmic.audio.decoding import window_starts
 from hmic.tagging import FileTagger
 from hmic.tagging.workers import prepare
-from hmic.runs import Run
-from hmic.synth.truth import coarse_rule_accuracy
-from hmic.train import train_run
-from hmic.trainingdata import batches
+from hmic.runs.run import Run
+from hmic.data.synth.truth import coarse_rule_accuracy
+from hmic.training.finetune import train_run
+from hmic.training.data import batches
 
 CPU = torch.device("cpu")
 H = load_hierarchy(None, list(OPENMIC_TAGS))

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from hmic.audio import FrontendConfig
-from hmic.checkpoint import Checkpoint
-from hmic.config import TrainConfig
-from hmic.checkpoint import load_backbone
-from hmic.embeddings import EMBEDDINGS, EmbeddingStore, embed
-from hmic.frozen import train_frozen
+from hmic.audio.decoding import FrontendConfig
+from hmic.models.checkpoint import Checkpoint
+from hmic.training.config import TrainConfig
+from hmic.models.checkpoint import load_backbone
+from hmic.training.embed import EMBEDDINGS, EmbeddingStore, embed
+from hmic.training.frozen import train_frozen
 from hmic.errors import HmicError
-from hmic.features import DONE, FeatureStore
-from hmic.runs import Run
-from hmic.train import train_run
+from hmic.data.features import DONE, FeatureStore
+from hmic.runs.run import Run
+from hmic.training.finetune import train_run
 
 from conftest import tiny_config
 
@@ -113,7 +113,7 @@ def test_a_run_in_a_stack_equals_it_alone_and_resumes(prepared, backbone_run, em
     """Runs stacked (several seeds and λ in one vmapped step) equal each trained alone, whether a seed's
     runs share their batches (a 2 × 2 grid: one slot per seed) or not (an uneven stack: one slot per run);
     a stack killed after an epoch resumes to the same result; finished runs are skipped."""
-    from hmic.frozen import Stack
+    from hmic.training.frozen import Stack
 
     grid = [frozen_config(prepared, tmp_path / "stack", backbone_run, seed=s, lam=lam)
             for s in (1, 0) for lam in (0.7, 0.9)]  # given out of seed order: the stack sorts them
@@ -138,7 +138,7 @@ def test_a_run_in_a_stack_equals_it_alone_and_resumes(prepared, backbone_run, em
     assert train_frozen(killed, progress=False, stop_after_epoch=0)[0]["interrupted"]
     assert all(Run(Path(c.run().folder)).resumable for c in killed)
     # a member's Adam state in last.pt has its head's layout (the stack stores matrices transposed)
-    from hmic.checkpoint import read_state
+    from hmic.models.checkpoint import read_state
 
     state = read_state(Run(Path(killed[0].run().folder)).last_path)
     for name, moments in state["training"]["optimizer"].items():
@@ -182,7 +182,7 @@ def test_frozen_needs_its_embeddings_and_says_how(prepared, backbone_run, tmp_pa
     torch.save({"conv_block1.conv1.weight": torch.zeros(1)}, other)
     with pytest.raises(HmicError, match="missing keys"):
         train_frozen([frozen_config(prepared, tmp_path, other)], progress=False)
-    with pytest.raises(HmicError, match="frozen-protocol runs train through hmic.frozen.train_frozen"):
+    with pytest.raises(HmicError, match="frozen-protocol runs train through hmic.training.frozen.train_frozen"):
         train_run(frozen_config(prepared, tmp_path, backbone_run), progress=False)
 
 
@@ -220,8 +220,8 @@ def test_cli_embed_train_table_predict(prepared, backbone_run, tmp_path):
 def test_ray_runs_a_frozen_stack_in_one_task(prepared, backbone_run, embedded, tmp_path):
     """--engine ray: the frozen grid as one task per stack, the same results as the local engine."""
     pytest.importorskip("ray")
-    from hmic.grid import LocalExecutor, plan_grid, run_grid, work_units
-    from hmic.ray_engine import RayExecutor
+    from hmic.training.grid import LocalExecutor, plan_grid, run_grid, work_units
+    from hmic.training.ray_engine import RayExecutor
 
     base = frozen_config(prepared, tmp_path / "local", backbone_run, epochs=2)
     configs = plan_grid(base, ["gmp", "resatt"], [0.7, 0.9], [0, 1])
@@ -234,11 +234,11 @@ def test_ray_runs_a_frozen_stack_in_one_task(prepared, backbone_run, embedded, t
 
 
 def test_freed_memory_is_kept_for_reuse_where_glibc_allows_it():
-    """The stacked step's allocator setting (hmic.frozen.keep_freed_memory): taken on glibc (Linux CI), and
+    """The stacked step's allocator setting (hmic.training.frozen.keep_freed_memory): taken on glibc (Linux CI), and
     then a stack's gradients are replaced each step instead of added into reused buffers."""
     import platform
 
-    from hmic.frozen import Stack, keep_freed_memory
+    from hmic.training.frozen import Stack, keep_freed_memory
 
     tuned = keep_freed_memory()
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":

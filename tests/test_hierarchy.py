@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from hmic.errors import HmicError
-from hmic.hierarchy import DEFAULT_HIERARCHY, load_hierarchy, parse_hierarchy
-from hmic.dataset import OPENMIC_TAGS
+from hmic.data.hierarchy import DEFAULT_HIERARCHY, load_hierarchy, parse_hierarchy
+from hmic.data.openmic import OPENMIC_TAGS
 
 TAGS = list(OPENMIC_TAGS)
 

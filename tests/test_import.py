@@ -13,11 +13,11 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from hmic.cli import app
-from hmic.dataset import OpenMIC
+from hmic.data.openmic import OpenMIC
 from hmic.errors import HmicError
-from hmic.hierarchy import load_hierarchy
-from hmic.ingest import import_manifest
-from hmic.split import make_split
+from hmic.data.hierarchy import load_hierarchy
+from hmic.data.ingest import import_manifest
+from hmic.data.split import make_split
 
 H = load_hierarchy()
 
@@ -134,7 +134,7 @@ def test_bad_manifests_name_the_row_column_and_value(own_data, tmp_path):
 
 
 def test_split_keeps_groups_together():
-    from hmic.dataset import Labels
+    from hmic.data.openmic import Labels
 
     rng = np.random.default_rng(0)
     keys = [f"{i:06d}_0000" for i in range(60)]
@@ -151,9 +151,9 @@ def test_split_keeps_groups_together():
 
 def test_an_imported_dataset_splits_featurizes_trains_and_predicts(own_data, tmp_path):
     from conftest import tiny_config
-    from hmic.evaluation import tune_run
-    from hmic.runs import Run
-    from hmic.train import train_run
+    from hmic.evaluation.scoring import tune_run
+    from hmic.runs.run import Run
+    from hmic.training.finetune import train_run
 
     runner = CliRunner()
     data = tmp_path / "ds"

@@ -17,7 +17,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from hmic.errors import HmicError
-from hmic.stack import check_torch_stack, locked_version
+from hmic.environment import check_torch_stack, locked_version
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("lock_tool", ROOT / "tools" / "lock.py")

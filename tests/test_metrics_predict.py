@@ -8,7 +8,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 from typer.testing import CliRunner
 
 from hmic.cli import app
-from hmic.metrics import DEFAULT_THRESHOLD, score_level, tune_thresholds
+from hmic.evaluation.metrics import DEFAULT_THRESHOLD, score_level, tune_thresholds
 from hmic.tagging import FileTagger
 
 
@@ -88,7 +88,7 @@ def test_table_has_every_method_and_figures(trained, tmp_path):
 
 @pytest.fixture(scope="module")
 def song(tmp_path_factory):
-    from hmic.synth.song import render_song
+    from hmic.data.synth.song import render_song
 
     path = tmp_path_factory.mktemp("song") / "song.wav"
     render_song(path, 180.0, seed=1)

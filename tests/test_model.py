@@ -3,14 +3,14 @@ import pytest
 import torch
 
 from conftest import panns_frontend_tensors
-from hmic.audio import FrontendConfig
+from hmic.audio.decoding import FrontendConfig
 from hmic.errors import HmicError
-from hmic.heads import HEADS, build_head, hierarchical_loss
-from hmic.hierarchy import load_hierarchy
-from hmic.backbones import BackboneConfig, build_backbone, count
-from hmic.panns import check_frontend_tensors
-from hmic.dataset import OPENMIC_TAGS
-from hmic.model import HierarchicalModel
+from hmic.models.heads import HEADS, build_head, hierarchical_loss
+from hmic.data.hierarchy import load_hierarchy
+from hmic.models.backbones import BackboneConfig, build_backbone, count
+from hmic.models.panns import check_frontend_tensors
+from hmic.data.openmic import OPENMIC_TAGS
+from hmic.models.model import HierarchicalModel
 
 H = load_hierarchy(None, list(OPENMIC_TAGS))
 METHODS = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt", "lp-linear")
@@ -229,7 +229,7 @@ def test_known_checkpoint_name_with_a_wrong_md5_and_pickles_are_refused(tmp_path
 
 def test_specaugment_masks_stripes_only_in_training():
     torch.manual_seed(8)
-    from hmic.backbones import spec_augment
+    from hmic.models.backbones import spec_augment
 
     x = torch.ones(4, 1, 1001, 64)
     y = spec_augment(x, BackboneConfig())
@@ -252,7 +252,7 @@ def test_a_heads_explanation_survives_the_trip_through_json(method):
     """Exported ONNX files carry Head.explainer() as JSON; explanations from it equal the head's own."""
     import json
 
-    from hmic.explain import Explainer
+    from hmic.models.explain import Explainer
 
     torch.manual_seed(3)
     head = build_head(method, 32, H)
@@ -293,7 +293,7 @@ def test_the_inference_backbone_computes_the_same_function():
 
 @pytest.mark.parametrize("width", [1, 2])
 def test_a_narrow_convolution_as_a_matrix_product_equals_the_convolution(width):
-    from hmic.backbones import NarrowConv
+    from hmic.models.backbones import NarrowConv
 
     torch.manual_seed(width)
     conv = torch.nn.Conv2d(6, 5, 3, padding=1, bias=True)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import hmic.devices
 import hmic.tagging.inputs
-from hmic.checkpoint import Checkpoint, read_state
+from hmic.models.checkpoint import Checkpoint, read_state
 from hmic.cli import app
 from hmic.devices import resolve_precision
 from hmic.errors import HmicError
@@ -176,7 +176,7 @@ def test_checkpoint_loads_memory_mapped_without_meta_tensors(trained):
 
 
 def test_the_predict_path_does_not_import_scikit_learn_or_torch():
-    code = ("import sys, hmic.cli, hmic.tagging, hmic.onnxrun; "
+    code = ("import sys, hmic.cli, hmic.tagging, hmic.tagging.onnxrun; "
             "print(sorted(m for m in ('sklearn', 'skmultilearn', 'scipy', 'torch', 'torchaudio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
@@ -190,7 +190,7 @@ def test_onnx_export_parity_and_predict_backend(trained, library, tmp_path):
     assert result.exit_code == 0, result.output
     assert "outputs fine_probs, coarse_probs, attention" in " ".join(result.output.split())
     assert float(re.search(r"max \|Δp\| = (\S+)", result.output).group(1)) < 1e-4  # onnxruntime vs PyTorch
-    from hmic.onnxrun import load_onnx_tagger
+    from hmic.tagging.onnxrun import load_onnx_tagger
     files = expand_inputs([library]).files
     onnx_results = [r for _, r, _ in load_onnx_tagger(model).stream(files)]
     torch_results = [r for _, r, _ in FileTagger.load(run).stream(files)]
@@ -200,7 +200,7 @@ def test_onnx_export_parity_and_predict_backend(trained, library, tmp_path):
             for level in ("fine", "coarse"):
                 assert np.allclose(list(sa[level].values()), list(sb[level].values()), atol=1e-3)
         assert [c["present"] for c in a["coarse"]] == [c["present"] for c in b["coarse"]]
-        for ca, cb in zip(a["coarse"], b["coarse"]):  # the same explanations (hmic.explain, from the file's metadata)
+        for ca, cb in zip(a["coarse"], b["coarse"]):  # the same explanations (hmic.models.explain, from the file's metadata)
             if "explanation" in cb:
                 assert ca["explanation"]["basis"] == cb["explanation"]["basis"]
                 assert [f["tag"] for f in ca["explanation"]["carried_by"]] == [f["tag"] for f in cb["explanation"]["carried_by"]]
@@ -231,10 +231,10 @@ def test_onnx_export_parity_and_predict_backend(trained, library, tmp_path):
 
 
 def test_graph_logmel_equals_the_front_end():
-    from hmic.audio import FrontendConfig
-    from hmic.logmel import LogMel
-    from hmic.export import probe_waves
-    from hmic.logmel import GraphLogMel
+    from hmic.audio.decoding import FrontendConfig
+    from hmic.audio.logmel import LogMel
+    from hmic.tagging.export import probe_waves
+    from hmic.audio.logmel import GraphLogMel
 
     cfg = FrontendConfig()
     x = probe_waves(cfg, n=3)
@@ -246,7 +246,7 @@ def test_graph_logmel_equals_the_front_end():
 
 def test_decoding_workers_run_one_blas_thread():
     """The resampler's matrix products in a worker must not take the cores the model runs on."""
-    code = ("import threadpoolctl; from hmic.audio import FrontendConfig; from hmic.tagging.workers import PrepareJob, _init_worker; "
+    code = ("import threadpoolctl; from hmic.audio.decoding import FrontendConfig; from hmic.tagging.workers import PrepareJob, _init_worker; "
             "_init_worker(PrepareJob(FrontendConfig(), 0, 5.0, 'wave')); "
             "print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
@@ -326,8 +326,8 @@ def test_labels_of_two_inputs_with_the_same_name_are_refused_not_overwritten(tra
 
 def test_an_onnx_graph_beside_another_exports_weights_is_refused(trained, tmp_path):
     pytest.importorskip("onnxruntime")
-    from hmic.export import export_onnx
-    from hmic.onnxrun import OnnxRunner
+    from hmic.tagging.export import export_onnx
+    from hmic.tagging.onnxrun import OnnxRunner
 
     gmp, resatt = tmp_path / "gmp.onnx", tmp_path / "resatt.onnx"
     export_onnx(Path(trained["summaries"]["gmp"]["run"]), gmp)

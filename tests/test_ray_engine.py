@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from conftest import tiny_config
 from hmic.cli import app
 from hmic.errors import HmicError
-from hmic.grid import GridError, LocalExecutor, plan_grid, run_grid
-from hmic.ray_engine import RayExecutor, task_name
-from hmic.runs import Run
+from hmic.training.grid import GridError, LocalExecutor, plan_grid, run_grid
+from hmic.training.ray_engine import RayExecutor, task_name
+from hmic.runs.run import Run
 
 ray = pytest.importorskip("ray")  # make install installs the [ray] extra, so this runs in make test
 

@@ -11,14 +11,14 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_config
-from hmic.checkpoint import FORMAT_VERSION, Checkpoint, read_state
+from hmic.models.checkpoint import FORMAT_VERSION, Checkpoint, read_state
 from hmic.cli import app
 from hmic.devices import resolve_device
 from hmic.errors import HmicError
-from hmic.grid import plan_grid, run_grid
-from hmic.heads import HEADS, GroupedMax, describe_heads, register
-from hmic.runs import Run, find_runs, select_lambda
-from hmic.config import TrainConfig
+from hmic.training.grid import plan_grid, run_grid
+from hmic.models.heads import HEADS, GroupedMax, describe_heads, register
+from hmic.runs.run import Run, find_runs, select_lambda
+from hmic.training.config import TrainConfig
 
 
 def snapshot(folder: Path) -> dict:
@@ -69,7 +69,7 @@ def test_a_new_head_is_one_class_and_one_registration(prepared, tmp_path, traine
         assert "gmp2: A registered copy of gmp" in describe_heads()
         result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
         assert "gmp2" in result.output
-        from hmic.train import train_run
+        from hmic.training.finetune import train_run
 
         summary = train_run(tiny_config(prepared, tmp_path, method="gmp2", epochs=1), data=trained["data"], progress=False)
         assert Run(Path(summary["run"])).method == "gmp2"
@@ -150,7 +150,7 @@ def test_checkpoint_is_self_describing_and_versioned(trained, tmp_path):
 
 
 def test_local_grid_reports_a_failing_run_and_finishes_the_others(prepared, tmp_path, trained):
-    from hmic.grid import GridError, LocalExecutor
+    from hmic.training.grid import GridError, LocalExecutor
 
     configs = plan_grid(tiny_config(prepared, tmp_path, epochs=1), ["gmp"], [0.8], [0, 1, 2])
     configs[1] = replace(configs[1], pretrained=str(tmp_path / "missing.pth"))

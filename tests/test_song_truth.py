@@ -11,13 +11,13 @@ from typer.testing import CliRunner
 
 from hmic.cli import app
 from hmic.errors import HmicError
-from hmic.evaluation import tune_run
-from hmic.metrics import SONG_CLIPS, song_clips_for, tune_song_thresholds, tune_thresholds
+from hmic.evaluation.scoring import tune_run
+from hmic.evaluation.metrics import SONG_CLIPS, song_clips_for, tune_song_thresholds, tune_thresholds
 from hmic.tagging import FileTagger
-from hmic.runs import Run
+from hmic.runs.run import Run
 from hmic.tagging.truth import set_scores
-from hmic.synth.render import AUDIBLE_FLOOR_DB, SAMPLE_RATE, default_soundfont, check_soundfont, mix_clip
-from hmic.synth.song import plan_song, read_truth, render_song, truth_path
+from hmic.data.synth.render import AUDIBLE_FLOOR_DB, SAMPLE_RATE, default_soundfont, check_soundfont, mix_clip
+from hmic.data.synth.song import plan_song, read_truth, render_song, truth_path
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from hmic.cli import app
-from hmic.dataset import OPENMIC_TAGS, OpenMIC
+from hmic.data.openmic import OPENMIC_TAGS, OpenMIC
 from hmic.errors import HmicError
-from hmic.synth.dataset import SynthOptions, build_labels, plan_dataset, synthesize
-from hmic.synth.render import AUDIBLE_FLOOR_DB, SAMPLE_RATE, check_soundfont, default_soundfont, measure_levels, mix_clip
+from hmic.data.synth.dataset import SynthOptions, build_labels, plan_dataset, synthesize
+from hmic.data.synth.render import AUDIBLE_FLOOR_DB, SAMPLE_RATE, check_soundfont, default_soundfont, measure_levels, mix_clip
 
 
 def read_csv(path):

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from conftest import METHODS, tiny_config
 from hmic.cli import app
 from hmic.errors import HmicError
-from hmic.config import TrainConfig, load_config_file
-from hmic.train import lr_at, train_run, validation_losses
+from hmic.training.config import TrainConfig, load_config_file
+from hmic.training.finetune import lr_at, train_run, validation_losses
 
 
 def test_lr_schedule_warmup_then_cosine_to_zero():
@@ -61,7 +61,7 @@ def test_resume_after_interruption_is_bit_exact(prepared, tmp_path, trained):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_training_lowers_validation_loss_for_every_method(method, trained, prepared):
-    from hmic.train import build_model
+    from hmic.training.finetune import build_model
 
     summary = trained["summaries"][method]
     cfg = TrainConfig(**json.loads((Path(summary["run"]) / "config.json").read_text()))
@@ -125,7 +125,7 @@ def test_missing_pretrained_checkpoint_is_a_clear_error(prepared, tmp_path, trai
 KILLER = '''
 import os, signal, sys
 point, at = sys.argv[1], int(sys.argv[2])
-import hmic.checkpoint as checkpoint, hmic.runs as runs, hmic.train as train
+import hmic.models.checkpoint as checkpoint, hmic.runs.run as runs, hmic.training.finetune as train
 
 
 def die():
@@ -228,7 +228,7 @@ def test_a_second_writer_on_one_run_folder_is_refused_naming_the_holder(prepared
 
 
 def test_an_empty_train_part_is_a_clear_error(prepared, tmp_path, trained):
-    from hmic.trainingdata import SplitPart, TrainingData
+    from hmic.training.data import SplitPart, TrainingData
 
     data = trained["data"]
     train_part = data.parts["train"]
@@ -275,7 +275,7 @@ def test_the_table1_cost_benchmark_projects_time_and_disk_from_the_real_train_ru
 
 def test_resident_batches_equal_the_memory_mapped_ones(trained):
     """The GPU path's batches (the part uploaded once, gathered on the device), checked on CPU tensors."""
-    from hmic.trainingdata import ResidentPart, batches
+    from hmic.training.data import ResidentPart, batches
 
     data = trained["data"]
     part = data.parts["train"]

@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
-import hmic.synth.render as render
-from hmic.augment import Augment, augment_batch, mix_labels
-from hmic.synth.dataset import SynthOptions, plan_dataset, synthesize
-from hmic.synth.render import check_soundfont, default_soundfont, render_part
+import hmic.data.synth.render as render
+from hmic.training.augment import Augment, augment_batch, mix_labels
+from hmic.data.synth.dataset import SynthOptions, plan_dataset, synthesize
+from hmic.data.synth.render import check_soundfont, default_soundfont, render_part
 
 
 def distorted_font(path: Path) -> Path:
@@ -112,7 +112,7 @@ def test_augment_batch_is_seeded_and_does_what_it_says():
 
 def test_training_with_augmentation_runs_and_is_reproducible(prepared, tmp_path):
     from conftest import tiny_config
-    from hmic.train import train_run
+    from hmic.training.finetune import train_run
 
     runs = []
     for name in ("a", "b"):

@@ -9,8 +9,8 @@ from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
-from ..inference import Outputs
-from .workers import Prepared
+from hmic.models.inference import Outputs
+from hmic.tagging.workers import Prepared
 
 
 class Runner(Protocol):

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..errors import HmicError
-from ..fileio import append_jsonl, read_jsonl, trim_partial_line, write_text
-from .inputs import expand_inputs
-from .results import for_output, label_path, label_track, write_outputs
-from .tagger import DEFAULT_AGGREGATE, DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, FileTagger
+from hmic.errors import HmicError
+from hmic.fileio import append_jsonl, read_jsonl, trim_partial_line, write_text
+from hmic.tagging.inputs import expand_inputs
+from hmic.tagging.results import for_output, label_path, label_track, write_outputs
+from hmic.tagging.tagger import DEFAULT_AGGREGATE, DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, FileTagger
 
 
 @dataclass
@@ -85,7 +85,7 @@ def plan_tagging(audio: Iterable[str | Path], jsonl: str | Path | None = None, t
     """The files to tag. With ``labels``, two files whose label tracks would have the same name are
     refused before anything is written; with ``jsonl``, files already tagged there (by ``made_by``)
     are left out."""
-    from ..synth.song import read_truth
+    from hmic.data.synth.song import read_truth
 
     audio = list(audio)
     truth_data = read_truth(truth) if truth else None
@@ -116,7 +116,7 @@ def run_tagging(tagger: FileTagger, plan: TaggingPlan, *, hop_seconds: float = D
                 on_file: Callable[[str, dict | None, str | None], None] | None = None) -> TaggingReport:
     """Tag the plan's files; ``on_file(path, result, error)`` after each one (progress, printing).
     A failed file is reported and the others go on. ``json_out``/``csv_out`` hold this call's files only."""
-    from .truth import compare_song
+    from hmic.tagging.truth import compare_song
 
     report = TaggingReport()
     made_by = producer(tagger, hop_seconds, aggregate)

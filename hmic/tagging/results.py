@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import csv_text, write_text
-from ..inference import Outputs
-from ..runs import LEVELS
-from .workers import Prepared
+from hmic.fileio import csv_text, write_text
+from hmic.models.inference import Outputs
+from hmic.runs.run import LEVELS
+from hmic.tagging.workers import Prepared
 
 CSV_COLUMNS = ("file", "level", "tag", "parent", "probability", "threshold", "present")
 

@@ -1,5 +1,5 @@
 """``FileTagger``: a trained run made ready to tag audio files of any length, over PyTorch
-(``FileTagger.load``) or onnxruntime (``hmic.onnxrun.load_onnx_tagger``). ``stream(files)`` is the
+(``FileTagger.load``) or onnxruntime (``hmic.tagging.onnxrun.load_onnx_tagger``). ``stream(files)`` is the
 library path: workers prepare files ahead of the model (``workers``), windows of several files share
 batches (``batching``), and each file's result (``results.file_result``) comes back in input order.
 Importing this module does not import torch: over onnxruntime, nothing does."""
@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..audio import AudioError, FrontendConfig
-from ..devices import resolve_device, resolve_precision
-from ..errors import HmicError
-from ..explain import Explainer
-from ..hierarchy import Hierarchy
-from ..inference import TorchRunner
-from .batching import Runner, run_batched
-from .results import file_result
-from .thresholds import TagThresholds
-from .workers import PrepareJob, prepare_all
+from hmic.audio.decoding import AudioError, FrontendConfig
+from hmic.devices import resolve_device, resolve_precision
+from hmic.errors import HmicError
+from hmic.models.explain import Explainer
+from hmic.data.hierarchy import Hierarchy
+from hmic.models.inference import TorchRunner
+from hmic.tagging.batching import Runner, run_batched
+from hmic.tagging.results import file_result
+from hmic.tagging.thresholds import TagThresholds
+from hmic.tagging.workers import PrepareJob, prepare_all
 
 DEFAULT_HOP_SECONDS = 5.0  # between 10-s windows
 DEFAULT_AGGREGATE = "max"  # song-level aggregation of window probabilities ("max" or "mean")
@@ -32,7 +32,7 @@ class FileTagger:
     runner: Runner
     hierarchy: Hierarchy
     method: str
-    explainer: Explainer  # how the head explains a coarse decision (hmic.explain)
+    explainer: Explainer  # how the head explains a coarse decision (hmic.models.explain)
     frontend: FrontendConfig
     min_samples: int
     thresholds: TagThresholds
@@ -41,9 +41,9 @@ class FileTagger:
     @classmethod
     def load(cls, run_or_checkpoint: str | Path, device: str = "cpu", precision: str = "fp32") -> "FileTagger":
         """From a run folder (its best.pt) or an hmic checkpoint, over PyTorch; needs tuned thresholds.
-        (An exported ONNX file: ``hmic.onnxrun.load_onnx_tagger``.)"""
-        from ..runs import load_tuned_checkpoint
-        from ..stack import require_torch_stack
+        (An exported ONNX file: ``hmic.tagging.onnxrun.load_onnx_tagger``.)"""
+        from hmic.runs.run import load_tuned_checkpoint
+        from hmic.environment import require_torch_stack
 
         require_torch_stack()
         import torch

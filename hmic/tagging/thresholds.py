@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import HmicError
-from ..hierarchy import Hierarchy
-from ..metrics import SONG_CLIPS, song_clips_for
-from ..runs import LEVELS
+from hmic.errors import HmicError
+from hmic.data.hierarchy import Hierarchy
+from hmic.evaluation.metrics import SONG_CLIPS, song_clips_for
+from hmic.runs.run import LEVELS
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tagger import FileTagger
+from hmic.tagging.tagger import FileTagger
 
 RIGHT_F1 = 0.8  # a section counts as right when its fine-level F1 reaches this
 
@@ -20,7 +20,7 @@ def set_scores(predicted: set[str], truth: set[str]) -> dict:
 
 def compare_song(result: dict, truth: dict, tagger: FileTagger) -> dict:
     """``result``: ``FileTagger.tag`` output (with its segments); ``truth``: a song truth file's content
-    (``hmic.synth.song.read_truth``)."""
+    (``hmic.data.synth.song.read_truth``)."""
     h = tagger.hierarchy
     parent_of = {f: h.coarse_names[h.parent[i]] for i, f in enumerate(h.fine_names)}
     truth_fine = set(truth["instruments"])

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..audio import AudioError, FrontendConfig, fit_length, load_wave, window_starts
+from hmic.audio.decoding import AudioError, FrontendConfig, fit_length, load_wave, window_starts
 
 MEL_CHUNK = 16  # windows per log-mel call while preparing a file (bounds its memory)
 
@@ -53,7 +53,7 @@ def prepare(index: int, path: str | Path, job: PrepareJob) -> Prepared:
     if job.inputs == "wave":
         inputs = chunks
     else:
-        from ..logmel import logmel_of_wave
+        from hmic.audio.logmel import logmel_of_wave
 
         inputs = np.concatenate([logmel_of_wave(chunks[i:i + MEL_CHUNK], job.frontend).numpy()
                                  for i in range(0, len(chunks), MEL_CHUNK)])

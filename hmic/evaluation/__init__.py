@@ -1,0 +1,9 @@
+"""Scores of finished runs: the paper's metrics and the hierarchy-aware ones (``metrics``, with the
+sample-weighted, vectorised forms the bootstrap uses in ``weighted``), tuning and applying thresholds and
+scoring runs (``scoring``), paired significance over seeds and clips (``significance``) and Table 1 with
+the paper's figures (``report``).
+
+A new metric goes in ``metrics`` (tested against scikit-learn where scikit-learn has it).
+May import: the top-level core modules, ``hmic.data``, ``hmic.models`` and ``hmic.runs``; never
+``hmic.training``.
+"""

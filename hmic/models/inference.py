@@ -1,0 +1,60 @@
+"""The one inference loop: validation losses, saved test predictions and ``hmic predict`` all use it.
+
+``Outputs`` is what every runner returns (``hmic.tagging.batching.Runner``); ``TorchRunner`` runs a PyTorch
+model on batches of log-mel. Importing this module does not import torch (the ONNX path needs none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+
+from hmic.devices import autocast
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Outputs:
+    fine_probs: np.ndarray  # (N, F) float32
+    coarse_probs: np.ndarray  # (N, C) float32
+    attention: np.ndarray | None  # (N, F, C) float32 for heads with attention, else None
+
+
+def infer(model: "torch.nn.Module", batches: Iterable["torch.Tensor"], device: "torch.device",
+          precision: str = "auto") -> Outputs:
+    """Run ``model`` in eval mode over log-mel batches (B, T, M); probabilities come back as float32."""
+    import torch
+
+    model.eval()
+    fine, coarse, attention = [], [], []
+    with torch.no_grad():
+        for x in batches:
+            x = x.to(device, non_blocking=True)
+            with autocast(device, precision):
+                out = model(x)
+            fine.append(out.fine_probs.float().cpu())
+            coarse.append(out.coarse_probs.float().cpu())
+            if out.attention is not None:
+                attention.append(out.attention.float().cpu())
+    return Outputs(torch.cat(fine).numpy(), torch.cat(coarse).numpy(),
+                   torch.cat(attention).numpy() if attention else None)
+
+
+@dataclass
+class TorchRunner:
+    """A ``hmic.tagging.batching.Runner`` over a PyTorch model: takes log-mel windows (B, T, M)."""
+
+    model: "torch.nn.Module"
+    device: "torch.device"
+    precision: str = "fp32"
+    inputs: str = "logmel"
+    backend: str = "torch"
+
+    def __call__(self, x: np.ndarray) -> Outputs:
+        import torch
+
+        return infer(self.model, [torch.from_numpy(x)], self.device, self.precision)

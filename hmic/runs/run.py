@@ -1,0 +1,285 @@
+"""The run: one trained (method, λ, seed) and its folder. The only module that knows the layout.
+
+A run folder holds, written in this order:
+
+    config.json            the resolved training configuration (written first); method, λ and seed
+                           are read from here, never from folder names
+    metrics.jsonl          one line per epoch: train loss, validation loss per level, lr, seconds
+    last.pt / best.pt      checkpoints (``hmic.models.checkpoint``), written atomically; best = lowest
+                           validation fine-level loss
+    predictions_val.npz, predictions_test.npz   the best checkpoint's outputs for later stages
+    done.json              the summary, once finished
+    thresholds.json        after ``hmic tune-thresholds``
+
+New runs are filed as ``<runs>/<method>/lam<λ>/seed<S>/`` (``Run.at``); any other folder holding
+these files is a run just the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from hmic.errors import HmicError
+from hmic.fileio import append_jsonl, atomic_path, read_json, read_jsonl, write_json, write_text
+
+SPLITS = ("val", "test")
+LEVELS = ("fine", "coarse")
+DONE = "done.json"  # a run is finished once it has this file
+THRESHOLDS = "thresholds.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    folder: Path
+
+    @classmethod
+    def at(cls, runs_dir: str | Path, method: str, lam: float, seed: int) -> "Run":
+        return cls(Path(runs_dir) / method / f"lam{lam:.2f}" / f"seed{seed}")
+
+    # -- paths ------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.folder / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.folder / "metrics.jsonl"
+
+    @property
+    def best_path(self) -> Path:
+        return self.folder / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def done_path(self) -> Path:
+        return self.folder / DONE
+
+    @property
+    def thresholds_path(self) -> Path:
+        return self.folder / THRESHOLDS
+
+    def predictions_path(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise HmicError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        return self.folder / f"predictions_{split}.npz"
+
+    def __str__(self) -> str:
+        return str(self.folder)
+
+    @property
+    def lock_path(self) -> Path:
+        """Beside the folder, not in it: ``--force`` deletes the folder while the lock is held."""
+        return self.folder.parent / f".{self.folder.name}.lock"
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator["Run"]:
+        """Hold the run's writer lock (an exclusive ``flock``, released by the OS when the process dies,
+        so a killed run never blocks its resume). A second writer gets an HmicError naming the holder."""
+        import fcntl
+
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                raise HmicError(f"{self.folder} is being trained by another process (PID {holder}); wait for it "
+                                "to end, or stop it, before training this run again") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            try:
+                yield self
+            finally:
+                f.seek(0)
+                f.truncate()
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self.config_path.exists()
+
+    @property
+    def finished(self) -> bool:
+        return self.done_path.exists()
+
+    @property
+    def resumable(self) -> bool:
+        return self.last_path.exists()
+
+    @property
+    def tuned(self) -> bool:
+        return self.thresholds_path.exists()
+
+    def require_finished(self) -> "Run":
+        if not self.finished:
+            hint = " (unfinished: continue it with 'hmic train ... --resume')" if self.resumable else ""
+            raise HmicError(f"{self.folder} is not a finished hmic run folder (no done.json){hint}")
+        return self
+
+    # -- config -----------------------------------------------------------------------------------
+    def config(self) -> dict:
+        if not self.config_path.exists():
+            raise HmicError(f"{self.config_path} is missing; {self.folder} is not an hmic run folder")
+        return read_json(self.config_path)
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.config_path, config)
+
+    @property
+    def method(self) -> str:
+        return str(self.config()["method"])
+
+    @property
+    def lam(self) -> float:
+        return float(self.config()["lam"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config()["seed"])
+
+    # -- history ----------------------------------------------------------------------------------
+    def metrics(self) -> list[dict]:
+        return read_jsonl(self.metrics_path)
+
+    def append_metrics(self, row: dict) -> None:
+        append_jsonl(self.metrics_path, row)
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        """Replace metrics.jsonl with ``rows`` (on resume: the history saved in last.pt, the commit point)."""
+        write_text(self.metrics_path, "".join(_json_line(r) for r in rows))
+
+    def keep_metrics_before(self, epoch: int) -> None:
+        """Drop rows of epochs from ``epoch`` on (for a last.pt written before checkpoints held the history)."""
+        self.write_metrics([r for r in self.metrics() if r["epoch"] < epoch])
+
+    def clear_metrics(self) -> None:
+        self.metrics_path.unlink(missing_ok=True)
+
+    # -- results ----------------------------------------------------------------------------------
+    def done(self) -> dict:
+        return read_json(self.require_finished().done_path)
+
+    def write_done(self, summary: dict) -> None:
+        write_json(self.done_path, summary)
+
+    def write_predictions(self, split: str, arrays: dict[str, np.ndarray]) -> None:
+        with atomic_path(self.predictions_path(split)) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)  # targets and masks compress ~20x; probabilities a little
+
+    def predictions(self, split: str) -> dict[str, np.ndarray]:
+        path = self.require_finished().predictions_path(split)
+        if not path.exists():
+            raise HmicError(f"{path} is missing; the run did not finish writing its predictions (re-run it with --force)")
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def thresholds(self) -> dict:
+        """{"fine": {tag: t}, "coarse": {tag: t}, ...}; a clear error when not tuned yet."""
+        if not self.tuned:
+            raise HmicError(f"{self.folder} has no thresholds; run 'hmic tune-thresholds {self.folder}' first")
+        return read_json(self.thresholds_path)
+
+    def write_thresholds(self, result: dict) -> None:
+        """thresholds.json, and the same thresholds inside best.pt (the checkpoint alone then predicts)."""
+        from hmic.models.checkpoint import set_thresholds
+
+        write_json(self.thresholds_path, result)
+        if self.best_path.exists():
+            set_thresholds(self.best_path, {key: result[key] for key in (*LEVELS, "song") if key in result})
+
+
+def _json_line(row: dict) -> str:
+    return json.dumps(row) + "\n"
+
+
+def load_tuned_checkpoint(run_or_checkpoint: str | Path):
+    """A run folder's best.pt (or a checkpoint file) and its tuned thresholds (stored in the file, or
+    the run's thresholds.json); untuned is an error naming the command that tunes it.
+    Returns (``hmic.models.checkpoint.Checkpoint``, thresholds dict)."""
+    from hmic.models.checkpoint import Checkpoint
+
+    path = Path(run_or_checkpoint)
+    run = Run(path) if path.is_dir() else None
+    ckpt = Checkpoint.load(run.best_path if run else path)
+    thresholds = ckpt.thresholds
+    if thresholds is None and run is not None and run.tuned:
+        thresholds = run.thresholds()
+    if thresholds is None:
+        raise HmicError(f"{ckpt.path} has no tuned thresholds; run 'hmic tune-thresholds {run or path.parent}'")
+    return ckpt, thresholds
+
+
+def finished_runs(folder: str | Path) -> list[Run]:
+    """Every finished run below ``folder`` (any depth), in path order."""
+    folder = Path(folder)
+    return [Run(d.parent) for d in sorted(folder.rglob(DONE))] if folder.is_dir() else []
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Run folders given directly, or every finished run below the given folders."""
+    runs: list[Run] = []
+    for p in paths:
+        p = Path(p)
+        if Run(p).finished:
+            runs.append(Run(p))
+        elif p.is_dir():
+            found = finished_runs(p)
+            if not found:
+                raise HmicError(f"no finished runs under {p}")
+            runs.extend(found)
+        else:
+            raise HmicError(f"{p} does not exist")
+    return runs
+
+
+def latest_tuned_run(runs_dir: str | Path) -> Run:
+    """The most recently finished run that has tuned thresholds and a best checkpoint."""
+    candidates = [Run(p.parent) for p in Path(runs_dir).rglob(THRESHOLDS)]
+    candidates = [r for r in candidates if r.best_path.exists()]
+    if not candidates:
+        raise HmicError(f"no run with tuned thresholds under {runs_dir}; train one and run 'hmic tune-thresholds RUN', "
+                        "or pass --run")
+    return max(candidates, key=lambda r: r.done_path.stat().st_mtime if r.finished else 0)
+
+
+def by_method(runs: list[Run]) -> dict[str, list[Run]]:
+    """Finished runs grouped by the method in their config.json, in the order first seen."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.method, []).append(run)
+    return groups
+
+
+def select_lambda(runs: list[Run]) -> dict:
+    """The λ with the lowest mean validation fine-level loss over its finished seeds (runs of one method).
+
+    Returns {"method", "selected_lambda", "by_lambda": {"0.80": {mean_val_fine_loss, seeds}}, "criterion"};
+    reads only.
+    """
+    if not runs:
+        raise HmicError("no finished runs to select λ from")
+    methods = {r.method for r in runs}
+    if len(methods) != 1:
+        raise HmicError(f"λ is selected per method; got runs of {', '.join(sorted(methods))}")
+    losses: dict[float, list[float]] = {}
+    for run in runs:
+        losses.setdefault(run.lam, []).append(float(run.done()["best_val_fine_loss"]))
+    scores = {f"{lam:.2f}": {"mean_val_fine_loss": float(np.mean(v)), "seeds": len(v)} for lam, v in sorted(losses.items())}
+    chosen = min(scores, key=lambda k: scores[k]["mean_val_fine_loss"])
+    return {"method": methods.pop(), "selected_lambda": float(chosen), "by_lambda": scores,
+            "criterion": "lowest mean validation fine-level BCE over seeds"}

@@ -1,0 +1,180 @@
+"""What defines a training run (``TrainConfig``) and its YAML file (``--config``).
+
+Each field is also an option of ``hmic train`` (``hmic.cli`` builds them from ``TRAIN_OPTIONS``): its
+flag is the field's name with dashes (``batch_size`` → ``--batch-size``; ``lam`` → ``--lambda``, since
+``lambda`` is Python's), its help the field's ``help`` metadata, its default the field's. A new field
+is one line here.
+
+Importing this module does not import torch: the command line reads the defaults from here; checking
+a method or backbone name (``validate``) imports their registries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from hmic.models import BackboneConfig
+from hmic.data.openmic import DATA_DIR_ENV, DEFAULT_DATA_DIR, WORK_DIR_ENV
+from hmic.devices import DEVICE_HELP, check_device_name, check_precision
+from hmic.data.download import CNN14, default_checkpoint
+from hmic.errors import HmicError
+from hmic.data.hierarchy import COARSE_RULES
+from hmic.runs.run import Run
+
+if TYPE_CHECKING:
+    from hmic.training.augment import Augment
+
+
+DEFAULT_LAMBDA = 0.8
+PROTOCOLS = ("finetune", "frozen")
+
+
+def option(default, help: str, **cli):
+    """A TrainConfig field that is also an ``hmic train`` option (``cli``: flag, envvar, show_default, path)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Loadable from YAML (--config), overridden by CLI flags."""
+
+    method: str = option("gmp", "Head, or several comma-separated.", choices="heads")
+    protocol: str = option("finetune", "finetune: the paper's protocol, all of the backbone trains; frozen: the "
+                           "backbone is fixed and only the head trains, on embeddings cached by 'hmic embed' "
+                           "(README, 'The frozen-backbone protocol').")
+    lam: float = option(DEFAULT_LAMBDA, "Weight λ of the fine loss (1 for heads without coarse loss).", flag="--lambda")
+    seed: int = option(0, "Train this one seed.")
+    arch: str = option("cnn14", "Backbone.", choices="backbones")
+    pretrained: str = option(str(default_checkpoint()), f"AudioSet CNN14 checkpoint ({CNN14.filename}: "
+                             "'hmic download cnn14'), or 'none' to train from scratch; under the frozen protocol, the "
+                             "backbone that was embedded: that file, an hmic run folder or an hmic checkpoint.")
+    epochs: int = option(30, "Epochs; the best validation epoch is kept.")  # a project choice (paper silent)
+    batch_size: int = option(16, "Batch size.")
+    lr: float = option(1e-4, "Peak learning rate.")
+    weight_decay: float = option(1e-4, "Adam weight decay.")
+    warmup_epochs: float = option(5.0, "Linear warm-up epochs.")
+    schedule: str = option("cosine", "After warm-up: cosine or constant.")
+    specaugment: bool = option(BackboneConfig.specaugment, "PANNs SpecAugment.")
+    embedding_dropout: float = option(BackboneConfig.embedding_dropout,
+                                      "Dropout on the embedding before the head (PANNs' transfer recipe).")
+    alpha: float = option(1.0, "Weight of a head's extra loss term (levelwise consistency items).")
+    coarse_rule: str = option("any", f"Coarse targets from partial fine labels: {' or '.join(COARSE_RULES)}.")
+    clip_seconds: float = option(10.0, "Clip length of the features.")
+    data_dir: str = option(DEFAULT_DATA_DIR, "Root of an OpenMIC-layout folder.", envvar=DATA_DIR_ENV, path=True)
+    work_dir: str = option("", "Derived data (split, features).", envvar=WORK_DIR_ENV, path=True,
+                           show_default="<data-dir>.hmic")
+    hierarchy: str = option("", "Hierarchy YAML.", path=True, show_default="the hierarchy.yaml shipped with hmic")
+    runs_dir: str = option("runs", "Where run folders go.", path=True)
+    device: str = option("auto", f"{DEVICE_HELP}.")
+    precision: str = option("auto", "The backbone's precision: auto (bf16 autocast on CUDA, float32 elsewhere), bf16 or "
+                            "fp32; the head, loss and saved probabilities are always float32.")
+    limit_batches: int = option(0, "Train on at most this many batches per epoch; 0 = all (smoke tests).")
+    compile: bool = option(False, "torch.compile the model for training (measured against eager: README, 'Table 1 at a fraction of the cost').")
+    keep_last: bool = option(False, "Keep last.pt (the resume checkpoint, with the optimiser state) once the run has finished.")
+    # finetune protocol with the backbone kept fixed (learning rate 0 on every backbone parameter, the
+    # backbone in eval mode): the frozen protocol's function at fine-tuning cost, its reference in the tests
+    fixed_backbone: bool = False
+    # augmentation (hmic.training.augment), off by default: Table 1 runs do not use it
+    aug_gain_db: float = option(0.0, "Augmentation: random gain of up to ± this many dB per clip (0: off).")
+    aug_shift_seconds: float = option(0.0, "Augmentation: random circular time shift of up to ± this many seconds (0: off).")
+    mixup_alpha: float = option(0.0, "Augmentation: mixup with Beta(α, α) weights; presence labels mixed under "
+                                "partial observation (0: off).")
+
+    @property
+    def augment(self) -> "Augment":
+        from hmic.training.augment import Augment
+
+        return Augment(self.aug_gain_db, self.aug_shift_seconds, self.mixup_alpha)
+
+    def validate(self) -> None:
+        from hmic.models.backbones import backbone_class
+        from hmic.models.heads import head_class
+
+        head_class(self.method)
+        backbone_class(self.arch)
+        if not 0.0 <= self.lam <= 1.0:
+            raise HmicError(f"--lambda must be in [0, 1], got {self.lam}")
+        if self.coarse_rule not in COARSE_RULES:
+            raise HmicError(f"--coarse-rule must be one of {', '.join(COARSE_RULES)}")
+        if self.schedule not in ("cosine", "constant"):
+            raise HmicError("--schedule must be cosine or constant")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise HmicError("--epochs and --batch-size must be at least 1")
+        check_device_name(self.device)
+        check_precision(self.precision)
+        if not 0.0 <= self.embedding_dropout < 1.0:
+            raise HmicError(f"--embedding-dropout must be in [0, 1), got {self.embedding_dropout}")
+        if self.limit_batches < 0:
+            raise HmicError("--limit-batches must be 0 (all) or more")
+        if self.aug_gain_db < 0 or self.aug_shift_seconds < 0 or self.mixup_alpha < 0:
+            raise HmicError("--aug-gain-db, --aug-shift-seconds and --mixup-alpha must be 0 (off) or more")
+        if self.aug_shift_seconds >= self.clip_seconds:
+            raise HmicError(f"--aug-shift-seconds must be shorter than a clip ({self.clip_seconds} s)")
+        if self.protocol not in PROTOCOLS:
+            raise HmicError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol == "frozen" or self.fixed_backbone:
+            refused = [name for name, on in (("--specaugment", self.specaugment and self.protocol == "frozen"),
+                                             ("--aug-gain-db", self.aug_gain_db), ("--aug-shift-seconds", self.aug_shift_seconds),
+                                             ("--mixup-alpha", self.mixup_alpha)) if on]
+            if self.compile and self.protocol == "frozen":
+                raise HmicError("--compile compiles the fine-tuning forward; the frozen protocol's stacked head step "
+                                "is not compiled: drop --compile with --protocol frozen")
+            if refused:
+                raise HmicError(f"{', '.join(refused)} act on the log-mel input, which a fixed backbone's cached "
+                                "embeddings no longer have: drop them with --protocol frozen")
+            if not self.pretrained or self.pretrained.lower() == "none":
+                raise HmicError("--protocol frozen needs a trained backbone: pass --pretrained (an AudioSet CNN14 "
+                                "file, an hmic run folder or checkpoint), the one 'hmic embed' embedded")
+
+    def resolved(self) -> "TrainConfig":
+        """The configuration a run really uses: λ as its head takes it (1 for a head without coarse loss)."""
+        from hmic.models.heads import head_class
+
+        cfg = self
+        if cfg.protocol == "frozen" and cfg.specaugment:  # the default is on; it cannot act on cached embeddings
+            cfg = replace(cfg, specaugment=False)  # (asked for explicitly, the command line refuses it: hmic.cli)
+        if cfg.protocol == "frozen" and cfg.pretrained and cfg.pretrained.lower() != "none":
+            # the backbone a frozen run sits on, as one path whatever folder the command ran from
+            cfg = replace(cfg, pretrained=str(Path(cfg.pretrained).expanduser().resolve()))
+        cfg.validate()
+        return replace(cfg, lam=head_class(cfg.method).lambda_for(cfg.lam))
+
+    def run(self) -> Run:
+        cfg = self.resolved()
+        return Run.at(cfg.runs_dir, cfg.method, cfg.lam, cfg.seed)
+
+    def identity(self) -> dict:
+        """The fields that make two runs the same run (device and folders aside)."""
+        d = asdict(self)
+        for k in ("device", "runs_dir", "keep_last"):
+            d.pop(k)
+        return d
+
+
+def flag(f) -> str:
+    """The ``hmic train`` flag of a TrainConfig field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+TRAIN_OPTIONS = tuple(f for f in fields(TrainConfig) if "help" in f.metadata)
+
+
+def load_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise HmicError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise HmicError(f"config {path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise HmicError(f"config {path}: expected a mapping of TrainConfig fields")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise HmicError(f"config {path}: unknown field '{unknown[0]}'; known fields: {', '.join(sorted(known))}")
+    return data
