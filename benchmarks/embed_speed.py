@@ -28,7 +28,8 @@ from hmic.models.backbones import BackboneConfig
 from hmic.models.checkpoint import save_checkpoint
 from hmic.devices import cpu_native_bf16, resolve_device
 from hmic.training.embed import embed
-from hmic.data.features import DONE, LOGMEL, MANIFEST, _create_store
+from hmic.data.features import LOGMEL
+from hmic.data.store import DONE, MANIFEST, create_store_files
 from hmic.fileio import write_json
 from hmic.data.hierarchy import load_hierarchy
 from hmic.models.model import HierarchicalModel
@@ -43,7 +44,7 @@ def fake_store(work: Path, clips: int, frontend: FrontendConfig) -> None:
     folder = store_dir(work, frontend)
     folder.mkdir(parents=True)
     shape = (clips, frontend.n_frames, frontend.n_mels)
-    _create_store(folder, shape)
+    create_store_files(folder, shape, LOGMEL, np.float16)
     rng = np.random.default_rng(0)
     data = np.memmap(folder / LOGMEL, dtype=np.float16, mode="r+", shape=shape)
     data[:] = rng.normal(-6, 3, size=shape).astype(np.float16)

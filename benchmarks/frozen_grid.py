@@ -162,6 +162,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--skip-finetune-step", action="store_true")
     args = ap.parse_args()
+    from hmic.devices import keep_freed_memory
+
+    keep_freed_memory()  # as 'hmic train --protocol frozen' does (the stacks' allocator opt-in)
     values = load_config_file(args.config) if args.config else {}
     base = TrainConfig(**{**values, "protocol": "frozen", "pretrained": args.backbone, "arch": args.arch,
                           "data_dir": args.data_dir, "runs_dir": args.runs_dir, "precision": args.precision, "device": "cpu"})

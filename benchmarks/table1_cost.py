@@ -44,7 +44,8 @@ from hmic.evaluation.report import METHOD_ORDER
 from hmic.runs.run import Run
 from hmic.data.split import make_split, save_split, split_dir, split_meta
 from hmic.data.synth.dataset import SynthOptions, synthesize
-from hmic.training.finetune import predict_part, train_run
+from hmic.training.finetune import train_run
+from hmic.training.loop import predict_part
 from hmic.training.data import load_training_data
 
 RUNS_BY_METHOD = {m: SEEDS * len(lambdas_of(m)) for m in METHOD_ORDER}

@@ -37,7 +37,8 @@ from hmic.data.split import make_split, save_split, split_dir, split_meta  # noq
 from hmic.data.synth.dataset import SynthOptions, synthesize  # noqa: E402
 from hmic.data.synth.render import default_soundfont  # noqa: E402
 from hmic.training.config import TrainConfig  # noqa: E402
-from hmic.training.finetune import predict_part, train_run  # noqa: E402
+from hmic.training.finetune import train_run
+from hmic.training.loop import predict_part  # noqa: E402
 from hmic.training.data import load_training_data  # noqa: E402
 
 

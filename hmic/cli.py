@@ -252,8 +252,7 @@ def _train_command():
         from hmic.environment import require_torch_stack
 
         require_torch_stack()
-        from hmic.training.grid import GridError, LocalExecutor, plan_grid, run_grid
-        from hmic.runs.run import Run, select_lambda
+        from hmic.training.grid import GridError, LocalExecutor, lambda_selections, plan_grid, run_grid
         from hmic.training.config import load_config_file
 
         def given(name: str) -> bool:
@@ -274,6 +273,10 @@ def _train_command():
         lam_list = _floats(lambdas, "--lambdas") if lambdas else [base.lam]
         methods = [m.strip() for m in base.method.split(",") if m.strip()]
         configs = plan_grid(base, methods, lam_list, seed_list)
+        if base.protocol == "frozen":
+            from hmic.devices import keep_freed_memory
+
+            keep_freed_memory()  # the frozen stacks' allocator opt-in (process-wide; see its docstring)
         if engine == Engine.ray:
             from hmic.training.ray_engine import RayExecutor
 
@@ -288,11 +291,9 @@ def _train_command():
         except GridError as e:
             failed, summaries = e, e.summaries
         if len(lam_list) > 1 and failed is None:
-            for m in dict.fromkeys(c.method for c in configs):
-                runs = [Run(Path(s["run"])) for s, c in zip(summaries, configs) if c.method == m]
-                selection = select_lambda(runs)
-                if len(selection["by_lambda"]) > 1:
-                    console.print(f"{m}: selected λ = {selection['selected_lambda']:.2f} (lowest mean validation fine loss)")
+            for selection in lambda_selections(configs, summaries):
+                console.print(f"{selection['method']}: selected λ = {selection['selected_lambda']:.2f} "
+                              "(lowest mean validation fine loss)")
         table = Table(title="training runs")
         for col in ("run", "best epoch", "val fine loss", "device"):
             table.add_column(col)
@@ -383,7 +384,7 @@ def evaluate(
 @app.command()
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Two method folders (A B), or one runs folder compared against --reference.")],
-    reference: Annotated[str, typer.Option(help="With one runs folder: the method every other is compared with.")] = "flat",
+    reference: Annotated[Optional[str], typer.Option(help="With one runs folder: the method every other is compared with (default: the paper's baseline, flat).", show_default=False)] = None,
     split: Annotated[ScoredSplit, typer.Option(help="Which part to score.")] = ScoredSplit.test,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the test clips.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
@@ -400,6 +401,8 @@ def compare(
         results, corrected = {f"{a_name} − {b_name}": compare_runs(a, b, split.value, bootstrap, seed)}, False
     elif len(runs) == 1:
         groups = selected_runs(runs[0])
+        if reference is None:
+            from hmic.models.heads import BASELINE as reference
         results = {f"{m} − {reference}": d for m, d in against_reference(groups, reference, split.value, bootstrap, seed).items()}
         corrected = len(results) > 1
     else:

@@ -18,7 +18,8 @@ from hmic.models.checkpoint import load_backbone
 from hmic.training.embed import EMBEDDINGS, EmbeddingStore, embed
 from hmic.training.frozen import train_frozen
 from hmic.errors import HmicError
-from hmic.data.features import DONE, FeatureStore
+from hmic.data.features import FeatureStore
+from hmic.data.store import DONE
 from hmic.runs.run import Run
 from hmic.training.finetune import train_run
 
@@ -233,17 +234,30 @@ def test_ray_runs_a_frozen_stack_in_one_task(prepared, backbone_run, embedded, t
                                    Run(Path(b["run"])).predictions("test")["fine_probs"], rtol=1e-5, atol=1e-6)
 
 
-def test_freed_memory_is_kept_for_reuse_where_glibc_allows_it():
-    """The stacked step's allocator setting (hmic.training.frozen.keep_freed_memory): taken on glibc (Linux CI), and
-    then a stack's gradients are replaced each step instead of added into reused buffers."""
-    import platform
+def test_the_allocator_setting_is_the_callers_opt_in():
+    """hmic.devices.keep_freed_memory changes the whole process, so nothing in the library takes it: a
+    fresh interpreter that builds a stack keeps glibc's defaults; after the opt-in (taken on glibc, Linux CI)
+    a stack's gradients are replaced each step instead of added into reused buffers. In a subprocess, so
+    that this test process keeps its allocator as it was."""
+    import subprocess
+    import sys
 
-    from hmic.training.frozen import Stack, keep_freed_memory
-
-    tuned = keep_freed_memory()
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert tuned
+    probe = """
+import platform, torch
+from hmic.devices import freed_memory_kept, keep_freed_memory
+from hmic.training.config import TrainConfig
+from hmic.training.frozen import Stack
+def stack():
     heads = [torch.nn.Linear(4, 2) for _ in range(2)]
-    stack = Stack(heads, [0.7, 0.9], [0, 0], TrainConfig(method="gmp"), torch.zeros(8, 4), [torch.zeros(8, 2)] * 4,
-                  torch.device("cpu"))
-    assert stack.reuse_grads is not tuned
+    return Stack(heads, [0.7, 0.9], [0, 0], TrainConfig(method="gmp"), torch.zeros(8, 4), [torch.zeros(8, 2)] * 4,
+                 torch.device("cpu"))
+before = stack().reuse_grads, freed_memory_kept()
+tuned = keep_freed_memory()
+glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+print(before, tuned, glibc, stack().reuse_grads)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    before, tuned, glibc, after = out[0].strip("(,"), out[2], out[3], out[4]
+    assert before == "True" and out[1].strip(")") == "False"  # untouched until the caller opts in
+    assert tuned == glibc  # taken on glibc
+    assert after == str(tuned != "True")  # opted in: fresh gradients, no reused buffers

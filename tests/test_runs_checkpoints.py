@@ -17,7 +17,8 @@ from hmic.devices import resolve_device
 from hmic.errors import HmicError
 from hmic.training.grid import plan_grid, run_grid
 from hmic.models.heads import HEADS, GroupedMax, describe_heads, register
-from hmic.runs.run import Run, find_runs, select_lambda
+from hmic.runs.run import Run, find_runs
+from hmic.runs.selection import select_lambda
 from hmic.training.config import TrainConfig
 
 

@@ -16,7 +16,7 @@ from hmic.fileio import write_json
 from hmic.evaluation.metrics import calibration, consistency, hierarchical_prf, score_level
 from hmic.runs.run import Run
 from hmic.evaluation.significance import compare, differences_from_scores, holm, level_differences
-from hmic.evaluation.weighted import average_precision, f1, macro_scores, roc_auc
+from hmic.evaluation.metrics import average_precision, f1, macro_scores, roc_auc
 
 
 def test_weighted_metrics_equal_scikit_learn_with_sample_weights_and_ties():

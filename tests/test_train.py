@@ -12,7 +12,8 @@ from conftest import METHODS, tiny_config
 from hmic.cli import app
 from hmic.errors import HmicError
 from hmic.training.config import TrainConfig, load_config_file
-from hmic.training.finetune import lr_at, train_run, validation_losses
+from hmic.training.finetune import train_run, validation_losses
+from hmic.training.loop import lr_at
 
 
 def test_lr_schedule_warmup_then_cosine_to_zero():

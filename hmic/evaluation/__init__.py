@@ -1,5 +1,5 @@
-"""Scores of finished runs: the paper's metrics and the hierarchy-aware ones (``metrics``, with the
-sample-weighted, vectorised forms the bootstrap uses in ``weighted``), tuning and applying thresholds and
+"""Scores of finished runs: the paper's metrics and the hierarchy-aware ones, with the sample-weighted,
+vectorised forms the bootstrap uses (``metrics``), tuning and applying thresholds and
 scoring runs (``scoring``), paired significance over seeds and clips (``significance``) and Table 1 with
 the paper's figures (``report``).
 

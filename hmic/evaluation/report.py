@@ -15,17 +15,13 @@ from hmic.errors import HmicError
 from hmic.evaluation.scoring import EXTRA_METRICS, evaluate_runs
 from hmic.fileio import csv_text, write_json, write_text
 from hmic.evaluation.metrics import METRIC_LABELS, METRICS
-from hmic.runs.run import LEVELS, Run, by_method, find_runs, finished_runs, select_lambda
+from hmic.runs.run import LEVELS, Run, by_method, find_runs, finished_runs
+from hmic.runs.selection import select_lambda
 from hmic.evaluation.significance import ALPHA, N_BOOTSTRAP, against_reference
+from hmic.models.heads import BASELINE, PAPER_FIGURE3, PAPER_FIGURE4, PAPER_TABLE1
 
-REFERENCE = "flat"  # the baseline every head is compared with (hmic table's ▲ / ▼)
-METHOD_ORDER = ("flat", "levelwise", "topdown", "gap", "lp", "gmp", "resatt")
-PAPER_TABLE1 = {  # the paper's Table 1: fine ROC, PR, F1, coarse ROC, PR, F1 (%)
-    "flat": (91.7, 85.6, 83.3, 92.4, 89.6, 84.4), "levelwise": (91.9, 85.8, 83.7, 93.0, 90.4, 85.2),
-    "topdown": (91.9, 85.4, 83.6, 93.0, 90.4, 85.3), "gap": (91.7, 85.6, 83.2, 91.7, 87.6, 84.6),
-    "lp": (91.8, 85.8, 83.6, 75.3, 70.9, 67.6), "gmp": (91.9, 85.9, 83.6, 93.1, 90.7, 85.4),
-    "resatt": (92.0, 86.0, 83.7, 93.1, 90.7, 85.5),
-}
+REFERENCE = BASELINE  # the method every other is compared with (hmic table's ▲ / ▼)
+METHOD_ORDER = tuple(PAPER_TABLE1)  # Table 1's row order; other methods follow, sorted
 COLUMNS = [f"{lv} {METRIC_LABELS[m]}" for lv in LEVELS for m in METRICS]
 
 
@@ -176,7 +172,7 @@ def figure3(rows: list[dict], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = [r for r in rows if r["method"] in ("flat", "gmp", "resatt")]
+    chosen = [r for r in rows if r["method"] in PAPER_FIGURE3]
     if not chosen:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
@@ -201,7 +197,7 @@ def figure4(rows: list[dict], path: Path, n_clips: int = 4) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    row = next((r for r in rows if r["method"] == "resatt"), None)
+    row = next((r for r in rows if r["method"] == PAPER_FIGURE4), None)
     if row is None:
         return False
     run = Run(Path(row["aggregate"]["runs"][0]))

@@ -47,25 +47,12 @@ def evaluate_run(run: Run, split: str = "test") -> dict:
         out[level] = score_level(probs, targets, mask, t, names).to_dict()
         out[level]["calibration"] = calibration(probs, targets, mask)
         present[level] = probs >= t
-    parent = run_parents(run, pred)
+    parent = np.asarray(pred["parent"])  # the coarse index of each fine tag
     out["hierarchy"] = {"consistency": consistency(present["fine"], present["coarse"], parent),
                         "hierarchical": hierarchical_prf(present["fine"], present["coarse"], pred["fine_targets"],
                                                          pred["fine_mask"], pred["coarse_targets"], pred["coarse_mask"],
                                                          parent)}
     return out
-
-
-def run_parents(run: Run, pred: dict) -> np.ndarray:
-    """(F,) the coarse index of each fine tag: saved with the predictions, or (runs from before it was)
-    from the hierarchy the run's config names, matched by tag names."""
-    if "parent" in pred:
-        return np.asarray(pred["parent"])
-    from hmic.data.hierarchy import load_hierarchy
-
-    fine = [str(n) for n in pred["fine_names"]]
-    hierarchy = load_hierarchy(run.config().get("hierarchy") or None, fine)
-    order = {c: i for i, c in enumerate(str(n) for n in pred["coarse_names"])}
-    return np.array([order[hierarchy.coarse_names[k]] for k in hierarchy.parent])
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 from hmic.errors import HmicError
 from hmic.evaluation.metrics import METRICS
 from hmic.runs.run import LEVELS, Run
-from hmic.evaluation.weighted import macro_scores
+from hmic.evaluation.metrics import macro_scores
 
 N_BOOTSTRAP = 1000
 ALPHA = 0.05

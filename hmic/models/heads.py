@@ -26,6 +26,17 @@ from hmic.registry import Registry
 HEADS: Registry = Registry("--method")
 EPS = 1e-7
 
+# The paper's facts about its methods, here so that method names are spelled in this module only.
+BASELINE = "flat"  # what every other method is compared with (hmic table's ▲ / ▼, hmic compare's default)
+PAPER_TABLE1 = {  # the paper's Table 1, in its row order: fine ROC, PR, F1, coarse ROC, PR, F1 (%)
+    "flat": (91.7, 85.6, 83.3, 92.4, 89.6, 84.4), "levelwise": (91.9, 85.8, 83.7, 93.0, 90.4, 85.2),
+    "topdown": (91.9, 85.4, 83.6, 93.0, 90.4, 85.3), "gap": (91.7, 85.6, 83.2, 91.7, 87.6, 84.6),
+    "lp": (91.8, 85.8, 83.6, 75.3, 70.9, 67.6), "gmp": (91.9, 85.9, 83.6, 93.1, 90.7, 85.4),
+    "resatt": (92.0, 86.0, 83.7, 93.1, 90.7, 85.5),
+}
+PAPER_FIGURE3 = ("flat", "gmp", "resatt")  # per-seed fine-level box plots
+PAPER_FIGURE4 = "resatt"  # attention maps
+
 # Class decorator: make a head available as ``--method name``; its docstring's first line is the help.
 register = HEADS.register
 head_class = HEADS.lookup
@@ -244,10 +255,13 @@ def build_head(method: str, dim: int, hierarchy: Hierarchy) -> Head:
 # Loss over observed entries only, always in float32
 
 
-def masked_bce(targets: torch.Tensor, mask: torch.Tensor, probs: torch.Tensor,
-               logits: torch.Tensor | None = None, log_probs: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean binary cross-entropy over observed entries (mask True). 0 if nothing is observed. Per run
-    for stacked inputs (..., B, T): targets and mask broadcast against the probabilities."""
+def masked_bce_loss(probs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                    logits: torch.Tensor | None = None, log_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss of one level: mean binary cross-entropy over observed entries (mask True), in
+    torch, from the head's logits or log-probabilities where it has them (exact near 0 and 1). 0 if
+    nothing is observed. Per run for stacked inputs (..., B, T): targets and mask broadcast against the
+    probabilities. (The validation loss of saved probabilities is ``hmic.evaluation.metrics.masked_bce``,
+    with the same arguments in the same order.)"""
     shape = probs.shape
     targets, mask = targets.float().expand(shape), mask.bool().expand(shape)
     if logits is not None:
@@ -265,11 +279,11 @@ def hierarchical_loss(out: HeadOutput, head: Head, fine_targets, fine_mask, coar
                       lam: float, alpha: float = 1.0) -> torch.Tensor:
     """L = λ·BCE_fine + (1 − λ)·BCE_coarse (+ α·the head's extra term); a head without coarse loss uses BCE_fine.
     ``lam`` may be a tensor of one λ per stacked run."""
-    fine = masked_bce(fine_targets, fine_mask, out.fine_probs, out.fine_logits, out.fine_log_probs)
+    fine = masked_bce_loss(out.fine_probs, fine_targets, fine_mask, out.fine_logits, out.fine_log_probs)
     if not head.uses_coarse_loss:
         total = fine
     else:
-        coarse = masked_bce(coarse_targets, coarse_mask, out.coarse_probs, out.coarse_logits)
+        coarse = masked_bce_loss(out.coarse_probs, coarse_targets, coarse_mask, out.coarse_logits)
         total = lam * fine + (1 - lam) * coarse
     if alpha:
         extra = head.extra_loss(out)

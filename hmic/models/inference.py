@@ -25,8 +25,10 @@ class Outputs:
 
 
 def infer(model: "torch.nn.Module", batches: Iterable["torch.Tensor"], device: "torch.device",
-          precision: str = "auto") -> Outputs:
-    """Run ``model`` in eval mode over log-mel batches (B, T, M); probabilities come back as float32."""
+          precision: str = "auto", batch_axis: int = 0) -> Outputs:
+    """Run ``model`` in eval mode over its input batches (log-mel (B, T, M), or embeddings (B, D) for a
+    model without backbone); probabilities come back as float32, the batches joined along ``batch_axis``
+    (1 for a stack of heads, whose outputs are (R, B, ...))."""
     import torch
 
     model.eval()
@@ -40,8 +42,8 @@ def infer(model: "torch.nn.Module", batches: Iterable["torch.Tensor"], device: "
             coarse.append(out.coarse_probs.float().cpu())
             if out.attention is not None:
                 attention.append(out.attention.float().cpu())
-    return Outputs(torch.cat(fine).numpy(), torch.cat(coarse).numpy(),
-                   torch.cat(attention).numpy() if attention else None)
+    return Outputs(torch.cat(fine, batch_axis).numpy(), torch.cat(coarse, batch_axis).numpy(),
+                   torch.cat(attention, batch_axis).numpy() if attention else None)
 
 
 @dataclass

@@ -32,14 +32,18 @@ def apply_keep(z: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
 class EmbeddingDropout(nn.Module):
     """Dropout on the embedding Z before the head (PANNs' transfer recipe), in training only.
 
-    By default it draws from torch's global generator (the fine-tuning protocol, as it always has). With
-    ``rng`` set (a numpy Generator, ``dropout_keep``) the masks come from that stream instead: the frozen
-    protocol and its fixed-backbone reference draw the same masks from the same per-epoch stream."""
+    By default it draws from torch's global generator (the fine-tuning protocol). After ``draw_from(rng)``
+    (a numpy Generator, ``dropout_keep``) the masks come from that stream instead: the frozen protocol and
+    its fixed-backbone reference draw the same masks from the same per-epoch stream."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
         self.rng: np.random.Generator | None = None
+
+    def draw_from(self, rng: np.random.Generator | None) -> None:
+        """Draw the masks from ``rng`` from now on (None: torch's global generator again)."""
+        self.rng = rng
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:

@@ -1,5 +1,6 @@
 """The run folder: one trained (method, λ, seed), its layout and files (``run``): the resolved config,
-``metrics.jsonl``, checkpoints, saved predictions, thresholds and the end-of-run marker.
+``metrics.jsonl``, checkpoints, saved predictions, thresholds and the end-of-run marker; and choosing
+λ among finished runs on validation (``selection``).
 
 Everything that reads or writes a run folder goes through ``Run``; nothing else knows the file names.
 May import: the top-level core modules, ``hmic.audio``, ``hmic.data`` and ``hmic.models``.

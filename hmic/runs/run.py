@@ -162,10 +162,6 @@ class Run:
         """Replace metrics.jsonl with ``rows`` (on resume: the history saved in last.pt, the commit point)."""
         write_text(self.metrics_path, "".join(_json_line(r) for r in rows))
 
-    def keep_metrics_before(self, epoch: int) -> None:
-        """Drop rows of epochs from ``epoch`` on (for a last.pt written before checkpoints held the history)."""
-        self.write_metrics([r for r in self.metrics() if r["epoch"] < epoch])
-
     def clear_metrics(self) -> None:
         self.metrics_path.unlink(missing_ok=True)
 
@@ -263,23 +259,3 @@ def by_method(runs: list[Run]) -> dict[str, list[Run]]:
     for run in runs:
         groups.setdefault(run.method, []).append(run)
     return groups
-
-
-def select_lambda(runs: list[Run]) -> dict:
-    """The λ with the lowest mean validation fine-level loss over its finished seeds (runs of one method).
-
-    Returns {"method", "selected_lambda", "by_lambda": {"0.80": {mean_val_fine_loss, seeds}}, "criterion"};
-    reads only.
-    """
-    if not runs:
-        raise HmicError("no finished runs to select λ from")
-    methods = {r.method for r in runs}
-    if len(methods) != 1:
-        raise HmicError(f"λ is selected per method; got runs of {', '.join(sorted(methods))}")
-    losses: dict[float, list[float]] = {}
-    for run in runs:
-        losses.setdefault(run.lam, []).append(float(run.done()["best_val_fine_loss"]))
-    scores = {f"{lam:.2f}": {"mean_val_fine_loss": float(np.mean(v)), "seeds": len(v)} for lam, v in sorted(losses.items())}
-    chosen = min(scores, key=lambda k: scores[k]["mean_val_fine_loss"])
-    return {"method": methods.pop(), "selected_lambda": float(chosen), "by_lambda": scores,
-            "criterion": "lowest mean validation fine-level BCE over seeds"}

@@ -16,7 +16,8 @@ from hmic.audio.decoding import FrontendConfig
 from hmic.models.backbones import backbone_class
 from hmic.training.config import TrainConfig
 from hmic.data.openmic import OpenMIC, resolve_data_dir, resolve_work_dir
-from hmic.data.features import FeatureStore, RowStore
+from hmic.data.features import FeatureStore
+from hmic.data.store import RowStore
 from hmic.data.hierarchy import Hierarchy, load_hierarchy
 from hmic.data.split import PARTS, load_split, split_dir
 

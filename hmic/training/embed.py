@@ -31,9 +31,8 @@ import numpy as np
 from hmic.audio.decoding import FrontendConfig
 from hmic.errors import HmicError
 from hmic.models.checkpoint import backbone_identity, load_backbone
-from hmic.data.features import (DONE, MANIFEST, FeaturizeSummary, FeatureStore, RowStore, _create_store, _write_failures,
-                       make_store_folder)
-from hmic.fileio import write_json
+from hmic.data.features import FeaturizeSummary, FeatureStore
+from hmic.data.store import MANIFEST, RowStore, StoreWriter, write_failures
 
 EMBEDDINGS = "z.f32"
 POINT = "Z = ReLU(fc1(.)): the backbone's output as the heads read it in evaluation, before the embedding dropout"
@@ -120,27 +119,15 @@ def embed(work_dir: Path, frontend: FrontendConfig, arch: str, source: str | Pat
     precision = resolve_embed_precision(dev, precision)
     loaded = load_backbone(arch, source, frontend, warn=lambda m: console.print(f"[yellow]{m}[/]"))
     digest = store_digest(loaded.digest, loaded.arch, frontend, precision)
-    folder = make_store_folder(embeddings_dir(work_dir, digest), "embedding store")
     dim = int(loaded.backbone.embedding_dim)
     n, shape = len(features.keys), (len(features.keys), dim)
-    manifest_path = folder / MANIFEST
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest["keys"] != features.keys or manifest["shape"] != list(shape):
-            if not force:
-                raise HmicError(f"{folder} holds embeddings of another set of clips; pass --force to recompute them")
-            for name in (EMBEDDINGS, DONE, MANIFEST):
-                (folder / name).unlink(missing_ok=True)
-    if not manifest_path.exists():
-        _create_store(folder, shape, EMBEDDINGS, np.float32)
-        write_json(manifest_path, {
-            "digest": digest, "point": POINT, "dtype": "float32", "shape": list(shape), "precision": precision,
-            "backbone": {"arch": loaded.arch, "weights_digest": loaded.digest, "source": loaded.source},
-            "frontend": frontend.to_dict(), "features": str(features.folder), "keys": list(features.keys),
-            "complete": False})
-    _write_failures(folder, dict(features.failures))
-    z = np.memmap(folder / EMBEDDINGS, dtype=np.float32, mode="r+", shape=shape)
-    done = np.memmap(folder / DONE, dtype=np.uint8, mode="r+", shape=(n,))
+    store = StoreWriter(embeddings_dir(work_dir, digest), "embeddings", EMBEDDINGS, np.float32, {
+        "digest": digest, "point": POINT, "dtype": "float32", "shape": list(shape), "precision": precision,
+        "backbone": {"arch": loaded.arch, "weights_digest": loaded.digest, "source": loaded.source},
+        "frontend": frontend.to_dict(), "features": str(features.folder), "keys": list(features.keys)},
+        same=lambda m: m["keys"] == features.keys and m["shape"] == list(shape), force=force)
+    folder, z, done = store.folder, store.data, store.done
+    write_failures(folder, dict(features.failures))
     usable = np.array([k not in features.failures for k in features.keys])
     chunks = []
     for start in range(0, n, CHUNK_ROWS):
@@ -164,9 +151,7 @@ def embed(work_dir: Path, frontend: FrontendConfig, arch: str, source: str | Pat
                 with autocast(dev, precision):
                     out = network(x)
                 z[rows] = out.float().cpu().numpy()
-                z.flush()  # the chunk's rows first, then their flags: a kill in between recomputes the chunk
-                done[rows] = 1
-                done.flush()
+                store.commit(rows)  # the chunk's rows first, then their flags: a kill in between recomputes it
                 n_done += len(rows)
                 bar.update(len(rows))
     except OSError as e:
@@ -174,9 +159,6 @@ def embed(work_dir: Path, frontend: FrontendConfig, arch: str, source: str | Pat
                         "fix the cause and run 'hmic embed' again to resume") from None
     finally:
         bar.close()
-    complete = bool(np.asarray(done)[usable].all())
-    manifest = json.loads(manifest_path.read_text())
-    manifest.update(complete=complete, n_done=int(np.asarray(done).sum()), n_failed=len(features.failures))
-    write_json(manifest_path, manifest)
+    store.close(usable, len(features.failures))
     return EmbedSummary(total_usable, n_done, len(features.failures), skipped, time.time() - t0, folder, precision,
                         loaded.arch)

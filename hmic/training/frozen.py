@@ -18,46 +18,23 @@ against the batches (S, 1, B, D)): the same arithmetic per run, fewer and larger
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import time
 from contextlib import ExitStack
-from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from hmic.training.config import TrainConfig
-from hmic.models.checkpoint import read_state
-from hmic.devices import resolve_device
-from hmic.errors import HmicError
+from hmic.devices import freed_memory_kept, resolve_device
 from hmic.models.heads import hierarchical_loss
-from hmic.models.model import HierarchicalModel, apply_keep, dropout_keep
-from hmic.training.finetune import (build_model, dropout_rng, epoch_generator, finish, level_losses, lr_at, open_run,
-                    restored_history, validate_and_save)
+from hmic.models.inference import infer
+from hmic.models.model import apply_keep, dropout_keep
+from hmic.training.config import TrainConfig
 from hmic.training.data import TrainingData, load_training_data
+from hmic.training.finetune import build_model, open_run
+from hmic.training.loop import RunState, dropout_rng, epoch_generator, level_losses, lr_at, train_epochs
 
 PREDICT_BATCH = 4096  # rows per head pass in validation and predictions (no backbone: memory is no concern)
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep large freed blocks for reuse instead of handing them back to the system.
-    A stacked step allocates its gradients afresh (resatt's stack of 40 over 2,048-d embeddings: 46 MB
-    for one weight), and by default glibc maps every block over 32 MB anew and returns it when freed,
-    so each step paid the page faults of fresh memory: a third of resatt's step on a 2-core CPU (README,
-    "The frozen-backbone protocol"). Process-wide and arithmetic-neutral; False where the C library has
-    no ``mallopt`` (not glibc), and nothing changes there."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 31))
 
 
 def stack_key(cfg: TrainConfig) -> str:
@@ -113,42 +90,27 @@ def train_frozen(configs: list[TrainConfig], *, resume: bool = False, force: boo
     return summaries  # type: ignore[return-value]
 
 
-class _Member:
-    """One run of a stack: its folder, model (CachedEmbedding + head), best record and history."""
-
-    def __init__(self, cfg: TrainConfig, model: HierarchicalModel):
-        self.cfg, self.model, self.run = cfg, model, cfg.run()
-        self.start_epoch, self.best, self.history = 0, {"val_fine_loss": float("inf"), "epoch": -1}, []
-        self.adam: dict | None = None  # the head's Adam state from last.pt, by parameter name
-
-
 def _train_stack(configs: list[TrainConfig], resume: bool, console, progress: bool, data: TrainingData,
                  stop_after_epoch: int | None) -> list[dict]:
     """Open, build and restore every run of one stack, then train its members that start at the same
     epoch together (after an interruption, runs can stand one epoch apart)."""
     device = resolve_device(configs[0].device)
     dim = int(data.store.shape[1])
-    members = []
+    members, adam = [], {}
     for cfg in configs:
-        member = _Member(cfg, build_model(cfg, data.hierarchy, data.store.frontend, embedding_dim=dim).to(device))
-        member.run.folder.mkdir(parents=True, exist_ok=True)
-        member.run.write_config(asdict(cfg))
-        if resume and member.run.resumable:
-            state = read_state(member.run.last_path)
-            member.model.load_state_dict(state["model"])
-            member.start_epoch, member.best = state["epoch"] + 1, state["best"]
-            member.history = restored_history(member.run, state, member.start_epoch)
-            member.adam = state["training"]["optimizer"]
-            console.print(f"resuming {member.run} at epoch {member.start_epoch + 1}/{cfg.epochs}")
-        else:
-            member.run.clear_metrics()
+        member = RunState(cfg, build_model(cfg, data.hierarchy, data.store.frontend, embedding_dim=dim).to(device),
+                          data.store.frontend)
+        training = member.begin(resume, console)
+        adam[id(member)] = training["optimizer"] if training is not None else None  # the head's, by parameter name
         members.append(member)
-    by_start: dict[int, list[_Member]] = {}
+    by_start: dict[int, list[RunState]] = {}
     for member in sorted(members, key=lambda m: m.cfg.seed):  # seed by seed, as a Stack takes them
         by_start.setdefault(member.start_epoch, []).append(member)
     results: dict[int, dict] = {}
     for start, group in sorted(by_start.items()):
-        for member, summary in zip(group, _train_group(group, start, data, device, console, progress, stop_after_epoch)):
+        trainer = StackedRuns(group, [adam[id(m)] for m in group], data, device)
+        for member, summary in zip(group, train_epochs(trainer, data, device, start, console, progress,
+                                                       stop_after_epoch)):
             results[id(member)] = summary
     return [results[id(m)] for m in members]
 
@@ -185,10 +147,10 @@ class Stack:
         # stack of 40 over 2,048-d embeddings: 80 → 8 ms a step); the same update within float rounding
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.z, self.targets, self.device, self.p = z, targets, device, cfg.embedding_dropout
-        # where freed memory is kept for reuse (CUDA's caching allocator, a CPU's tuned malloc), a step's
-        # fresh gradients replace the old ones (no add into the old buffers); elsewhere the buffers are
-        # reused, since allocating them costs more than adding
-        self.reuse_grads = device.type == "cpu" and not keep_freed_memory()
+        # where freed memory is kept for reuse (CUDA's caching allocator, or a CPU process whose caller
+        # opted in with hmic.devices.keep_freed_memory), a step's fresh gradients replace the old ones (no
+        # add into the old buffers); elsewhere the buffers are reused, since allocating them costs more
+        self.reuse_grads = device.type == "cpu" and not freed_memory_kept()
         self.lams = torch.tensor(lams, dtype=torch.float32, device=device)
         self.base, self.buffers, self.alpha = heads[0], dict(heads[0].named_buffers()), cfg.alpha
 
@@ -237,25 +199,14 @@ class Stack:
 
     def probabilities(self, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Every member's fine (R, N, F) and coarse (R, N, C) probabilities on ``z`` (N, D), float32, the
-        heads in eval mode: one stacked forward per ``PREDICT_BATCH`` rows instead of one pass per run."""
-        from torch.func import functional_call
-
-        def forward(params, z):
-            out = functional_call(self.base, (params, self.buffers), (z,))
-            return out.fine_probs.float(), out.coarse_probs.float()
-
-        fine, coarse = [], []
+        heads in eval mode: one stacked forward per ``PREDICT_BATCH`` rows (``hmic.models.inference.infer``)."""
         was_training = self.base.training
-        self.base.eval()
         try:
-            with torch.no_grad():
-                for start in range(0, len(z), PREDICT_BATCH):
-                    f, c = forward(self.member_params(), z[start:start + PREDICT_BATCH])
-                    fine.append(f.cpu())
-                    coarse.append(c.cpu())
+            out = infer(_StackedForward(self), (z[i:i + PREDICT_BATCH] for i in range(0, len(z), PREDICT_BATCH)),
+                        self.device, "fp32", batch_axis=1)
         finally:
             self.base.train(was_training)
-        return torch.cat(fine, dim=1).numpy(), torch.cat(coarse, dim=1).numpy()
+        return out.fine_probs, out.coarse_probs
 
     def validation_losses(self, z: torch.Tensor, part) -> list[dict]:
         """Each member's validation BCE per level (``hmic.training.finetune.level_losses``, as a run alone computes
@@ -264,97 +215,100 @@ class Stack:
         return [level_losses(fine[r], coarse[r], part) for r in range(len(fine))]
 
 
-def _restore_adam(stack: Stack, group: list[_Member], device: torch.device) -> None:
-    """The members' Adam states from their last.pt, stacked like their parameters."""
-    params, optimizer = stack.params, stack.optimizer
-    if group[0].adam is not None:
-        for n, p in params.items():
-            states = [m.adam[n] for m in group]
+class _StackedForward(torch.nn.Module):
+    """A stack's heads as one module for the inference loop: embeddings (N, D) → outputs (R, N, ...)."""
+
+    def __init__(self, stack: Stack):
+        super().__init__()
+        self.stack, self.base = stack, stack.base
+
+    def forward(self, z: torch.Tensor):
+        from torch.func import functional_call
+
+        return functional_call(self.base, (self.stack.member_params(), self.stack.buffers), (z,))
+
+
+class StackedRuns:
+    """Runs of one stack as ``hmic.training.loop`` trains them: a ``Stack`` over the train part's
+    embeddings, resident on the device, and the members' own models (their heads receive the stack's
+    parameters before each commit)."""
+
+    predict_batch = PREDICT_BATCH
+
+    def __init__(self, members: list[RunState], adam: list[dict | None], data: TrainingData, device: torch.device):
+        cfg = members[0].cfg
+        train = data.parts["train"]
+        self.members, self.cfg, self.data, self.device = members, cfg, data, device
+        # the train part's embeddings and targets, resident (OpenMIC: 15,000 × 2,048 float32, 120 MB)
+        z = torch.from_numpy(np.ascontiguousarray(data.store.data[train.rows], dtype=np.float32)).to(device)
+        targets = [torch.from_numpy(a).to(device) for a in (train.fine_targets, train.fine_mask, train.coarse_targets,
+                                                             train.coarse_mask)]
+        self.stack = Stack([m.model.head for m in members], [m.cfg.lam for m in members],
+                           [m.cfg.seed for m in members], cfg, z, targets, device)
+        if adam[0] is not None:
+            self._restore_adam(adam)
+        self.z_val = torch.from_numpy(np.ascontiguousarray(data.store.data[data.parts["val"].rows],
+                                                           dtype=np.float32)).to(device)
+        self.embedding = embedding_reference(data.store)
+        lams = ",".join(dict.fromkeys(f"{m.cfg.lam:.2f}" for m in members))
+        self.description = f"{cfg.method} frozen λ={lams} × {len(members)} runs"
+
+    def _restore_adam(self, states_by_member: list[dict]) -> None:
+        """The members' Adam states from their last.pt, stacked like their parameters."""
+        stack = self.stack
+        for n, p in stack.params.items():
+            states = [s[n] for s in states_by_member]
             step_device = p.device  # fused Adam keeps its step count on the parameters' device
-            optimizer.state[p] = {"step": torch.tensor(float(states[0]["step"]), dtype=torch.float32, device=step_device),
-                                  **{key: stack.to_storage(n, torch.stack([s[key] for s in states])).to(device)
-                                     for key in ("exp_avg", "exp_avg_sq")}}
+            stack.optimizer.state[p] = {
+                "step": torch.tensor(float(states[0]["step"]), dtype=torch.float32, device=step_device),
+                **{key: stack.to_storage(n, torch.stack([s[key] for s in states])).to(self.device)
+                   for key in ("exp_avg", "exp_avg_sq")}}
 
+    def train_epoch(self, epoch: int, steps: int, step_done) -> tuple[list[float], float, dict]:
+        stack, cfg, n_runs = self.stack, self.cfg, len(self.members)
+        n_train = len(self.data.parts["train"].keys)
+        # one batch order and one dropout stream per slot (per seed where a seed's runs share them)
+        orders = [torch.randperm(n_train, generator=epoch_generator(s, epoch)).numpy() for s in stack.slot_seeds]
+        rngs = [dropout_rng(s, epoch) for s in stack.slot_seeds]
+        total = torch.zeros(n_runs, dtype=torch.float64, device=self.device)
+        n_batches, clips, data_seconds, lr = 0, 0, 0.0, cfg.lr
+        started = time.perf_counter()
+        for i in range(steps):
+            fetch = time.perf_counter()
+            rows = np.stack([order[i * cfg.batch_size:(i + 1) * cfg.batch_size] for order in orders])
+            if rows.shape[1] == 0:
+                break
+            data_seconds += time.perf_counter() - fetch
+            lr = lr_at(epoch * steps + i, steps, cfg)
+            total += stack.step(rows, rngs, lr).double()
+            n_batches += 1
+            clips += rows.shape[1]
+            step_done(None)
+        compute = time.perf_counter() - started - data_seconds
+        shared = {"data_seconds": round(data_seconds, 3), "compute_seconds": round(compute, 3), "train_clips": clips,
+                  "stacked_runs": n_runs}
+        return (total / max(1, n_batches)).tolist(), lr, shared
 
-def _member_adam(stack: Stack, r: int) -> dict:
-    """Member ``r``'s slice of the stack's Adam state in its head's layout (what its last.pt keeps), by
-    parameter name."""
-    out = {}
-    for n, p in stack.params.items():
-        state = stack.optimizer.state.get(p)
-        if state:
-            out[n] = {"step": float(state["step"]),
-                      **{key: stack.to_member(n, state[key][r]).detach().cpu().contiguous().clone()
-                         for key in ("exp_avg", "exp_avg_sq")}}
-    return out
+    def validate(self) -> tuple[list[dict], float]:
+        """Every member's validation losses from one stacked pass; each member's share of its seconds. The
+        members' heads then hold the stack's parameters (what their commits save)."""
+        t_val = time.perf_counter()
+        vals = self.stack.validation_losses(self.z_val, self.data.parts["val"])
+        share = (time.perf_counter() - t_val) / len(self.members)
+        with torch.no_grad():
+            for r, member in enumerate(self.members):
+                for n, p in member.model.head.named_parameters():
+                    p.copy_(self.stack.to_member(n, self.stack.params[n][r]))
+        return vals, share
 
-
-def _train_group(group: list[_Member], start_epoch: int, data: TrainingData, device: torch.device, console,
-                 progress: bool, stop_after_epoch: int | None) -> list[dict]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    cfg0, n_runs = group[0].cfg, len(group)
-    train = data.parts["train"]
-    n_train = len(train.keys)
-    if n_train == 0:
-        raise HmicError(f"the train part of the split is empty ({n_train} usable clips); check 'hmic split' "
-                        f"and the store's failures.csv ({data.store.folder})")
-    steps_per_epoch = math.ceil(n_train / cfg0.batch_size)
-    if cfg0.limit_batches:
-        steps_per_epoch = min(steps_per_epoch, cfg0.limit_batches)
-    # the train part's embeddings and targets, resident (OpenMIC: 15,000 × 2,048 float32, 120 MB)
-    z_all = torch.from_numpy(np.ascontiguousarray(data.store.data[train.rows], dtype=np.float32)).to(device)
-    targets = [torch.from_numpy(a).to(device) for a in (train.fine_targets, train.fine_mask, train.coarse_targets,
-                                                         train.coarse_mask)]
-    stack = Stack([m.model.head for m in group], [m.cfg.lam for m in group], [m.cfg.seed for m in group], cfg0,
-                  z_all, targets, device)
-    _restore_adam(stack, group, device)
-    params = stack.params
-    z_val = torch.from_numpy(np.ascontiguousarray(data.store.data[data.parts["val"].rows], dtype=np.float32)).to(device)
-    reference = embedding_reference(data.store)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    lam_text = ",".join(dict.fromkeys(f"{m.cfg.lam:.2f}" for m in group))
-    with Progress(*columns, console=console, disable=not progress) as bar:
-        task = bar.add_task(f"{cfg0.method} frozen λ={lam_text} × {n_runs} runs", total=cfg0.epochs * steps_per_epoch,
-                            completed=start_epoch * steps_per_epoch, info="")
-        for epoch in range(start_epoch, cfg0.epochs):
-            t0 = time.time()
-            # one batch order and one dropout stream per slot (per seed where a seed's runs share them)
-            orders = [torch.randperm(n_train, generator=epoch_generator(s, epoch)).numpy() for s in stack.slot_seeds]
-            rngs = [dropout_rng(s, epoch) for s in stack.slot_seeds]
-            total = torch.zeros(n_runs, dtype=torch.float64, device=device)
-            n_batches, clips, data_seconds, lr = 0, 0, 0.0, cfg0.lr
-            started = time.perf_counter()
-            for i in range(steps_per_epoch):
-                fetch = time.perf_counter()
-                rows = np.stack([order[i * cfg0.batch_size:(i + 1) * cfg0.batch_size] for order in orders])
-                if rows.shape[1] == 0:
-                    break
-                data_seconds += time.perf_counter() - fetch
-                lr = lr_at(epoch * steps_per_epoch + i, steps_per_epoch, cfg0)
-                total += stack.step(rows, rngs, lr).double()
-                n_batches += 1
-                clips += rows.shape[1]
-                bar.update(task, advance=1)
-            compute = time.perf_counter() - started - data_seconds
-            mean = (total / max(1, n_batches)).tolist()
-            t_val = time.perf_counter()
-            vals = stack.validation_losses(z_val, data.parts["val"])
-            val_share = (time.perf_counter() - t_val) / n_runs  # each run's share of the stacked pass
-            best_losses = []
-            for r, member in enumerate(group):
-                with torch.no_grad():
-                    for n, p in member.model.head.named_parameters():
-                        p.copy_(stack.to_member(n, params[n][r]))
-                row = {"epoch": epoch, "train_loss": mean[r], "data_seconds": round(data_seconds, 3),
-                       "compute_seconds": round(compute, 3), "train_clips": clips, "stacked_runs": n_runs}
-                member.best, _, val = validate_and_save(
-                    member.run, member.model, lambda r=r: {"optimizer": _member_adam(stack, r), "rng": None},
-                    data, member.cfg, epoch, member.best, device, row, lr, t0, member.history,
-                    batch_size=PREDICT_BATCH, embedding=reference, validated=(vals[r], val_share))
-                best_losses.append(val["val_fine_loss"])
-            bar.update(task, info=f"epoch {epoch + 1}/{cfg0.epochs} val fine {min(best_losses):.4f}–{max(best_losses):.4f}")
-            if stop_after_epoch is not None and epoch >= stop_after_epoch:
-                return [{"interrupted": True, "epoch": epoch} for _ in group]
-    return [finish(m.run, m.model, data, m.cfg, m.best, device, PREDICT_BATCH) for m in group]
+    def training_state(self, member: int) -> dict:
+        """Member's slice of the stack's Adam state in its head's layout, by parameter name (its random
+        streams are functions of its seed and epoch: nothing to keep)."""
+        stack, out = self.stack, {}
+        for n, p in stack.params.items():
+            state = stack.optimizer.state.get(p)
+            if state:
+                out[n] = {"step": float(state["step"]),
+                          **{key: stack.to_member(n, state[key][member]).detach().cpu().contiguous().clone()
+                             for key in ("exp_avg", "exp_avg_sq")}}
+        return {"optimizer": out, "rng": None}

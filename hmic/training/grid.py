@@ -106,3 +106,19 @@ def run_grid(configs: list[TrainConfig], executor: Executor | None = None, *, re
     for cfg in configs:
         cfg.validate()
     return (executor or LocalExecutor()).run(configs, resume=resume, force=force, console=console)
+
+
+def lambda_selections(configs: list[TrainConfig], summaries: list[dict]) -> list[dict]:
+    """``select_lambda`` for each method of a finished grid trained at several λ, in the grid's order."""
+    from pathlib import Path
+
+    from hmic.runs.run import Run
+    from hmic.runs.selection import select_lambda
+
+    out = []
+    for method in dict.fromkeys(c.method for c in configs):
+        runs = [Run(Path(s["run"])) for s, c in zip(summaries, configs) if c.method == method]
+        selection = select_lambda(runs)
+        if len(selection["by_lambda"]) > 1:
+            out.append(selection)
+    return out

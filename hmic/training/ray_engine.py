@@ -40,8 +40,13 @@ def train_task(configs: list[dict], threads: int) -> list[dict]:
     process, resumed from last.pt where an earlier attempt left one. Returns their summaries."""
     import torch
 
+    from hmic.devices import keep_freed_memory
+
     torch.set_num_threads(threads)
-    return train_unit([TrainConfig(**c) for c in configs], resume=True, force=False, progress=False)
+    cfgs = [TrainConfig(**c) for c in configs]
+    if cfgs[0].protocol == "frozen":
+        keep_freed_memory()  # the frozen stacks' allocator opt-in, as 'hmic train' makes it
+    return train_unit(cfgs, resume=True, force=False, progress=False)
 
 
 def task_name(cfgs: list[TrainConfig]) -> str:
