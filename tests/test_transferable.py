@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 import hmic.data.synth.render as render
+from hmic.data.hierarchy import Hierarchy
 from hmic.training.augment import Augment, augment_batch, mix_labels
 from hmic.data.synth.dataset import SynthOptions, plan_dataset, synthesize
 from hmic.data.synth.render import check_soundfont, default_soundfont, render_part
@@ -78,21 +79,29 @@ def test_mixup_labels_under_partial_observation():
     assert (t.item(), m.item()) == (1.0, 1.0)
 
 
+# two fine tags under one coarse tag
+PAIR = Hierarchy("pair", ("group",), ("a", "b"), (0, 0))
+
+
+def COARSE_OF(t, m):
+    return PAIR.coarse_targets(t, m, "any")
+
+
 def test_augment_batch_is_seeded_and_does_what_it_says():
     x = torch.randn(4, 100, 8) * 10 - 40
     ft = torch.tensor([[1., 0.], [0., 0.], [0., 1.], [1., 1.]])
     fm = torch.ones(4, 2)
     ct, cm = ft.clone(), fm.clone()
-    gain = augment_batch(x, ft, fm, ct, cm, Augment(gain_db=6.0), torch.Generator().manual_seed(1), 100.0)[0]
+    gain = augment_batch(x, ft, fm, ct, cm, Augment(gain_db=6.0), torch.Generator().manual_seed(1), 100.0, COARSE_OF)[0]
     offsets = (gain - x).flatten(1)
     assert torch.allclose(offsets, offsets[:, :1].expand_as(offsets), atol=1e-4) and offsets.abs().max() <= 6.0
     per_clip = offsets[:, 0]
     assert per_clip.abs().min() > 1e-3 and len({round(float(v), 3) for v in per_clip}) == 4  # a gain, one per clip
-    shifted = augment_batch(x, ft, fm, ct, cm, Augment(shift_seconds=0.2), torch.Generator().manual_seed(1), 100.0)[0]
+    shifted = augment_batch(x, ft, fm, ct, cm, Augment(shift_seconds=0.2), torch.Generator().manual_seed(1), 100.0, COARSE_OF)[0]
     shifts = [next(s for s in range(-20, 21) if torch.equal(shifted[i], torch.roll(x[i], s, 0))) for i in range(4)]
     assert any(s != 0 for s in shifts) and len(set(shifts)) > 1  # really shifted, by per-clip amounts
-    one = augment_batch(x, ft, fm, ct, cm, Augment(mixup_alpha=1.0), torch.Generator().manual_seed(3), 100.0)
-    two = augment_batch(x, ft, fm, ct, cm, Augment(mixup_alpha=1.0), torch.Generator().manual_seed(3), 100.0)
+    one = augment_batch(x, ft, fm, ct, cm, Augment(mixup_alpha=1.0), torch.Generator().manual_seed(3), 100.0, COARSE_OF)
+    two = augment_batch(x, ft, fm, ct, cm, Augment(mixup_alpha=1.0), torch.Generator().manual_seed(3), 100.0, COARSE_OF)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
     mixed, mft, mfm = one[:3]
     # which clips were mixed is read from the output (not by replaying the implementation's draws); a
@@ -140,3 +149,31 @@ def test_bad_augmentation_options_are_clear_errors(prepared, tmp_path):
     cfg.aug_shift_seconds, cfg.mixup_alpha = 0.0, -1.0
     with pytest.raises(HmicError, match="0 \\(off\\) or more"):
         cfg.validate()
+
+
+@pytest.mark.parametrize("rule", ["any", "strict"])
+def test_a_mixtures_coarse_labels_follow_from_its_mixed_fine_labels(rule):
+    """Clip 1 observed a absent and never b; clip 2 observed b absent and never a. Each clip's coarse
+    label is 'absent' under 'any'; their mixture observes neither fine tag (absent in one, unknown in the
+    other), so its coarse label is unknown too: mixing the coarse labels on their own (absent in both)
+    would train an observed absence that no fine label supports."""
+    ft = torch.tensor([[0., 0.], [0., 0.]])
+    fm = torch.tensor([[1., 0.], [0., 1.]])
+    ct, cm = (torch.from_numpy(a).float() for a in PAIR.coarse_targets(ft.numpy(), fm.numpy() > 0, rule))
+
+    def coarse_of(t, m):
+        return PAIR.coarse_targets(t, m, rule)
+
+    x = torch.randn(2, 50, 8) * 10 - 40
+    for seed in range(50):
+        out = augment_batch(x, ft, fm, ct, cm, Augment(mixup_alpha=1.0), torch.Generator().manual_seed(seed), 100.0,
+                            coarse_of)
+        mixed = [i for i in range(2) if (out[0][i] - x[i]).abs().mean() > 0.1]
+        if mixed:
+            break
+    assert mixed, "no seed mixed a clip"
+    _, mft, mfm, mct, mcm = out
+    expected_t, expected_m = PAIR.coarse_targets(mft.numpy(), mfm.numpy() > 0, rule)
+    assert np.array_equal(mct.numpy(), expected_t) and np.array_equal(mcm.numpy() > 0, expected_m)
+    for i in mixed:
+        assert mfm[i].sum() == 0 and mcm[i].item() == 0  # nothing observed in the mixture, coarse included

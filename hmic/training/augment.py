@@ -1,12 +1,13 @@
-"""Training-time augmentation of log-mel batches (README, "Augmentations"); all off by default, so
+"""Training-time augmentation of log-mel batches; all off by default, so
 Table 1 runs are unchanged. Every draw comes from a generator seeded by (run seed, epoch), apart from
 torch's global one, so runs stay bit-reproducible and turning augmentation off changes nothing else.
 
 - random gain: ±``gain_db`` per clip (a gain is a constant added to a log-mel in dB);
 - time shift: a circular shift of up to ±``shift_seconds``;
 - mixup: half of the clips (``MIXUP_SHARE``) mixed with another clip of the batch in the power domain,
-  weights w and 1 − w with w = 0.2 + 0.6·Beta(α, α), and labels mixed for *presence* under partial
-  observation (``mix_labels``). Half, not all: a mixture keeps a negative only where both clips
+  weights w and 1 − w with w = 0.2 + 0.6·Beta(α, α), and the fine labels mixed for *presence* under
+  partial observation (``mix_labels``); a mixture's coarse labels then follow from its mixed fine
+  labels by the run's coarse rule, as every clip's do (``Hierarchy.coarse_targets``). Half, not all: a mixture keeps a negative only where both clips
   observed it, so with OpenMIC's few observed tags per clip a batch of mixtures has almost no
   negatives left (measured: mixing every clip made a from-scratch model collapse to ROC-AUC 0.55).
 """
@@ -14,6 +15,7 @@ torch's global one, so runs stay bit-reproducible and turning augmentation off c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -44,9 +46,15 @@ def mix_labels(t1: torch.Tensor, m1: torch.Tensor, t2: torch.Tensor, m2: torch.T
     return positive.to(t1.dtype), observed.to(m1.dtype)
 
 
+CoarseOf = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
 def augment_batch(x: torch.Tensor, fine_t: torch.Tensor, fine_m: torch.Tensor, coarse_t: torch.Tensor,
-                  coarse_m: torch.Tensor, aug: Augment, gen: torch.Generator, frames_per_second: float):
-    """x: (B, T, M) log-mel in dB (CPU). Returns the augmented batch and labels."""
+                  coarse_m: torch.Tensor, aug: Augment, gen: torch.Generator, frames_per_second: float,
+                  coarse_of: CoarseOf):
+    """x: (B, T, M) log-mel in dB (CPU). Returns the augmented batch and labels. ``coarse_of(fine targets,
+    fine mask)``: the coarse targets and mask the run's coarse rule derives from fine labels (numpy),
+    applied to the mixtures' mixed fine labels."""
     b = x.shape[0]
     if aug.mixup_alpha > 0 and b > 1:
         partner = torch.roll(torch.randperm(b, generator=gen), 1)
@@ -57,12 +65,11 @@ def augment_batch(x: torch.Tensor, fine_t: torch.Tensor, fine_m: torch.Tensor, c
         x = torch.where(mixed.view(b, 1, 1), 10 * torch.log10(torch.clamp(power, min=1e-10)), x)
         keep = mixed.view(b, 1)
 
-        def mix(t: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            mt, mm = mix_labels(t, m, t[partner], m[partner])
-            return torch.where(keep, mt, t), torch.where(keep, mm, m)
-
-        fine_t, fine_m = mix(fine_t, fine_m)
-        coarse_t, coarse_m = mix(coarse_t, coarse_m)
+        mt, mm = mix_labels(fine_t, fine_m, fine_t[partner], fine_m[partner])
+        fine_t, fine_m = torch.where(keep, mt, fine_t), torch.where(keep, mm, fine_m)
+        ct, cm = coarse_of(mt.numpy(), mm.numpy() > 0)
+        coarse_t = torch.where(keep, torch.from_numpy(ct).to(coarse_t.dtype), coarse_t)
+        coarse_m = torch.where(keep, torch.from_numpy(cm).to(coarse_m.dtype), coarse_m)
     if aug.gain_db > 0:
         x = x + (torch.rand(b, 1, 1, generator=gen) * 2 - 1) * aug.gain_db
     if aug.shift_seconds > 0:

@@ -190,6 +190,10 @@ def train_epoch(model: HierarchicalModel, optimizer: torch.optim.Optimizer, data
     train, frontend = data.parts["train"], data.store.frontend
     order = torch.randperm(len(train.keys), generator=epoch_generator(cfg.seed, epoch)).numpy()
     aug_gen = epoch_generator(cfg.seed, epoch, AUGMENT_SEED_OFFSET)
+
+    def coarse_of(fine_targets, fine_mask):  # the coarse labels of a mixture, by the run's coarse rule
+        return data.hierarchy.coarse_targets(fine_targets, fine_mask, cfg.coarse_rule)
+
     on_gpu = device.type == "cuda"
     if resident is not None and not cfg.augment.active:  # the augmentations draw on the host
         source = resident.batches(cfg.batch_size, order)
@@ -206,7 +210,7 @@ def train_epoch(model: HierarchicalModel, optimizer: torch.optim.Optimizer, data
         x, ft, fm, ct, cm, _ = batch
         if cfg.augment.active:
             x, ft, fm, ct, cm = augment_batch(x, ft, fm, ct, cm, cfg.augment, aug_gen,
-                                              frontend.sample_rate / frontend.hop_length)
+                                              frontend.sample_rate / frontend.hop_length, coarse_of)
         x, ft, fm, ct, cm = (t.to(device, non_blocking=True) for t in (x, ft, fm, ct, cm))
         data_seconds += time.perf_counter() - fetch
         lr = lr_at(epoch * steps_per_epoch + i, steps_per_epoch, cfg)
