@@ -179,3 +179,12 @@ def test_every_raw_output_the_readme_cites_is_in_the_checkout():
     cited = set(re.findall(r"benchmarks/results/[A-Za-z0-9_./-]*", (ROOT / "README.md").read_text()))
     missing = sorted(c for c in (c.rstrip(".,)") for c in cited) if not (ROOT / c).exists())
     assert cited and missing == []  # a clean clone has only what git tracks
+
+
+@pytest.mark.slow
+def test_built_wheel_carries_the_bundled_taxonomies(wheel):
+    from hmic.data.taxonomy import BUNDLED
+
+    names = zipfile.ZipFile(wheel).namelist()
+    for file in list(BUNDLED.values()) + ["README.md"]:
+        assert f"hmic/data/taxonomies/{file}" in names

@@ -176,6 +176,10 @@ def test_to_hierarchy_refuses_deeper_trees(example):
         dag.to_hierarchy()
     with pytest.raises(HmicError, match="format version 2"):
         Taxonomy.from_dict({**example.to_dict(), "version": 2})
+    record = example.to_dict()
+    record["parents"][-1] = ["strings"]
+    with pytest.raises(HmicError, match="node 'violin' has parent 'strings', which is not a node"):
+        Taxonomy.from_dict(record)
 
 
 # --------------------------------------------------------------------------- targets

@@ -380,7 +380,11 @@ class Taxonomy:
                             f"{TAXONOMY_VERSION} (upgrade hmic to read it)")
         nodes = [str(n) for n in d["nodes"]]
         index = {n: i for i, n in enumerate(nodes)}
-        parents = tuple(tuple(index[p] if p in index else -1 for p in ps) for ps in d["parents"])
+        for n, ps in zip(nodes, d["parents"]):
+            unknown = [p for p in ps if p not in index]
+            if unknown:
+                raise HmicError(f"taxonomy {source}: node '{n}' has parent '{unknown[0]}', which is not a node")
+        parents = tuple(tuple(index[p] for p in ps) for ps in d["parents"])
         return cls(str(d["name"]), tuple(nodes), parents, source)
 
 
