@@ -298,6 +298,9 @@ def test_bundled_medleydb_taxonomy():
     assert t.paths("tack piano") == (("strings", "struck", "tack piano"),)
     assert t.depth[t.index["choir"]] == 1 and t.paths("choir") == (("voices", "choir"),)  # a leaf at depth 1
     assert "MIT License" in (TAXONOMY_DIR / BUNDLED["medleydb"]).read_text()
+    assert load_taxonomy("medleydb") == t  # a bundled taxonomy by name
+    with pytest.raises(HmicError, match="no bundled taxonomy 'medley'"):
+        bundled_taxonomy("medley")
 
 
 def test_bundled_audioset_musical_instrument_subtree_is_a_dag():

@@ -564,7 +564,8 @@ def from_nested(data: object, source: str = "<memory>") -> Taxonomy:
 
 def from_parent_csv(text: str, source: str = "<memory>") -> Taxonomy:
     """The parent CSV form: a header with columns ``node`` and ``parent``, one row per parent link (an
-    empty parent makes a root; several rows give several parents). Lines starting with '#' are comments."""
+    empty parent makes a root, as does a node named only as a parent; several rows give several parents).
+    Lines starting with '#' are comments."""
     where = f"taxonomy {source}"
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     reader = csv.DictReader(io.StringIO("\n".join(lines)))
