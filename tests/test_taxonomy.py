@@ -52,6 +52,12 @@ def test_nested_yaml_structure(example):
     assert t.child_matrix.sum() == len(t.edges) == 10
 
 
+def test_format_tree(example):
+    assert example.format_tree().splitlines()[:4] == ["aerophones", "  woodwind", "    clarinet", "    flute"]
+    dag = Taxonomy.from_edges("d", ["a", "b", "x"], [("a", "x"), ("b", "x")])
+    assert dag.format_tree([f"{i / 10:.1f}" for i in range(3)]) == "a  0.0\n  x *  0.2\nb  0.1\n  x *  0.2"
+
+
 def test_dag_depth_is_the_longest_path_and_parents_sit_above():
     # a -> b -> c and a -> c: c has depth 2 (longest path), not 1
     t = Taxonomy.from_edges("dag", ["a", "b", "c", "x"], [("a", "b"), ("b", "c"), ("a", "c"), ("x", "c")])

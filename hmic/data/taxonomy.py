@@ -95,6 +95,9 @@ class Taxonomy:
 
     def __post_init__(self):
         where = f"taxonomy {self.source}"
+        # lists and numpy ints in, tuples and ints stored: a Taxonomy compares and hashes by value
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+        object.__setattr__(self, "parents", tuple(tuple(int(p) for p in ps) for ps in self.parents))
         if len(self.nodes) == 0:
             raise HmicError(f"{where}: no nodes; a taxonomy needs at least one tag")
         if len(self.parents) != len(self.nodes):
@@ -255,6 +258,22 @@ class Taxonomy:
         if not self.parents[i]:
             return ((self.nodes[i],),)
         return tuple(p + (self.nodes[i],) for q in self.parents[i] for p in self.paths(q))
+
+    def format_tree(self, values: Sequence[str] | None = None) -> str:
+        """The taxonomy as indented text, one node a line, children under their parent (a node with several
+        parents appears under each, marked ``*``). ``values`` (K,) adds a text after each node's name."""
+        lines: list[str] = []
+
+        def show(i: int, indent: int) -> None:
+            mark = " *" if len(self.parents[i]) > 1 else ""
+            extra = f"  {values[i]}" if values is not None else ""
+            lines.append(f"{'  ' * indent}{self.nodes[i]}{mark}{extra}")
+            for c in self.children[i]:
+                show(c, indent + 1)
+
+        for r in self.roots:
+            show(r, 0)
+        return "\n".join(lines)
 
     def _id(self, node: int | str) -> int:
         return self.node_id(node) if isinstance(node, str) else int(node)
