@@ -208,3 +208,12 @@ def test_the_public_surface_resolves_and_imports_no_torch():
     assert out.stdout.strip() == "False"
     with pytest.raises(AttributeError):
         hmic.no_such_name
+
+
+@pytest.mark.slow
+def test_built_wheel_carries_the_bundled_taxonomies(wheel):
+    from hmic.data.taxonomy import BUNDLED
+
+    names = zipfile.ZipFile(wheel).namelist()
+    for file in list(BUNDLED.values()) + ["README.md"]:
+        assert f"hmic/data/taxonomies/{file}" in names

@@ -5,5 +5,7 @@ training reads (``features``) and the rendered stand-in dataset (``synth``).
 
 A new dataset importer goes here: it writes the OpenMIC layout, and nothing downstream knows where the
 data came from.
+Hierarchies of any depth (trees and DAGs, their file forms and targets) are ``taxonomy``, with the bundled
+taxonomies in ``taxonomies/`` (not yet used by training; issue 34).
 May import: the top-level core modules and ``hmic.audio``.
 """

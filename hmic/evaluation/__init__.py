@@ -3,7 +3,8 @@ vectorised forms the bootstrap uses (``metrics``), tuning and applying threshold
 scoring runs (``scoring``), paired significance over seeds and clips (``significance``) and Table 1 with
 the paper's figures (``report``).
 
-A new metric goes in ``metrics`` (tested against scikit-learn where scikit-learn has it).
+A new metric goes in ``metrics`` (tested against scikit-learn where scikit-learn has it); the metrics for
+taxonomies of any depth (per depth, pooled AU(PRC), hierarchical P/R/F1, coherence) are ``hierarchical``.
 May import: the top-level core modules, ``hmic.data``, ``hmic.models`` and ``hmic.runs``; never
 ``hmic.training``.
 """

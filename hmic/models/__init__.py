@@ -4,7 +4,8 @@ heads and their loss (``heads``), the model that joins them (``model``), hmic's 
 (``explain``).
 
 A new head goes in ``heads`` (registered by name for ``--method``); a new backbone in ``backbones``
-(registered for ``--arch``). ``BackboneConfig`` is defined here, torch-free, so that a run's config
+(registered for ``--arch``). C-HMCNN's max constraint module and MCLoss, for taxonomies of any depth,
+are pure functions in ``constraint`` (not yet a head; issue 34). ``BackboneConfig`` is defined here, torch-free, so that a run's config
 (``hmic.training.config``) can name a backbone without importing torch.
 May import: the top-level core modules, ``hmic.audio`` and ``hmic.data``.
 """
