@@ -22,7 +22,7 @@ from hmic.runs.run import Run
 from hmic.training.augment import augment_batch
 from hmic.training.config import TrainConfig
 from hmic.training.data import ResidentPart, TrainingData, batches, load_training_data
-from hmic.training.loop import (AUGMENT_SEED_OFFSET, RunState, dropout_rng, epoch_generator, head_seed, level_losses,
+from hmic.training.loop import (RunState, dropout_rng, epoch_generator, head_seed, level_losses,
                                 lr_at, predict_part, train_epochs)
 
 
@@ -189,7 +189,7 @@ def train_epoch(model: HierarchicalModel, optimizer: torch.optim.Optimizer, data
         model.embedding_dropout.draw_from(dropout_rng(cfg.seed, epoch))
     train, frontend = data.parts["train"], data.store.frontend
     order = torch.randperm(len(train.keys), generator=epoch_generator(cfg.seed, epoch)).numpy()
-    aug_gen = epoch_generator(cfg.seed, epoch, AUGMENT_SEED_OFFSET)
+    aug_gen = epoch_generator(cfg.seed, epoch, "augment")
 
     def coarse_of(fine_targets, fine_mask):  # the coarse labels of a mixture, by the run's coarse rule
         return data.hierarchy.coarse_targets(fine_targets, fine_mask, cfg.coarse_rule)

@@ -61,29 +61,30 @@ def steps_per_epoch(data: TrainingData, cfg: TrainConfig) -> int:
     return min(steps, cfg.limit_batches) if cfg.limit_batches else steps
 
 
-# The streams of a run, each drawn apart from torch's global generator (which initialises weights and
-# draws fine-tuning's dropout and SpecAugment), so that none shifts another: the shuffling order and the
-# augmentation draws of each epoch, the embedding-dropout masks of a fixed-backbone epoch, and the head
-# initialisation of a fixed-backbone run.
-EPOCH_SEED_STRIDE = 100_003  # a prime: (seed, epoch) pairs of runs with < 100,003 epochs never collide
-AUGMENT_SEED_OFFSET = 7_919
-DROPOUT_SEED_OFFSET = 50_021
-HEAD_SEED_OFFSET = 99_991
+# The random streams of a run, each drawn apart from torch's global generator (which initialises the weights
+# and draws fine-tuning's dropout and SpecAugment), so that none shifts another. One scheme, as everywhere in
+# hmic (the split, the stand-in): numpy's SeedSequence of (run seed, stream, epoch).
+STREAMS = {"order": 0, "augment": 1, "dropout": 2, "head": 3}
 
 
-def epoch_generator(seed: int, epoch: int, offset: int = 0) -> torch.Generator:
-    """The torch stream of one epoch of a run: its batch order (offset 0) or its augmentation draws."""
-    return torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch + offset)
+def stream_seed(seed: int, stream: str, epoch: int = 0) -> int:
+    """A 64-bit seed for one stream of one epoch of a run: SeedSequence([seed, stream, epoch])."""
+    return int(np.random.SeedSequence([seed, STREAMS[stream], epoch]).generate_state(1, np.uint64)[0])
+
+
+def epoch_generator(seed: int, epoch: int, stream: str = "order") -> torch.Generator:
+    """The torch stream of one epoch of a run: its batch order, or its augmentation draws."""
+    return torch.Generator().manual_seed(stream_seed(seed, stream, epoch))
 
 
 def dropout_rng(seed: int, epoch: int) -> np.random.Generator:
     """The embedding-dropout stream of one epoch of a fixed-backbone run (``hmic.models.model.dropout_keep``)."""
-    return np.random.Generator(np.random.PCG64(seed * EPOCH_SEED_STRIDE + epoch + DROPOUT_SEED_OFFSET))
+    return np.random.default_rng([seed, STREAMS["dropout"], epoch])
 
 
 def head_seed(seed: int) -> int:
     """The torch seed of a fixed-backbone run's head initialisation."""
-    return seed * EPOCH_SEED_STRIDE + HEAD_SEED_OFFSET
+    return stream_seed(seed, "head")
 
 
 # ----------------------------------------------------------------------------------------------
