@@ -448,7 +448,7 @@ def predict(
     explain: Annotated[bool, typer.Option(help="Show which fine tags carried each present coarse tag.")] = False,
     tables: Annotated[Optional[bool], typer.Option(help="Print a table per file.", show_default=f"for up to {TABLES_UP_TO} files")] = None,
     device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, else fp32), fp32, or bf16 (CUDA, or a CPU with avx512_bf16/AMX); the head is float32 always.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto: bf16 where the device has it natively (CUDA, a CPU with avx512_bf16 or AMX), else fp32; or bf16, fp32. The head is float32 always.")] = "auto",
     backend: Annotated[Backend, typer.Option(help=escape("torch, or onnx (onnxruntime; pip install 'hmic[onnx]')."))] = Backend.torch,
     workers: Annotated[Optional[int], typer.Option(help="Processes decoding and resampling ahead of the model (0: in this process).", show_default="0 for one file, else min(4, CPUs/2)")] = None,
     truth: Annotated[Optional[Path], typer.Option(help="A song's ground truth (.truth.json from 'hmic synth-song'): print found, missed and false tags, per section too.", show_default=False)] = None,

@@ -145,6 +145,27 @@ def test_bf16_is_refused_on_a_cpu_that_only_emulates_it(monkeypatch):
     assert resolve_precision(torch.device("cpu"), "bf16") == "bf16"
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_has_one_meaning_for_training_embedding_and_tagging(monkeypatch, native):
+    """auto is bf16 exactly where the device computes bf16 natively: training's autocast, hmic embed's store
+    precision and hmic predict's tagger all resolve it through hmic.devices.resolve_precision."""
+    from hmic.devices import autocast
+
+    monkeypatch.setattr(hmic.devices, "cpu_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert resolve_precision(cpu, "auto") == ("bf16" if native else "fp32")
+    with autocast(cpu, "auto"):
+        assert torch.is_autocast_enabled("cpu") is native
+    with autocast(cpu, "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    import hmic.training.embed as embed_module
+    import hmic.tagging.tagger as tagger_module
+
+    for module in (embed_module, tagger_module):  # no second resolver beside the one in hmic.devices
+        assert not any(name.startswith("resolve_") and "precision" in name and getattr(module, name) is not resolve_precision
+                       for name in dir(module))
+
+
 def test_bf16_decisions_agree_with_fp32(trained, library, monkeypatch):
     monkeypatch.setattr(hmic.devices, "cpu_native_bf16", lambda: True)  # emulated here, fine for a tiny model
     files = expand_inputs([library]).files

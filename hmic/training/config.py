@@ -70,7 +70,7 @@ class TrainConfig:
     hierarchy: str = option("", "Hierarchy YAML.", path=True, show_default="the hierarchy.yaml shipped with hmic")
     runs_dir: str = option("runs", "Where run folders go.", path=True)
     device: str = option("auto", f"{DEVICE_HELP}.")
-    precision: str = option("auto", "The backbone's precision: auto (bf16 autocast on CUDA, float32 elsewhere), bf16 or "
+    precision: str = option("auto", "The backbone's precision: auto (bf16 autocast where the device has it natively: CUDA, a CPU with avx512_bf16 or AMX; else float32), bf16 or "
                             "fp32; the head, loss and saved probabilities are always float32.")
     limit_batches: int = option(0, "Train on at most this many batches per epoch; 0 = all (smoke tests).")
     compile: bool = option(False, "torch.compile the model for training (measured against eager: README, 'Table 1 at a fraction of the cost').")

@@ -55,10 +55,10 @@ def open_store(cfg: TrainConfig, work) -> RowStore:
     frontend = FrontendConfig(clip_seconds=cfg.clip_seconds, n_mels=backbone_class(cfg.arch).n_mels)
     if cfg.protocol != "frozen":
         return FeatureStore.open(work, frontend)
-    from hmic.devices import resolve_device
-    from hmic.training.embed import open_embeddings, resolve_embed_precision
+    from hmic.devices import resolve_device, resolve_precision
+    from hmic.training.embed import open_embeddings
 
-    precision = resolve_embed_precision(resolve_device(cfg.device), cfg.precision)
+    precision = resolve_precision(resolve_device(cfg.device), cfg.precision)
     return open_embeddings(work, frontend, cfg.arch, cfg.pretrained, precision)
 
 

@@ -48,16 +48,6 @@ class EmbeddingStore(RowStore):
     verb = "embedded"
 
 
-def resolve_embed_precision(device, precision: str = "auto") -> str:
-    """``auto``: bf16 where the device multiplies it natively (CUDA; a CPU with avx512_bf16 or AMX),
-    float32 elsewhere; an explicit bf16 on a CPU that would emulate it is refused (``resolve_precision``)."""
-    from hmic.devices import cpu_native_bf16, resolve_precision
-
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_native_bf16()) else "fp32"
-    return resolve_precision(device, precision)
-
-
 def store_digest(weights: str, arch: str, frontend: FrontendConfig, precision: str) -> str:
     text = json.dumps({"weights": weights, "arch": arch, "frontend": frontend.digest(), "precision": precision},
                       sort_keys=True)
@@ -105,7 +95,7 @@ def embed(work_dir: Path, frontend: FrontendConfig, arch: str, source: str | Pat
     from rich.console import Console
     from tqdm import tqdm
 
-    from hmic.devices import autocast, resolve_device
+    from hmic.devices import autocast, resolve_device, resolve_precision
     from hmic.environment import require_torch_stack
 
     require_torch_stack()
@@ -116,7 +106,7 @@ def embed(work_dir: Path, frontend: FrontendConfig, arch: str, source: str | Pat
         raise HmicError(f"{len(pending)} clips (e.g. {pending[0]}) of {features.folder} are not featurized yet; "
                         "run 'hmic featurize' to finish before 'hmic embed'")
     dev = resolve_device(device)
-    precision = resolve_embed_precision(dev, precision)
+    precision = resolve_precision(dev, precision)
     loaded = load_backbone(arch, source, frontend, warn=lambda m: console.print(f"[yellow]{m}[/]"))
     digest = store_digest(loaded.digest, loaded.arch, frontend, precision)
     dim = int(loaded.backbone.embedding_dim)
