@@ -211,11 +211,23 @@ def test_cli_embed_train_table_predict(prepared, backbone_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Protocol: frozen backbone" in (tmp_path / "table" / "table1.md").read_text()
     assert (tmp_path / "table" / "table1.csv").read_text().splitlines()[1].endswith(",frozen")
-    song = prepared["dataset"].audio_path(prepared["dataset"].test_keys[0])
-    result = runner.invoke(app, ["predict", str(song), "--run", str(tmp_path / "runs" / "gmp" / "lam0.80" / "seed0"),
+    key = prepared["dataset"].test_keys[0]
+    song = prepared["dataset"].audio_path(key)
+    run_dir = tmp_path / "runs" / "gmp" / "lam0.80" / "seed0"
+    result = runner.invoke(app, ["predict", str(song), "--run", str(run_dir), "--precision", "fp32",
                                  "--json", str(tmp_path / "song.json")])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "song.json").read_text())
+    (tagged,) = json.loads((tmp_path / "song.json").read_text())["results"]
+    # the frozen run tags the clip as its saved test predictions say (the clip is one window; predict
+    # decodes and computes the log-mel itself, the store holds it in float16: hence the tolerance)
+    saved = Run(run_dir).predictions("test")
+    row = list(saved["keys"]).index(key)
+    fine = {f["tag"]: f["probability"] for c in tagged["coarse"] for f in c["fine"]}
+    coarse = {c["tag"]: c["probability"] for c in tagged["coarse"]}
+    assert sorted(fine) == sorted(str(n) for n in saved["fine_names"])
+    for level, probs in (("fine", fine), ("coarse", coarse)):
+        for j, name in enumerate(saved[f"{level}_names"]):
+            assert probs[str(name)] == pytest.approx(float(saved[f"{level}_probs"][row, j]), abs=0.02), (level, name)
 
 
 def test_ray_runs_a_frozen_stack_in_one_task(prepared, backbone_run, embedded, tmp_path):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 import torch
 from typer.testing import CliRunner
 
@@ -123,81 +124,99 @@ def test_missing_pretrained_checkpoint_is_a_clear_error(prepared, tmp_path, trai
         train_run(cfg, data=trained["data"], progress=False)
 
 
-KILLER = '''
+KILLER = """
 import os, signal, sys
-point, at = sys.argv[1], int(sys.argv[2])
-import hmic.models.checkpoint as checkpoint, hmic.runs.run as runs, hmic.training.finetune as train
+at = int(sys.argv[1])
+import hmic.models.checkpoint as checkpoint
+
+real_write = checkpoint._write
 
 
-def die():
-    os.kill(os.getpid(), signal.SIGKILL)
+def _write(path, payload):  # halfway through writing epoch `at`'s last.pt: a real SIGKILL
+    if str(path).endswith("last.pt") and payload["epoch"] == at:
+        with checkpoint.atomic_path(path) as tmp:
+            tmp.write_bytes(b"half a checkpoint")
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_write(path, payload)
 
 
-if point == "in_epoch":  # at the second step of epoch `at`
-    real_lr = train.lr_at
-
-    def lr_at(step, steps_per_epoch, cfg):
-        if step == at * steps_per_epoch + 1:
-            die()
-        return real_lr(step, steps_per_epoch, cfg)
-
-    train.lr_at = lr_at
-elif point == "in_checkpoint":  # halfway through writing epoch `at`'s last.pt
-    real_write = checkpoint._write
-
-    def _write(path, payload):
-        if str(path).endswith("last.pt") and payload["epoch"] == at:
-            with checkpoint.atomic_path(path) as tmp:
-                tmp.write_bytes(b"half a checkpoint")
-                die()
-        return real_write(path, payload)
-
-    checkpoint._write = _write
-elif point == "before_row":  # last.pt of epoch `at` written, its metrics row not yet
-    real_append = runs.Run.append_metrics
-
-    def append_metrics(self, row):
-        if row["epoch"] == at:
-            die()
-        return real_append(self, row)
-
-    runs.Run.append_metrics = append_metrics
+checkpoint._write = _write
 from hmic.cli import main
-sys.argv = ["hmic", *sys.argv[3:]]
+sys.argv = ["hmic", *sys.argv[2:]]
 main()
-'''
+"""
 
 
-def test_a_run_killed_anywhere_resumes_with_every_row_once_and_ends_like_an_uninterrupted_one(prepared, tmp_path):
+class Killed(BaseException):
+    """An in-process kill: unwinds past every ``except Exception`` like a signal would stop the process."""
+
+
+def test_a_run_killed_anywhere_resumes_with_every_row_once_and_ends_like_an_uninterrupted_one(prepared, tmp_path,
+                                                                                              monkeypatch):
+    """Killed in an epoch, halfway through writing last.pt (a real SIGKILL in a child process: what is
+    on disk then is what a kill leaves), and between last.pt and its metrics row: each resumes with every
+    epoch's row once, the first row as it was, and ends bit-identical to an uninterrupted run."""
     import os
     import subprocess
     import sys
 
-    (tmp_path / "killer.py").write_text(KILLER)
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"}
+    import hmic.runs.run as runs_module
+    import hmic.training.finetune as finetune
 
-    def train(runs: Path, *extra: str, point: str = "none", at: int = -1):
-        args = ["train", "--method", "gmp", "--arch", "cnn14-tiny", "--pretrained", "none", "--epochs", "3",
-                "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "0.5", "--data-dir", str(prepared["data_dir"]),
-                "--work-dir", str(prepared["work_dir"]), "--runs-dir", str(runs), "--device", "cpu", *extra]
-        return subprocess.run([sys.executable, str(tmp_path / "killer.py"), point, str(at), *args],
-                              capture_output=True, text=True, env=env, timeout=600)
+    def config(runs: Path):
+        return tiny_config(prepared, runs, epochs=3)
 
     def rows(runs: Path) -> list[dict]:
         path = runs / "gmp" / "lam0.80" / "seed0" / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     straight = tmp_path / "straight"
-    assert train(straight).returncode == 0
+    train_run(config(straight), progress=False)
     want = np.load(straight / "gmp" / "lam0.80" / "seed0" / "predictions_test.npz")
+
+    def kill_in_epoch(at: int):  # at the second step of epoch `at`
+        real = finetune.lr_at
+
+        def lr_at(step, steps_per_epoch, cfg):
+            if step == at * steps_per_epoch + 1:
+                raise Killed
+            return real(step, steps_per_epoch, cfg)
+
+        monkeypatch.setattr(finetune, "lr_at", lr_at)
+
+    def kill_before_row(at: int):  # last.pt of epoch `at` written, its metrics row not yet
+        real = runs_module.Run.append_metrics
+
+        def append_metrics(self, row):
+            if row["epoch"] == at:
+                raise Killed
+            return real(self, row)
+
+        monkeypatch.setattr(runs_module.Run, "append_metrics", append_metrics)
+
+    def kill_in_checkpoint(runs: Path):
+        (tmp_path / "killer.py").write_text(KILLER)
+        args = ["train", "--method", "gmp", "--arch", "cnn14-tiny", "--pretrained", "none", "--epochs", "3",
+                "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "0.5", "--data-dir", str(prepared["data_dir"]),
+                "--work-dir", str(prepared["work_dir"]), "--runs-dir", str(runs), "--device", "cpu"]
+        killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), "1", *args], capture_output=True,
+                                text=True, env={**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"}, timeout=600)
+        assert killed.returncode == -9, killed.stderr  # SIGKILL
+
     for point in ("in_epoch", "in_checkpoint", "before_row"):
         runs = tmp_path / point
-        killed = train(runs, point=point, at=1)
-        assert killed.returncode == -9, killed.stderr  # SIGKILL
+        if point == "in_checkpoint":
+            kill_in_checkpoint(runs)
+            assert (runs / "gmp" / "lam0.80" / "seed0").exists()
+        else:
+            with monkeypatch.context() as m:
+                (kill_in_epoch if point == "in_epoch" else kill_before_row)(1)
+                with pytest.raises(Killed):
+                    train_run(config(runs), progress=False)
         first = rows(runs)[0]
-        resumed = train(runs, "--resume")
-        assert resumed.returncode == 0, resumed.stderr
-        assert "resuming" in resumed.stderr, point
+        console = Console(record=True, width=200)
+        train_run(config(runs), resume=True, progress=False, console=console)
+        assert "resuming" in console.export_text(), point
         after = rows(runs)
         assert [r["epoch"] for r in after] == [0, 1, 2], point
         assert after[0] == first, point  # epoch 0's row, its seconds included, is kept as it was

@@ -124,9 +124,8 @@ class Stack:
     drawn once and read by its L heads (the parameters viewed (S, L, ...), the batches (S, 1, B, D)).
     Otherwise (runs resumed at different epochs, an uneven grid) each member is its own slot (L = 1).
     ``step`` is one batch of every slot: its own rows, its own dropout mask, one stacked loss; the heads
-    and the loss broadcast over the stacked parameters (``hmic.models.heads``), so there is no per-run loop and
-    no vmap (whose batching of the loss's many small operations cost the stack of 40 gmp heads a quarter
-    of its step at 2,048-d: README, "The frozen-backbone protocol")."""
+    and the loss broadcast over the stacked parameters (``hmic.models.heads``), so there is no per-run loop
+    and no vmap."""
 
     def __init__(self, heads: list[torch.nn.Module], lams: list[float], seeds: list[int], cfg: TrainConfig,
                  z: torch.Tensor, targets: list[torch.Tensor], device: torch.device):
@@ -137,14 +136,13 @@ class Stack:
         self.slot_seeds = list(seeds[::self.per_slot])
         names = [n for n, _ in heads[0].named_parameters()]
         # matrices are stored transposed ((R, in, out) for a Linear's (out, in) weight): the weight gradient
-        # of a product with Z then comes out in the stored layout and replaces the old one as it is, where
-        # the head's own layout needed a strided copy the size of the weights (resatt at 2,048-d: 41 → 32 ms
-        # a step); Adam is elementwise, so the layout changes nothing it computes
+        # of a product with Z then comes out in the stored layout, with no strided copy the size of the
+        # weights; Adam is elementwise, so the layout changes nothing it computes
         self.transposed = {n for n, q in heads[0].named_parameters() if q.ndim == 2}
         self.params = {n: self.to_storage(n, torch.stack([dict(h.named_parameters())[n].detach() for h in heads]))
                        .clone().requires_grad_() for n in names}
-        # the fused Adam kernel, on CPU too: one pass over the stacked parameters instead of ten (resatt's
-        # stack of 40 over 2,048-d embeddings: 80 → 8 ms a step); the same update within float rounding
+        # the fused Adam kernel, on CPU too: one pass over the stacked parameters instead of one per
+        # parameter and state; the same update within float rounding
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.z, self.targets, self.device, self.p = z, targets, device, cfg.embedding_dropout
         # where freed memory is kept for reuse (CUDA's caching allocator, or a CPU process whose caller
