@@ -22,6 +22,7 @@ class Outputs:
     fine_probs: np.ndarray  # (N, F) float32
     coarse_probs: np.ndarray  # (N, C) float32
     attention: np.ndarray | None  # (N, F, C) float32 for heads with attention, else None
+    classes: np.ndarray | None = None  # (N, K) float32: the AudioSet classes the audioset head reads, else None
 
 
 def infer(model: "torch.nn.Module", batches: Iterable["torch.Tensor"], device: "torch.device",
@@ -30,7 +31,7 @@ def infer(model: "torch.nn.Module", batches: Iterable["torch.Tensor"], device: "
     import torch
 
     model.eval()
-    fine, coarse, attention = [], [], []
+    fine, coarse, attention, classes = [], [], [], []
     with torch.no_grad():
         for x in batches:
             x = x.to(device, non_blocking=True)
@@ -40,8 +41,11 @@ def infer(model: "torch.nn.Module", batches: Iterable["torch.Tensor"], device: "
             coarse.append(out.coarse_probs.float().cpu())
             if out.attention is not None:
                 attention.append(out.attention.float().cpu())
+            if out.class_probs is not None:
+                classes.append(out.class_probs.float().cpu())
     return Outputs(torch.cat(fine).numpy(), torch.cat(coarse).numpy(),
-                   torch.cat(attention).numpy() if attention else None)
+                   torch.cat(attention).numpy() if attention else None,
+                   torch.cat(classes).numpy() if classes else None)
 
 
 @dataclass
