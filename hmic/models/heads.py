@@ -13,7 +13,9 @@ a coarse decision is explained (``explain``). A new head is one class and one ``
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -266,7 +268,9 @@ class AudioSetClassifier(Head):
         self._set_rows(rows, fine_of)
 
     def _set_rows(self, rows, fine_of, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> None:
-        self.fc_audioset = Linear(self.dim, len(rows))
+        with warnings.catch_warnings():  # no rows yet (a vocabulary the shipped mapping does not cover)
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.fc_audioset = Linear(self.dim, len(rows))
         if weight is not None:
             with torch.no_grad():
                 self.fc_audioset.weight.copy_(weight)

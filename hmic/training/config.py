@@ -68,6 +68,8 @@ class TrainConfig:
     work_dir: str = option("", "Derived data (split, features).", envvar=WORK_DIR_ENV, path=True,
                            show_default="<data-dir>.hmic")
     hierarchy: str = option("", "Hierarchy YAML.", path=True, show_default="the hierarchy.yaml shipped with hmic")
+    audioset_map: str = option("", "--method audioset: which AudioSet classes each fine tag is the max of (YAML).",
+                               path=True, show_default="the openmic_audioset.yaml shipped with hmic")
     runs_dir: str = option("runs", "Where run folders go.", path=True)
     device: str = option("auto", f"{DEVICE_HELP}.")
     precision: str = option("auto", "The backbone's precision: auto (bf16 autocast on CUDA, float32 elsewhere), bf16 or "
@@ -103,7 +105,14 @@ class TrainConfig:
         if self.schedule not in ("cosine", "constant"):
             raise HmicError("--schedule must be cosine or constant")
         if self.epochs < 1 or self.batch_size < 1:
-            raise HmicError("--epochs and --batch-size must be at least 1")
+            if self.epochs == 0 and self.batch_size >= 1 and head_class(self.method).ready_untrained:
+                pass  # a head that comes trained (audioset): the run is written without training
+            else:
+                raise HmicError("--epochs and --batch-size must be at least 1 (--epochs 0: only --method audioset, "
+                                "whose weights come trained)")
+        if head_class(self.method).ready_untrained and (not self.pretrained or self.pretrained.lower() == "none"):
+            raise HmicError(f"--method {self.method} reads PANNs' AudioSet classifier from --pretrained: pass the "
+                            f"AudioSet CNN14 checkpoint ({CNN14.filename}: 'hmic download cnn14')")
         check_device_name(self.device)
         check_precision(self.precision)
         if not 0.0 <= self.embedding_dropout < 1.0:

@@ -30,6 +30,7 @@ from hmic.evaluation.metrics import masked_bce
 from hmic.models.model import CachedEmbedding, HierarchicalModel
 from hmic.runs.run import Run
 from hmic.training.data import ResidentPart, SplitPart, TrainingData, batches, load_training_data
+from hmic.training.untrained import pretrained_head, write_untrained
 
 # The per-epoch generators of a run: the shuffling order and the augmentation draws, seeded apart
 # from torch's global generator (weights, dropout, SpecAugment) so that neither shifts the other.
@@ -62,7 +63,7 @@ def init_head(cfg: TrainConfig, hierarchy: Hierarchy, dim: int) -> torch.nn.Modu
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed * EPOCH_SEED_STRIDE + HEAD_SEED_OFFSET)
-        return build_head(cfg.method, dim, hierarchy)
+        return pretrained_head(build_head(cfg.method, dim, hierarchy), cfg)
 
 
 def dropout_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -91,6 +92,7 @@ def build_model(cfg: TrainConfig, hierarchy: Hierarchy, frontend: FrontendConfig
     if cfg.pretrained and cfg.pretrained.lower() != "none":
         model.backbone.check_frontend(frontend)
         model.backbone.load_pretrained(cfg.pretrained, frontend, strict_frontend=False, warn=warn)
+    pretrained_head(model.head, cfg)
     return model
 
 
@@ -181,6 +183,8 @@ def _train_locked(cfg: TrainConfig, resume: bool, force: bool, console, progress
     # channels-last convolutions: faster on CUDA and ~1.5x faster on CPU (oneDNN) for CNN14.
     model = build_model(cfg, data.hierarchy, frontend, warn=lambda m: console.print(f"[yellow]{m}[/]"))
     model = model.to(device, memory_format=torch.channels_last)
+    if cfg.epochs == 0:  # a head that comes trained (audioset): the run is written as it is
+        return write_untrained(run, model, data, cfg, device)
     # CUDA: cuDNN picks its fastest kernels for the fixed input shape, and Adam runs as one fused kernel;
     # the CPU path stays as it was (its runs are bit-reproducible and equal those before this change).
     # a fixed backbone: learning rate 0 on every backbone parameter (lr_scale, applied in train_epoch)

@@ -37,6 +37,7 @@ from hmic.models.model import HierarchicalModel, apply_keep, dropout_keep
 from hmic.training.finetune import (build_model, dropout_rng, epoch_generator, finish, level_losses, lr_at, open_run,
                     restored_history, validate_and_save)
 from hmic.training.data import TrainingData, load_training_data
+from hmic.training.untrained import write_untrained
 
 PREDICT_BATCH = 4096  # rows per head pass in validation and predictions (no backbone: memory is no concern)
 
@@ -294,6 +295,9 @@ def _train_group(group: list[_Member], start_epoch: int, data: TrainingData, dev
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     cfg0, n_runs = group[0].cfg, len(group)
+    if cfg0.epochs == 0:  # a head that comes trained (audioset): each run is written as it is
+        return [write_untrained(m.run, m.model, data, m.cfg, device, PREDICT_BATCH, embedding_reference(data.store))
+                for m in group]
     train = data.parts["train"]
     n_train = len(train.keys)
     if n_train == 0:
