@@ -101,7 +101,7 @@ def test_bad_mapping_names_the_tag_or_class_the_file_and_the_closest_classes(tmp
         load_mapping(tmp_path / "none.yaml")
 
 
-def test_checkpoint_without_fc_audioset_or_with_another_class_count_is_refused(tmp_path, trained):
+def test_checkpoint_without_fc_audioset_or_with_another_class_count_is_refused(tmp_path, zero_run):
     from hmic.models.heads import AudioSetClassifier
 
     head = AudioSetClassifier(128, H)
@@ -111,7 +111,7 @@ def test_checkpoint_without_fc_audioset_or_with_another_class_count_is_refused(t
     panns_shaped(tmp_path / "400.pth", "cnn14-tiny", classes=400)
     with pytest.raises(HmicError, match="400 classes.*527.*refused"):
         head.load_classifier(str(tmp_path / "400.pth"))
-    run = Path(trained["summaries"]["gmp"]["run"])  # an hmic run's backbone
+    run = zero_run.folder  # an hmic run's backbone
     for source in (run, run / "best.pt"):
         with pytest.raises(HmicError, match="hmic run or checkpoint.*needs PANNs' AudioSet checkpoint"):
             head.load_classifier(str(source))
@@ -168,27 +168,41 @@ def tiny_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_zero_epoch_run_evaluates_predicts_and_appears_in_the_table(prepared, trained, tiny_file, tmp_path):
+@pytest.fixture(scope="module")
+def data(prepared, tmp_path_factory):
+    from hmic.training.data import load_training_data
+
+    return load_training_data(tiny_config(prepared, tmp_path_factory.mktemp("unused")))
+
+
+@pytest.fixture(scope="module")
+def zero_run(prepared, data, tiny_file, tmp_path_factory) -> Run:
     from hmic.training.finetune import train_run
 
-    runs_dir = tmp_path / "runs"
-    cfg = tiny_config(prepared, runs_dir, method="audioset", pretrained=str(tiny_file), epochs=0)
-    summary = train_run(cfg, data=trained["data"], progress=False)
-    run = Run(Path(summary["run"]))
-    assert summary["epochs"] == 0 and summary["best_epoch"] == -1 and run.finished
+    cfg = tiny_config(prepared, tmp_path_factory.mktemp("zero") / "runs", method="audioset", pretrained=str(tiny_file),
+                      epochs=0)
+    summary = train_run(cfg, data=data, progress=False)
+    assert summary["epochs"] == 0 and summary["best_epoch"] == -1
+    return Run(Path(summary["run"]))
+
+
+def test_zero_epoch_run_evaluates_predicts_and_appears_in_the_table(zero_run, tiny_file, tmp_path):
+    run, runs_dir = zero_run, zero_run.folder.parent.parent.parent
+    assert run.finished and not run.last_path.exists()
     # its head is the file's classifier, not a drawn one: probabilities are the file's, as predicted
     ckpt = Checkpoint.load(run.best_path)
     weight = torch.load(tiny_file, weights_only=True)["model"]["fc_audioset.weight"]
     head = ckpt.model.head
     torch.testing.assert_close(head.fc_audioset.weight, weight[head.classes])
-    assert [audioset_classes()[int(r)] for r in head.classes][:1] == list(load_mapping().tags[H.fine_names[0]][:1])
+    first = ckpt.hierarchy.fine_names[0]
+    assert [audioset_classes()[int(r)] for r in head.classes][:1] == list(load_mapping().tags[first][:1])
     runner = CliRunner()
     for args in (["tune-thresholds", str(run.folder)], ["evaluate", str(run.folder)],
                  ["table", str(runs_dir), "--out", str(tmp_path / "results")]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
     table = (tmp_path / "results" / "table1.md").read_text()
-    assert "audioset" in table
+    assert "| audioset (AudioSet classifier, no training) |" in table
     wave = np.random.default_rng(2).standard_normal(16000 * 12).astype(np.float32) * 0.1
     sf.write(tmp_path / "song.wav", wave, 16000)
     result = runner.invoke(app, ["predict", str(tmp_path / "song.wav"), "--run", str(run.folder), "--explain",
@@ -197,10 +211,18 @@ def test_zero_epoch_run_evaluates_predicts_and_appears_in_the_table(prepared, tr
     tagged = json.loads((tmp_path / "p.json").read_text())["results"][0]
     assert tagged["method"] == "audioset"
     assert all("audioset_class" in f for c in tagged["coarse"] for f in c["fine"])
+    assert "←" in result.output  # --explain names the AudioSet class of each present fine tag
+    exported = runner.invoke(app, ["export", str(run.folder), "--onnx", str(tmp_path / "audioset.onnx")])
+    assert exported.exit_code == 0, exported.output
+    onnx = runner.invoke(app, ["predict", str(tmp_path / "song.wav"), "--backend", "onnx", "--run",
+                               str(tmp_path / "audioset.onnx"), "--json", str(tmp_path / "o.json")])
+    assert onnx.exit_code == 0, onnx.output
+    fine = lambda r: [f["probability"] for c in r["coarse"] for f in c["fine"]]  # noqa: E731
+    np.testing.assert_allclose(fine(json.loads((tmp_path / "o.json").read_text())["results"][0]), fine(tagged), atol=2e-4)
 
 
-def test_zero_epoch_frozen_run_equals_the_finetune_one_and_epochs_fine_tune_from_the_file(prepared, trained, tiny_file,
-                                                                                        tmp_path):
+def test_zero_epoch_frozen_run_equals_the_finetune_one_and_epochs_fine_tune_from_the_file(prepared, data, zero_run,
+                                                                                        tiny_file, tmp_path):
     from hmic.training.embed import embed
     from hmic.audio.decoding import FrontendConfig
     from hmic.training.finetune import train_run
@@ -211,18 +233,21 @@ def test_zero_epoch_frozen_run_equals_the_finetune_one_and_epochs_fine_tune_from
     base = dict(method="audioset", pretrained=str(tiny_file), precision="fp32")
     frozen = tiny_config(prepared, tmp_path / "frozen", protocol="frozen", epochs=0, **base)
     (summary,) = train_frozen([frozen], progress=False)
-    finetune = train_run(tiny_config(prepared, tmp_path / "finetune", epochs=0, **base), data=trained["data"],
-                         progress=False)
-    a, b = Run(Path(summary["run"])).predictions("test"), Run(Path(finetune["run"])).predictions("test")
+    a, b = Run(Path(summary["run"])).predictions("test"), zero_run.predictions("test")
     np.testing.assert_allclose(a["fine_probs"], b["fine_probs"], atol=1e-5)
     assert Checkpoint.load(Run(Path(summary["run"])).best_path).method == "audioset"
     # --epochs 1: starts from the file's classifier and moves away from it
-    tuned = train_run(tiny_config(prepared, tmp_path / "warm", epochs=1, lr=1e-3, **base), data=trained["data"],
-                      progress=False)
+    tuned = train_run(tiny_config(prepared, tmp_path / "warm", epochs=1, lr=1e-3, **base), data=data, progress=False)
     head = Checkpoint.load(Run(Path(tuned["run"])).best_path).model.head
     start = torch.load(tiny_file, weights_only=True)["model"]["fc_audioset.weight"][head.classes]
     change = (head.fc_audioset.weight.detach() - start).abs().max().item()
     assert 0 < change < 0.1
+    from hmic.evaluation.scoring import tune_run
+
+    tune_run(zero_run)
+    tune_run(Run(Path(tuned["run"])))
+    compared = CliRunner().invoke(app, ["compare", str(zero_run.folder.parent.parent), str(tmp_path / "warm" / "audioset")])
+    assert compared.exit_code == 0, compared.output
 
 
 def test_epochs_0_only_for_a_head_that_comes_trained_and_audioset_needs_the_file(prepared, tmp_path):

@@ -27,6 +27,7 @@ PAPER_TABLE1 = {  # the paper's Table 1: fine ROC, PR, F1, coarse ROC, PR, F1 (%
     "resatt": (92.0, 86.0, 83.7, 93.1, 90.7, 85.5),
 }
 COLUMNS = [f"{lv} {METRIC_LABELS[m]}" for lv in LEVELS for m in METRICS]
+UNTRAINED_LABEL = "AudioSet classifier, no training"  # runs written with --epochs 0 (docs/audioset-model.md)
 
 
 def selected_runs(runs_dir: Path) -> dict[str, list[Run]]:
@@ -53,6 +54,7 @@ def build_table(runs_dir: Path, split: str = "test", reference: str = REFERENCE,
     for method, runs in chosen.items():
         agg = evaluate_runs(runs, split)
         rows.append({"method": method, "lambda": runs[0].lam, "seeds": len(runs), "protocol": protocol,
+                     "untrained": all(r.done().get("epochs") == 0 for r in runs),  # audioset --epochs 0
                      "selection": select_lambda(groups[method]),
                      "aggregate": agg.to_dict(), "versus": {"reference": reference,
                                                             "differences": [d.to_dict() for d in versus.get(method, [])]}})
@@ -96,7 +98,8 @@ def to_markdown(rows: list[dict], split: str) -> str:
     for r in rows:
         cells = [f"{m:.1f} ± {s:.1f}{_marker(r, lv, mt)}" for (lv, mt), (m, s) in
                  (((lv, mt), _cell(r["aggregate"], lv, mt)) for lv in LEVELS for mt in METRICS)]
-        lines.append(f"| {r['method']} | {r['lambda']:.2f} | {r['seeds']} | " + " | ".join(cells) + " |")
+        name = f"{r['method']} ({UNTRAINED_LABEL})" if r.get("untrained") else r["method"]
+        lines.append(f"| {name} | {r['lambda']:.2f} | {r['seeds']} | " + " | ".join(cells) + " |")
     left = {lv: sorted({t for r in rows for t in r["aggregate"]["left_out"][lv]}) for lv in LEVELS}
     if any(left.values()):
         lines += ["", "Left out of macro means (one class only among observed entries): "
