@@ -30,7 +30,7 @@ from hmic.evaluation.metrics import masked_bce
 from hmic.models.model import CachedEmbedding, HierarchicalModel
 from hmic.runs.run import Run
 from hmic.training.data import ResidentPart, SplitPart, TrainingData, batches, load_training_data
-from hmic.training.untrained import pretrained_head, write_untrained
+from hmic.training.untrained import pretrained_head
 
 # The per-epoch generators of a run: the shuffling order and the augmentation draws, seeded apart
 # from torch's global generator (weights, dropout, SpecAugment) so that neither shifts the other.
@@ -372,3 +372,18 @@ def finish(run: Run, model: HierarchicalModel, data: TrainingData, cfg: TrainCon
     if not cfg.keep_last:  # last.pt exists to resume: a finished run keeps best.pt (README, "Where things go")
         run.last_path.unlink(missing_ok=True)
     return summary
+
+
+def write_untrained(run: Run, model: HierarchicalModel, data: TrainingData, cfg: TrainConfig, device: torch.device,
+                    batch_size: int = 32, embedding: dict | None = None) -> dict:
+    """A zero-epoch run of a head that comes trained (``hmic.training.untrained``): the model as it is
+    saved as best.pt ("epoch" -1, its validation losses as the best record), then ``finish`` (predictions on validation and test, done.json). ``embedding``: a
+    frozen-protocol run's backbone reference (``hmic.models.checkpoint``). Tune-thresholds, evaluate, table,
+    compare, predict and export then treat it like any finished run."""
+    run.clear_metrics()
+    started = time.perf_counter()
+    val, _ = validation_losses(model, data.parts["val"], data.store, device, cfg.precision, batch_size)
+    best = {"val_fine_loss": val["val_fine_loss"], "epoch": -1, "untrained": True,
+            "validation_seconds": round(time.perf_counter() - started, 3)}
+    save_checkpoint(run.best_path, model, data.store.frontend, asdict(cfg), epoch=-1, best=best, embedding=embedding)
+    return finish(run, model, data, cfg, best, device, batch_size)

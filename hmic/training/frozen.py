@@ -35,9 +35,8 @@ from hmic.errors import HmicError
 from hmic.models.heads import hierarchical_loss
 from hmic.models.model import HierarchicalModel, apply_keep, dropout_keep
 from hmic.training.finetune import (build_model, dropout_rng, epoch_generator, finish, level_losses, lr_at, open_run,
-                    restored_history, validate_and_save)
+                    restored_history, validate_and_save, write_untrained)
 from hmic.training.data import TrainingData, load_training_data
-from hmic.training.untrained import write_untrained
 
 PREDICT_BATCH = 4096  # rows per head pass in validation and predictions (no backbone: memory is no concern)
 
