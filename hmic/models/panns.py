@@ -22,7 +22,8 @@ from hmic.audio.logmel import LogMel
 
 FRONTEND_KEYS = ("spectrogram_extractor.stft.conv_real.weight", "spectrogram_extractor.stft.conv_imag.weight",
                  "logmel_extractor.melW")
-IGNORED_KEYS = ("fc_audioset.weight", "fc_audioset.bias")  # the AudioSet classifier: not part of the backbone
+# the AudioSet classifier: not the backbone's; the audioset head reads it (read_audioset_classifier)
+IGNORED_KEYS = ("fc_audioset.weight", "fc_audioset.bias")
 
 
 def read_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
