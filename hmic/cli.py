@@ -452,21 +452,32 @@ def predict(
     backend: Annotated[Backend, typer.Option(help=escape("torch, or onnx (onnxruntime; pip install 'hmic[onnx]')."))] = Backend.torch,
     workers: Annotated[Optional[int], typer.Option(help="Processes decoding and resampling ahead of the model (0: in this process).", show_default="0 for one file, else min(4, CPUs/2)")] = None,
     truth: Annotated[Optional[Path], typer.Option(help="A song's ground truth (.truth.json from 'hmic synth-song'): print found, missed and false tags, per section too.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="'audioset': tag with the AudioSet classifier of PANNs' CNN14 checkpoint, no training needed (docs/audioset-model.md); with --run, that audioset run's tuned thresholds.", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="--model audioset: the AudioSet CNN14 file.", show_default="where 'hmic download cnn14' puts it")] = None,
+    audioset_map: Annotated[Optional[Path], typer.Option(help="--model audioset: which AudioSet classes each fine tag is the max of (YAML).", show_default="the openmic_audioset.yaml shipped with hmic")] = None,
+    hierarchy: Annotated[Optional[Path], typer.Option(help="--model audioset: the hierarchy to tag with.", show_default="the hierarchy.yaml shipped with hmic")] = None,
 ) -> None:
     """Tag songs of any length, or whole libraries, with fine and coarse instrument tags."""
-    from hmic.runs.run import latest_tuned_run
     from hmic.tagging import FileTagger, plan_tagging, run_tagging
     from hmic.tagging.library import producer
 
-    if run is None:
-        run = latest_tuned_run(runs_dir).folder
-        err.print(f"using the latest run with tuned thresholds: {run}")
-    if backend is Backend.onnx:
+    run, model = _choose_model(run, runs_dir, model, checkpoint, audioset_map, hierarchy)
+    if run is None:  # model == "audioset": the AudioSet classifier, no run folder
+        if backend is Backend.onnx:
+            raise HmicError("--model audioset runs over PyTorch; for --backend onnx export an audioset run "
+                            "('hmic train --method audioset --epochs 0', then 'hmic export')")
+        from hmic.data.hierarchy import load_hierarchy
+
+        tagger = FileTagger.audioset(checkpoint, audioset_map, load_hierarchy(hierarchy) if hierarchy else None,
+                                     device, precision, warn=lambda m: err.print(f"[yellow]{escape(m)}[/]"))
+    elif backend is Backend.onnx:
         from hmic.tagging.onnxrun import load_onnx_tagger
 
         tagger = load_onnx_tagger(run, device, precision)
     else:
         tagger = FileTagger.load(run, device, precision)
+    if model is not None and tagger.method != model:
+        raise HmicError(f"--model audioset with --run: {run} is a {tagger.method} run, not an audioset run")
     plan = plan_tagging(audio, jsonl, truth, labels, producer(tagger, hop, aggregate.value))
     if plan.not_audio:
         err.print(f"{plan.not_audio} folder entries without an audio suffix were left out", highlight=False, soft_wrap=True)
@@ -495,6 +506,37 @@ def predict(
                   + (f", {plan.already_done} already in {jsonl}" if jsonl is not None else ""), highlight=False, soft_wrap=True)
     if report.failures and not report.results:
         raise typer.Exit(1)
+
+
+def _choose_model(run: Path | None, runs_dir: Path, model: str | None, checkpoint: Path | None,
+                  audioset_map: Path | None, hierarchy: Path | None) -> tuple[Path | None, str | None]:
+    """Which model tags: (a run folder or file, or None for the AudioSet classifier; the --model asked or
+    fallen back to). Without --run and --model: the latest tuned run, else the AudioSet classifier when
+    'hmic download cnn14''s file exists (said in one line), else an error naming both ways."""
+    from hmic.data.download import default_checkpoint
+    from hmic.models.heads import READY_MODEL
+    from hmic.runs.run import latest_tuned_run
+
+    if model is not None and model != READY_MODEL:
+        raise HmicError(f"--model {model!r} is unknown; the ready model is 'audioset' (a trained run goes to --run)")
+    if model is None and (checkpoint or audioset_map or hierarchy):
+        raise HmicError("--checkpoint, --audioset-map and --hierarchy go with --model audioset")
+    if run is not None and (checkpoint or audioset_map or hierarchy):
+        raise HmicError("--checkpoint, --audioset-map and --hierarchy build the AudioSet model without a run; "
+                        "an audioset run (--run) holds its own")
+    if run is not None or model == READY_MODEL:
+        return run, model
+    try:
+        run = latest_tuned_run(runs_dir).folder
+    except HmicError as e:
+        if not default_checkpoint().is_file():
+            raise HmicError(f"{e}; or tag with no training: 'hmic download cnn14', then 'hmic predict SONG --model "
+                            "audioset' (the AudioSet classifier inside that checkpoint)") from None
+        err.print(f"no run with tuned thresholds under {runs_dir}: tagging with the AudioSet classifier of "
+                  f"{default_checkpoint()} (no training; --model audioset)", highlight=False, soft_wrap=True)
+        return None, READY_MODEL
+    err.print(f"using the latest run with tuned thresholds: {run}")
+    return run, None
 
 
 def _print_failure(error: str) -> None:
@@ -553,6 +595,11 @@ def _print_song(result: dict, segments: bool, explain: bool) -> None:
                 e = c["explanation"]
                 parts = ", ".join(f"{x['tag']} {100 * x['share']:.0f}%" for x in e["carried_by"])
                 console.print(f"  {c['tag']}: carried by {parts} ({e['basis']}, window at {e['window_start']:.0f} s)")
+        sources = [f for c in result["coarse"] for f in c["fine"] if f["present"] and "audioset_class" in f]
+        for f in sources:  # the audioset model: which AudioSet class carried each present fine tag
+            a = f["audioset_class"]
+            console.print(f"  {f['tag']} ← {a['name']} {a['probability']:.2f} (window at {a['window_start']:.0f} s)",
+                          highlight=False)
     if segments:
         t = Table(title="timeline (present coarse tags per window)")
         t.add_column("window")

@@ -166,9 +166,12 @@ def wheel(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_built_wheel_carries_the_default_hierarchy(wheel):
+def test_built_wheel_carries_the_default_hierarchy_and_the_audioset_data(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "hmic/data/hierarchy.yaml" in names
+    # the AudioSet model's class list, its attribution and hmic's mapping (hmic predict --model audioset)
+    for data in ("audioset_class_labels_indices.csv", "AUDIOSET_LABELS.txt", "openmic_audioset.yaml"):
+        assert f"hmic/data/{data}" in names
     assert "hmic/data/synth/render.py" in names
 
 
@@ -178,11 +181,13 @@ def test_non_editable_install_runs_and_loads_the_default_hierarchy(wheel, tmp_pa
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, text=True)
     env = {**os.environ, "PYTHONPATH": str(target), "COLUMNS": "200"}
-    probe = ("import hmic, hmic.data.hierarchy as h; print(hmic.__file__); "
-             "print(len(h.load_hierarchy().coarse_names))")
+    probe = ("import hmic, hmic.data.hierarchy as h, hmic.data.audioset as a; print(hmic.__file__); "
+             "print(len(h.load_hierarchy().coarse_names)); print(len(a.audioset_classes())); "
+             "print(len(set(a.load_mapping().rows_for(h.load_hierarchy())[1])))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
-    where, n_coarse = out.stdout.split()
+    where, n_coarse, n_classes, n_mapped = out.stdout.split()
     assert Path(where).is_relative_to(target) and n_coarse == "7"
+    assert n_classes == "527" and n_mapped == "20"  # the AudioSet class list and mapping came with the wheel
     helped = subprocess.run([sys.executable, "-m", "hmic", "train", "--help"], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
     assert helped.returncode == 0 and "--method" in helped.stdout

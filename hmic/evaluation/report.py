@@ -23,6 +23,7 @@ from hmic.models.heads import BASELINE, PAPER_FIGURE3, PAPER_FIGURE4, PAPER_TABL
 REFERENCE = BASELINE  # the method every other is compared with (hmic table's ▲ / ▼)
 METHOD_ORDER = tuple(PAPER_TABLE1)  # Table 1's row order; other methods follow, sorted
 COLUMNS = [f"{lv} {METRIC_LABELS[m]}" for lv in LEVELS for m in METRICS]
+UNTRAINED_LABEL = "AudioSet classifier, no training"  # runs written with --epochs 0 (docs/audioset-model.md)
 
 
 def selected_runs(runs_dir: Path) -> dict[str, list[Run]]:
@@ -49,6 +50,7 @@ def build_table(runs_dir: Path, split: str = "test", reference: str = REFERENCE,
     for method, runs in chosen.items():
         agg = evaluate_runs(runs, split)
         rows.append({"method": method, "lambda": runs[0].lam, "seeds": len(runs), "protocol": protocol,
+                     "untrained": all(r.done().get("epochs") == 0 for r in runs),  # audioset --epochs 0
                      "selection": select_lambda(groups[method]),
                      "aggregate": agg.to_dict(), "versus": {"reference": reference,
                                                             "differences": [d.to_dict() for d in versus.get(method, [])]}})
@@ -92,7 +94,8 @@ def to_markdown(rows: list[dict], split: str) -> str:
     for r in rows:
         cells = [f"{m:.1f} ± {s:.1f}{_marker(r, lv, mt)}" for (lv, mt), (m, s) in
                  (((lv, mt), _cell(r["aggregate"], lv, mt)) for lv in LEVELS for mt in METRICS)]
-        lines.append(f"| {r['method']} | {r['lambda']:.2f} | {r['seeds']} | " + " | ".join(cells) + " |")
+        name = f"{r['method']} ({UNTRAINED_LABEL})" if r.get("untrained") else r["method"]
+        lines.append(f"| {name} | {r['lambda']:.2f} | {r['seeds']} | " + " | ".join(cells) + " |")
     left = {lv: sorted({t for r in rows for t in r["aggregate"]["left_out"][lv]}) for lv in LEVELS}
     if any(left.values()):
         lines += ["", "Left out of macro means (one class only among observed entries): "

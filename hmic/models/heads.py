@@ -13,7 +13,9 @@ a coarse decision is explained (``explain``). A new head is one class and one ``
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,7 @@ PAPER_TABLE1 = {  # the paper's Table 1, in its row order: fine ROC, PR, F1, coa
 }
 PAPER_FIGURE3 = ("flat", "gmp", "resatt")  # per-seed fine-level box plots
 PAPER_FIGURE4 = "resatt"  # attention maps
+READY_MODEL = "audioset"  # the head that comes trained: hmic predict --model's one ready model
 
 # Class decorator: make a head available as ``--method name``; its docstring's first line is the help.
 register = HEADS.register
@@ -51,6 +54,7 @@ class HeadOutput:
     coarse_logits: torch.Tensor | None = None
     fine_log_probs: torch.Tensor | None = None  # topdown: log P_f computed stably
     attention: torch.Tensor | None = None  # resatt: (B, F, C), sums to 1 over F
+    class_probs: torch.Tensor | None = None  # audioset: (B, K), the probability of each AudioSet class it reads
 
 
 class Linear(nn.Linear):
@@ -74,6 +78,7 @@ def level_mean(x: torch.Tensor) -> torch.Tensor:
 
 class Head(nn.Module):
     uses_coarse_loss = True  # False: trained on the fine loss alone, so λ is 1 whatever was asked
+    ready_untrained = False  # True: its weights come trained (audioset), so a run may have 0 epochs
 
     @classmethod
     def lambda_for(cls, lam: float) -> float:
@@ -245,6 +250,86 @@ class ResidualAttention(FineClassifier):
         return HeadOutput(pf, torch.einsum("...fc,...f->...c", w, pf), logits, attention=w)
 
     explain_rule = "attention"
+
+
+@register("audioset")
+class AudioSetClassifier(Head):
+    """PANNs' AudioSet classifier (fc_audioset) through a class → tag mapping: P_f = max of its classes, P_c = max of the children.
+
+    The rows of the checkpoint's ``fc_audioset`` that the mapping (``hmic.data.audioset``) names are
+    kept: ``classes`` (K,) holds their AudioSet row and ``class_fine`` (K,) the fine tag each one feeds
+    (both saved with the weights, so a run's checkpoint knows its mapping). A fine tag's logit is the
+    max of its classes' logits (σ is monotone: its probability is the max of theirs), a coarse tag's the
+    max of its children's, as in gmp. Built without weights (``build_head``), it holds the shipped
+    mapping's rows for the hierarchy (none when the mapping does not cover it) with random weights;
+    ``load_classifier`` puts in the checkpoint's, and loading a saved state takes the state's rows.
+    """
+
+    ready_untrained = True
+    explain_rule = "max child"
+
+    def __init__(self, dim: int, hierarchy: Hierarchy):
+        super().__init__(dim, hierarchy)
+        from hmic.data.audioset import load_mapping
+
+        try:
+            rows, fine_of = load_mapping().rows_for(hierarchy)
+        except Exception:  # another vocabulary: its rows come with load_classifier or a saved state
+            rows, fine_of = [], []
+        self.dim = dim
+        self._set_rows(rows, fine_of)
+
+    def _set_rows(self, rows, fine_of, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> None:
+        with warnings.catch_warnings():  # no rows yet (a vocabulary the shipped mapping does not cover)
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.fc_audioset = Linear(self.dim, len(rows))
+        if weight is not None:
+            with torch.no_grad():
+                self.fc_audioset.weight.copy_(weight)
+                self.fc_audioset.bias.copy_(bias)
+        self.register_buffer("classes", torch.as_tensor(rows, dtype=torch.long).reshape(-1))
+        self.register_buffer("class_fine", torch.as_tensor(fine_of, dtype=torch.long).reshape(-1))
+
+    def load_classifier(self, checkpoint: str, mapping_file: str | None = None) -> None:
+        """The rows of ``checkpoint``'s fc_audioset that ``mapping_file`` (default: the shipped mapping) names."""
+        from hmic.data.audioset import load_mapping
+        from hmic.errors import HmicError
+        from hmic.models.panns import read_audioset_classifier
+
+        rows, fine_of = load_mapping(mapping_file).rows_for(self.hierarchy)
+        weight, bias = read_audioset_classifier(checkpoint)
+        if weight.shape[1] != self.dim:
+            raise HmicError(f"{checkpoint}: fc_audioset reads a {weight.shape[1]}-d embedding, this backbone gives "
+                            f"{self.dim}-d; the audioset model needs the backbone of that checkpoint (--arch cnn14)")
+        index = torch.as_tensor(rows, dtype=torch.long)
+        self._set_rows(rows, fine_of, weight[index], bias[index])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        rows = state_dict.get(prefix + "classes")
+        if rows is not None and rows.shape != self.classes.shape:  # a saved head of another mapping: its shapes
+            self._set_rows(rows, state_dict.get(prefix + "class_fine", torch.zeros_like(rows)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def class_mask(self) -> torch.Tensor:
+        """(F, K) True where class k feeds fine tag f."""
+        return self.class_fine[None, :] == torch.arange(self.hierarchy.n_fine, device=self.class_fine.device)[:, None]
+
+    def forward(self, z: torch.Tensor) -> HeadOutput:
+        logits = self.fc_audioset(z)  # (..., B, K)
+        fine = logits[..., None, :].masked_fill(~self.class_mask(), float("-inf")).max(dim=-1).values
+        coarse = self.grouped_max(fine)
+        return HeadOutput(torch.sigmoid(fine), torch.sigmoid(coarse), fine, coarse, class_probs=torch.sigmoid(logits))
+
+    def class_names(self) -> list[str]:
+        """The AudioSet display name of each kept row (K)."""
+        from hmic.data.audioset import audioset_classes
+
+        names = audioset_classes()
+        return [names[int(r)] for r in self.classes]
+
+    def fine_sources(self) -> tuple[list[str], np.ndarray]:
+        """What each fine tag is the max of: (the K class names, the fine tag of each (K,))."""
+        return self.class_names(), self.class_fine.cpu().numpy()
 
 
 def build_head(method: str, dim: int, hierarchy: Hierarchy) -> Head:

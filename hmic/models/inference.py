@@ -22,6 +22,7 @@ class Outputs:
     fine_probs: np.ndarray  # (N, F) float32
     coarse_probs: np.ndarray  # (N, C) float32
     attention: np.ndarray | None  # (N, F, C) float32 for heads with attention, else None
+    classes: np.ndarray | None = None  # (N, K) float32: the AudioSet classes the audioset head reads, else None
 
 
 def infer(model: "torch.nn.Module", batches: Iterable["torch.Tensor"], device: "torch.device",
@@ -32,7 +33,7 @@ def infer(model: "torch.nn.Module", batches: Iterable["torch.Tensor"], device: "
     import torch
 
     model.eval()
-    fine, coarse, attention = [], [], []
+    fine, coarse, attention, classes = [], [], [], []
     with torch.no_grad():
         for x in batches:
             x = x.to(device, non_blocking=True)
@@ -42,8 +43,11 @@ def infer(model: "torch.nn.Module", batches: Iterable["torch.Tensor"], device: "
             coarse.append(out.coarse_probs.float().cpu())
             if out.attention is not None:
                 attention.append(out.attention.float().cpu())
+            if out.class_probs is not None:
+                classes.append(out.class_probs.float().cpu())
     return Outputs(torch.cat(fine, batch_axis).numpy(), torch.cat(coarse, batch_axis).numpy(),
-                   torch.cat(attention, batch_axis).numpy() if attention else None)
+                   torch.cat(attention, batch_axis).numpy() if attention else None,
+                   torch.cat(classes, batch_axis).numpy() if classes else None)
 
 
 @dataclass

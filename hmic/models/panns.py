@@ -22,7 +22,8 @@ from hmic.audio.logmel import LogMel
 
 FRONTEND_KEYS = ("spectrogram_extractor.stft.conv_real.weight", "spectrogram_extractor.stft.conv_imag.weight",
                  "logmel_extractor.melW")
-IGNORED_KEYS = ("fc_audioset.weight", "fc_audioset.bias")  # the AudioSet classifier: not part of the backbone
+# the AudioSet classifier: not the backbone's; the audioset head reads it (read_audioset_classifier)
+IGNORED_KEYS = ("fc_audioset.weight", "fc_audioset.bias")
 
 
 def read_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -100,3 +101,34 @@ def load_panns_checkpoint(backbone: torch.nn.Module, path: str | Path, frontend:
         raise HmicError(f"{path}: front-end tensors disagree with hmic's front-end: " + "; ".join(problems))
     if problems and warn is not None:
         warn("the checkpoint's front-end differs from hmic's: " + "; ".join(problems))
+
+
+def read_audioset_classifier(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The AudioSet classifier of a PANNs checkpoint: ``fc_audioset``'s weight (527, D) and bias (527,),
+    its rows in the order of ``hmic.data.audioset.audioset_classes``. A file without it (an hmic run's
+    backbone, a stand-in backbone) or with another class count is refused, by name."""
+    from hmic.data.audioset import N_CLASSES
+
+    path = Path(path)
+    if path.is_dir() or (path.is_file() and _is_hmic_checkpoint(path)):
+        raise HmicError(f"{path} is an hmic run or checkpoint, which has no AudioSet classifier: the audioset model "
+                        f"needs PANNs' AudioSet checkpoint ({CNN14.filename}: 'hmic download cnn14')")
+    state = read_checkpoint_state(path)
+    weight, bias = state.get(IGNORED_KEYS[0]), state.get(IGNORED_KEYS[1])
+    if weight is None or bias is None:
+        raise HmicError(f"{path} has no AudioSet classifier (no fc_audioset.weight/bias): the audioset model needs "
+                        f"PANNs' AudioSet checkpoint ({CNN14.filename}: 'hmic download cnn14')")
+    if weight.ndim != 2 or bias.shape != weight.shape[:1]:
+        raise HmicError(f"{path}: fc_audioset has shapes {tuple(weight.shape)} and {tuple(bias.shape)}, not (classes, D) and (classes,)")
+    if weight.shape[0] != N_CLASSES:
+        raise HmicError(f"{path}: fc_audioset has {weight.shape[0]} classes; the audioset model reads AudioSet's "
+                        f"{N_CLASSES} (PANNs' {CNN14.filename}), refused")
+    return weight.float(), bias.float()
+
+
+def _is_hmic_checkpoint(path: Path) -> bool:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return isinstance(obj, dict) and obj.get("format") == "hmic-checkpoint"

@@ -62,7 +62,8 @@ def _run_batch(pending: deque[_Pending], runner: Runner, batch_size: int) -> Non
     i = 0
     for p, n in owners:
         p.outputs.append(Outputs(out.fine_probs[i:i + n], out.coarse_probs[i:i + n],
-                                 None if out.attention is None else out.attention[i:i + n]))
+                                 None if out.attention is None else out.attention[i:i + n],
+                                 None if out.classes is None else out.classes[i:i + n]))
         p.done += n
         i += n
         if p.done == p.windows:
@@ -78,5 +79,6 @@ def _finished(pending: deque[_Pending]) -> Iterator[tuple[Prepared, Outputs | No
             continue
         outs = p.outputs
         attention = None if outs[0].attention is None else np.concatenate([o.attention for o in outs])
+        classes = None if outs[0].classes is None else np.concatenate([o.classes for o in outs])
         yield p.prepared, Outputs(np.concatenate([o.fine_probs for o in outs]),
-                                  np.concatenate([o.coarse_probs for o in outs]), attention)
+                                  np.concatenate([o.coarse_probs for o in outs]), attention, classes)

@@ -34,6 +34,9 @@ def file_result(tagger, prepared: Prepared, windows: Outputs, hop_seconds: float
                "fine": [{"tag": h.fine_names[f], "probability": round(float(fine_p[f]), 4),
                          "threshold": round(float(thresholds["fine"][f]), 4),
                          "present": bool(fine_p[f] >= thresholds["fine"][f])} for f in kids]}
+        if tagger.fine_sources is not None and windows.classes is not None:
+            for entry, f in zip(row["fine"], kids):
+                entry["audioset_class"] = carrier(tagger, f, fine_w, windows.classes, starts)
         if row["present"]:
             row["explanation"] = explain(tagger, c, fine_w, coarse_w, attention, starts)
         coarse_rows.append(row)
@@ -60,6 +63,16 @@ def explain(tagger, c: int, fine_w: np.ndarray, coarse_w: np.ndarray, attention:
     return {"basis": e.basis, "window_start": round(float(starts[w]), 3), "carried_by": [
         {"tag": names[f], "share": round(float(e.shares[f]), 4),
          **({"weight": round(float(e.weights[f]), 4)} if e.weights is not None else {})} for f in e.order]}
+
+
+def carrier(tagger, f: int, fine_w: np.ndarray, classes_w: np.ndarray, starts: np.ndarray) -> dict:
+    """The AudioSet class that carried fine tag f (the audioset head: its probability is the max of its
+    classes'), at the window where f is most probable: {"name", "probability", "window_start"}."""
+    names, fine_of = tagger.fine_sources
+    w = int(np.argmax(fine_w[:, f]))
+    mine = np.flatnonzero(fine_of == f)
+    k = int(mine[np.argmax(classes_w[w, mine])])
+    return {"name": names[k], "probability": round(float(classes_w[w, k]), 4), "window_start": round(float(starts[w]), 3)}
 
 
 def label_track(result: dict) -> str:

@@ -37,6 +37,9 @@ class FileTagger:
     min_samples: int
     thresholds: TagThresholds
     source: str
+    # the audioset head: (the AudioSet class names it reads (K), the fine tag each feeds (K,)), so that a
+    # result names the class that carried each fine tag; None for the other heads
+    fine_sources: tuple | None = None
 
     @classmethod
     def load(cls, run_or_checkpoint: str | Path, device: str = "cpu", precision: str = "fp32") -> "FileTagger":
@@ -46,17 +49,46 @@ class FileTagger:
         from hmic.environment import require_torch_stack
 
         require_torch_stack()
-        import torch
-
         dev = resolve_device(device)
         precision = resolve_precision(dev, precision)
         ckpt, thresholds = load_tuned_checkpoint(run_or_checkpoint)
         model = ckpt.model.eval()
+        return cls.from_model(model, ckpt.frontend, thresholds, str(ckpt.path), dev, precision)
+
+    @classmethod
+    def from_model(cls, model, frontend: FrontendConfig, thresholds: dict, source: str, dev, precision: str) -> "FileTagger":
+        """Over a loaded PyTorch ``HierarchicalModel`` in eval mode."""
+        import torch
+
         model.backbone.for_inference()  # the same function, faster (README, "Project choices")
         model = model.to(dev, memory_format=torch.channels_last)
         runner = TorchRunner(model, dev, precision)
-        return cls.build(runner, model.hierarchy, model.method, model.head.explainer(), ckpt.frontend,
-                         model.backbone.min_samples(ckpt.frontend), thresholds, str(ckpt.path))
+        tagger = cls.build(runner, model.hierarchy, model.method, model.head.explainer(), frontend,
+                           model.backbone.min_samples(frontend), thresholds, source)
+        if hasattr(model.head, "fine_sources"):
+            tagger.fine_sources = model.head.fine_sources()
+        return tagger
+
+    @classmethod
+    def audioset(cls, checkpoint: str | Path | None = None, mapping: str | Path | None = None,
+                 hierarchy: Hierarchy | None = None, device: str = "cpu", precision: str = "fp32",
+                 thresholds: dict | None = None, warn=None) -> "FileTagger":
+        """The AudioSet classifier of PANNs' CNN14 checkpoint as a ready tagger, no run needed
+        (docs/audioset-model.md): ``checkpoint`` defaults to 'hmic download cnn14''s file, ``mapping`` to
+        the shipped openmic_audioset.yaml, ``hierarchy`` to the shipped one, ``thresholds`` to
+        ``hmic.models.audioset.DEFAULT_THRESHOLD`` for every tag."""
+        from hmic.environment import require_torch_stack
+
+        require_torch_stack()
+        from hmic.models.audioset import audioset_model, checkpoint_path, default_thresholds
+
+        dev = resolve_device(device)
+        precision = resolve_precision(dev, precision)
+        path = checkpoint_path(checkpoint)
+        frontend = FrontendConfig()
+        model = audioset_model(path, mapping, hierarchy, frontend, warn)
+        return cls.from_model(model, frontend, thresholds or default_thresholds(model.hierarchy), str(path), dev,
+                              precision)
 
     @classmethod
     def build(cls, runner: Runner, hierarchy: Hierarchy, method: str, explainer: Explainer, frontend: FrontendConfig,

@@ -52,7 +52,7 @@ class TrainConfig:
     pretrained: str = option(str(default_checkpoint()), f"AudioSet CNN14 checkpoint ({CNN14.filename}: "
                              "'hmic download cnn14'), or 'none' to train from scratch; under the frozen protocol, the "
                              "backbone that was embedded: that file, an hmic run folder or an hmic checkpoint.")
-    epochs: int = option(30, "Epochs; the best validation epoch is kept.")  # a project choice (paper silent)
+    epochs: int = option(30, "Epochs; the best validation epoch is kept (0: --method audioset's run, written without training).")  # a project choice (paper silent)
     batch_size: int = option(16, "Batch size.")
     lr: float = option(1e-4, "Peak learning rate.")
     weight_decay: float = option(1e-4, "Adam weight decay.")
@@ -68,6 +68,8 @@ class TrainConfig:
     work_dir: str = option("", "Derived data (split, features).", envvar=WORK_DIR_ENV, path=True,
                            show_default="<data-dir>.hmic")
     hierarchy: str = option("", "Hierarchy YAML.", path=True, show_default="the hierarchy.yaml shipped with hmic")
+    audioset_map: str = option("", "--method audioset: which AudioSet classes each fine tag is the max of (YAML).",
+                               path=True, show_default="the openmic_audioset.yaml shipped with hmic")
     runs_dir: str = option("runs", "Where run folders go.", path=True)
     device: str = option("auto", f"{DEVICE_HELP}.")
     precision: str = option("auto", "The backbone's precision: auto (bf16 autocast where the device has it natively: CUDA, a CPU with avx512_bf16 or AMX; else float32), bf16 or "
@@ -103,7 +105,14 @@ class TrainConfig:
         if self.schedule not in ("cosine", "constant"):
             raise HmicError("--schedule must be cosine or constant")
         if self.epochs < 1 or self.batch_size < 1:
-            raise HmicError("--epochs and --batch-size must be at least 1")
+            if self.epochs == 0 and self.batch_size >= 1 and head_class(self.method).ready_untrained:
+                pass  # a head that comes trained (audioset): the run is written without training
+            else:
+                raise HmicError("--epochs and --batch-size must be at least 1 (--epochs 0: only --method audioset, "
+                                "whose weights come trained)")
+        if head_class(self.method).ready_untrained and (not self.pretrained or self.pretrained.lower() == "none"):
+            raise HmicError(f"--method {self.method} reads PANNs' AudioSet classifier from --pretrained: pass the "
+                            f"AudioSet CNN14 checkpoint ({CNN14.filename}: 'hmic download cnn14')")
         check_device_name(self.device)
         check_precision(self.precision)
         if not 0.0 <= self.embedding_dropout < 1.0:

@@ -24,6 +24,7 @@ from hmic.training.config import TrainConfig
 from hmic.training.data import ResidentPart, TrainingData, batches, load_training_data
 from hmic.training.loop import (RunState, dropout_rng, epoch_generator, head_seed, level_losses,
                                 lr_at, predict_part, train_epochs)
+from hmic.training.untrained import pretrained_head
 
 
 def init_head(cfg: TrainConfig, hierarchy: Hierarchy, dim: int) -> torch.nn.Module:
@@ -33,7 +34,7 @@ def init_head(cfg: TrainConfig, hierarchy: Hierarchy, dim: int) -> torch.nn.Modu
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(head_seed(cfg.seed))
-        return build_head(cfg.method, dim, hierarchy)
+        return pretrained_head(build_head(cfg.method, dim, hierarchy), cfg)
 
 
 def build_model(cfg: TrainConfig, hierarchy: Hierarchy, frontend: FrontendConfig, warn=None,
@@ -57,6 +58,7 @@ def build_model(cfg: TrainConfig, hierarchy: Hierarchy, frontend: FrontendConfig
     if cfg.pretrained and cfg.pretrained.lower() != "none":
         model.backbone.check_frontend(frontend)
         model.backbone.load_pretrained(cfg.pretrained, frontend, strict_frontend=False, warn=warn)
+    pretrained_head(model.head, cfg)
     return model
 
 

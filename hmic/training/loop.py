@@ -3,7 +3,8 @@
 A run being trained is a ``RunState``: its folder, model, config, best record and metrics history. It
 starts or resumes from ``last.pt`` (``RunState.begin``), commits each epoch (``RunState.commit``: best.pt
 when the validation fine loss improved, then last.pt, then the metrics row) and ends with its best
-checkpoint's predictions and ``done.json`` (``RunState.finish``).
+checkpoint's predictions and ``done.json`` (``RunState.finish``). A run of zero epochs (a head that comes
+trained, ``--method audioset --epochs 0``) keeps its model as it is (``RunState.keep_untrained``).
 
 What trains is a ``Trainer``: one run with its optimiser (``hmic.training.finetune``) or a stack of runs
 sharing one optimiser (``hmic.training.frozen``). ``train_epochs`` drives either through the same epochs:
@@ -178,6 +179,14 @@ class RunState:
         run.append_metrics(row)
         return improved
 
+    def keep_untrained(self, val: dict, val_seconds: float, embedding: dict | None = None) -> None:
+        """A zero-epoch run of a head that comes trained (``Head.ready_untrained``: the audioset head): the
+        model as it is saved as best.pt ("epoch" -1, its validation losses the best record)."""
+        self.best = {"val_fine_loss": val["val_fine_loss"], "epoch": -1, "untrained": True,
+                     "validation_seconds": round(val_seconds, 3)}
+        save_checkpoint(self.run.best_path, self.model, self.frontend, asdict(self.cfg), epoch=-1, best=self.best,
+                        embedding=embedding)
+
     def finish(self, data: TrainingData, device: torch.device, batch_size: int = 32) -> dict:
         """The best checkpoint's predictions on validation and test, then done.json (the run's summary)."""
         run, cfg = self.run, self.cfg
@@ -227,6 +236,11 @@ def train_epochs(trainer: Trainer, data: TrainingData, device: torch.device, sta
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     cfg = trainer.members[0].cfg
+    if cfg.epochs == 0:  # heads that come trained (audioset): each run is written as it is, then finished
+        vals, val_seconds = trainer.validate()
+        for r, member in enumerate(trainer.members):
+            member.keep_untrained(vals[r], val_seconds, trainer.embedding)
+        return [m.finish(data, device, trainer.predict_batch) for m in trainer.members]
     steps = steps_per_epoch(data, cfg)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
