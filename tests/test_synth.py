@@ -130,12 +130,11 @@ def test_bad_soundfont_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_every_tag_has_positives_and_negatives_in_both_partitions():
-    """A 200-clip set, labelled exactly as `hmic synth` does, from each stem's real level in its rendered
-    mix (the audio itself is not encoded here): every tag has observed positives and negatives in both
-    partitions already at a tenth of the default size (2,000 clips, planned the same way)."""
-    assert SynthOptions().clips == 2000  # the defaults of `hmic synth`
-    opts = SynthOptions(clips=200)
+def test_every_tag_has_positives_and_negatives_in_both_partitions_at_the_default_size():
+    """The default 2,000-clip set, labelled exactly as `hmic synth` does, from each stem's real level
+    in its rendered mix (the audio itself is not encoded here)."""
+    opts = SynthOptions()  # the defaults of `hmic synth`
+    assert opts.clips == 2000
     plans = plan_dataset(opts)
     levels = measure_levels(plans, check_soundfont(default_soundfont()), workers=2)
     result = build_labels(plans, levels, opts)
@@ -145,4 +144,4 @@ def test_every_tag_has_positives_and_negatives_in_both_partitions():
         counts[(part[key], tag, int(relevance >= 0.5))] += 1
     missing = [k for k, v in counts.items() if v == 0]
     assert not missing, missing
-    assert min(counts[("train", t, 1)] for t in OPENMIC_TAGS) >= 2
+    assert min(counts[("train", t, 1)] for t in OPENMIC_TAGS) >= 20
