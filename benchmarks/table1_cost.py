@@ -34,7 +34,8 @@ import torch
 from common import SEEDS, device_name, lambdas_of, matmul_peak
 from hmic.audio.decoding import FrontendConfig
 from hmic.models.backbones import BACKBONES, backbone_class
-from hmic.models.checkpoint import Checkpoint, save_checkpoint
+from hmic.models.checkpoint import save_checkpoint
+from hmic.models.loading import Checkpoint
 from hmic.training.config import TrainConfig
 from hmic.data.openmic import OpenMIC
 from hmic.devices import resolve_device

@@ -21,7 +21,7 @@ from hmic.data.openmic import OPENMIC_TAGS
 from hmic.errors import HmicError
 from hmic.models import BackboneConfig
 from hmic.models.backbones import build_backbone
-from hmic.models.checkpoint import Checkpoint
+from hmic.models.loading import Checkpoint
 from hmic.runs.run import Run
 from hmic.tagging import FileTagger
 

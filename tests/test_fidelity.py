@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import panns_frontend_tensors, tiny_config
 from hmic.models.backbones import BackboneConfig, build_backbone
-from hmic.models.checkpoint import Checkpoint
+from hmic.models.loading import Checkpoint
 from hmic.cli import app
 from hmic.data.openmic import OPENMIC_TAGS
 from hmic.devices import autocast

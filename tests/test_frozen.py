@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from hmic.audio.decoding import FrontendConfig
-from hmic.models.checkpoint import Checkpoint
+from hmic.models.loading import Checkpoint
 from hmic.training.config import TrainConfig
-from hmic.models.checkpoint import load_backbone
+from hmic.models.loading import load_backbone
 from hmic.training.embed import EMBEDDINGS, EmbeddingStore, embed
 from hmic.training.frozen import train_frozen
 from hmic.errors import HmicError

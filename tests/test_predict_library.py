@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 import hmic.devices
 import hmic.tagging.inputs
-from hmic.models.checkpoint import Checkpoint, read_state
+from hmic.models.checkpoint import read_state
+from hmic.models.loading import Checkpoint
 from hmic.cli import app
 from hmic.devices import resolve_precision
 from hmic.errors import HmicError

@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_config
-from hmic.models.checkpoint import FORMAT_VERSION, Checkpoint, read_state
+from hmic.models.checkpoint import FORMAT_VERSION, read_state
+from hmic.models.loading import Checkpoint
 from hmic.cli import app
 from hmic.devices import resolve_device
 from hmic.errors import HmicError

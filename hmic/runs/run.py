@@ -206,8 +206,8 @@ def _json_line(row: dict) -> str:
 def load_tuned_checkpoint(run_or_checkpoint: str | Path):
     """A run folder's best.pt (or a checkpoint file) and its tuned thresholds (stored in the file, or
     the run's thresholds.json); untuned is an error naming the command that tunes it.
-    Returns (``hmic.models.checkpoint.Checkpoint``, thresholds dict)."""
-    from hmic.models.checkpoint import Checkpoint
+    Returns (``hmic.models.loading.Checkpoint``, thresholds dict)."""
+    from hmic.models.loading import Checkpoint
 
     path = Path(run_or_checkpoint)
     run = Run(path) if path.is_dir() else None

@@ -30,7 +30,7 @@ import numpy as np
 
 from hmic.audio.decoding import FrontendConfig
 from hmic.errors import HmicError
-from hmic.models.checkpoint import backbone_identity, load_backbone
+from hmic.models.loading import backbone_identity, load_backbone
 from hmic.data.features import FeaturizeSummary, FeatureStore
 from hmic.data.store import MANIFEST, RowStore, StoreWriter, write_failures
 

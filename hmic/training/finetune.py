@@ -49,7 +49,7 @@ def build_model(cfg: TrainConfig, hierarchy: Hierarchy, frontend: FrontendConfig
         return HierarchicalModel(backbone, cfg.method, hierarchy, backbone=CachedEmbedding(backbone, embedding_dim),
                                  head=init_head(cfg, hierarchy, embedding_dim))
     if cfg.fixed_backbone:
-        from hmic.models.checkpoint import load_backbone
+        from hmic.models.loading import load_backbone
 
         fixed = load_backbone(cfg.arch, cfg.pretrained, frontend, warn).backbone
         return HierarchicalModel(backbone, cfg.method, hierarchy, backbone=fixed,
