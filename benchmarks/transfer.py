@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 from hmic.audio.decoding import FrontendConfig  # noqa: E402
-from hmic.models.checkpoint import Checkpoint  # noqa: E402
+from hmic.models.loading import Checkpoint  # noqa: E402
 from hmic.data.openmic import OpenMIC  # noqa: E402
 from hmic.devices import resolve_device  # noqa: E402
 from hmic.data.features import featurize  # noqa: E402
