@@ -75,6 +75,8 @@ class TrainConfig:
     limit_batches: int = option(0, "Train on at most this many batches per epoch; 0 = all (smoke tests).")
     compile: bool = option(False, "torch.compile the model for training (measured against eager: README, 'Table 1 at a fraction of the cost').")
     keep_last: bool = option(False, "Keep last.pt (the resume checkpoint, with the optimiser state) once the run has finished.")
+    tracker: str = option("none", "Per-epoch curves: none, or tensorboard (event files in each run's tensorboard/ folder; "
+                          "'tensorboard --logdir RUNS_DIR' shows the grid; pip install 'hmic[tensorboard]').")
     # finetune protocol with the backbone kept fixed (learning rate 0 on every backbone parameter, the
     # backbone in eval mode): the frozen protocol's function at fine-tuning cost, its reference in the tests
     fixed_backbone: bool = False
@@ -93,6 +95,7 @@ class TrainConfig:
     def validate(self) -> None:
         from hmic.models.backbones import backbone_class
         from hmic.models.heads import head_class
+        from hmic.training.tracker import require_tracker
 
         head_class(self.method)
         backbone_class(self.arch)
@@ -105,6 +108,7 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise HmicError("--epochs and --batch-size must be at least 1")
         check_device_name(self.device)
+        require_tracker(self.tracker)
         check_precision(self.precision)
         if not 0.0 <= self.embedding_dropout < 1.0:
             raise HmicError(f"--embedding-dropout must be in [0, 1), got {self.embedding_dropout}")
@@ -150,7 +154,7 @@ class TrainConfig:
     def identity(self) -> dict:
         """The fields that make two runs the same run (device and folders aside)."""
         d = asdict(self)
-        for k in ("device", "runs_dir", "keep_last"):
+        for k in ("device", "runs_dir", "keep_last", "tracker"):
             d.pop(k)
         return d
 

@@ -28,7 +28,9 @@ from hmic.data.hierarchy import Hierarchy
 from hmic.models.inference import infer
 from hmic.evaluation.metrics import masked_bce
 from hmic.models.model import CachedEmbedding, HierarchicalModel
+from hmic.runs.provenance import failures_recorded, record_session
 from hmic.runs.run import Run
+from hmic.training.tracker import close_tracker, log_epoch, validation_scores
 from hmic.training.data import ResidentPart, SplitPart, TrainingData, batches, load_training_data
 
 # The per-epoch generators of a run: the shuffling order and the augmentation draws, seeded apart
@@ -110,23 +112,26 @@ def predict_part(model: HierarchicalModel, part: SplitPart, store: RowStore, dev
 
 
 def validation_losses(model, part: SplitPart, store: RowStore, device, precision: str = "auto",
-                      batch_size: int = 32) -> tuple[dict, dict]:
+                      batch_size: int = 32, scores: bool = False) -> tuple[dict, dict]:
     """The validation BCE per level of the saved (float32) probabilities, and the predictions."""
     pred = predict_part(model, part, store, device, precision, batch_size)
-    return level_losses(pred["fine_probs"], pred["coarse_probs"], part), pred
+    return level_losses(pred["fine_probs"], pred["coarse_probs"], part, scores), pred
 
 
-def level_losses(fine_probs: np.ndarray, coarse_probs: np.ndarray, part: SplitPart) -> dict:
-    """The validation BCE per level of one run's float32 probabilities on ``part`` (what picks the best epoch)."""
-    return {"val_fine_loss": masked_bce(fine_probs, part.fine_targets, part.fine_mask),
-            "val_coarse_loss": masked_bce(coarse_probs, part.coarse_targets, part.coarse_mask)}
+def level_losses(fine_probs: np.ndarray, coarse_probs: np.ndarray, part: SplitPart, scores: bool = False) -> dict:
+    """The validation BCE per level of one run's float32 probabilities on ``part`` (what picks the best epoch);
+    with ``scores`` (a tracked run), their macro ROC-AUC and PR-AUC per level too."""
+    losses = {"val_fine_loss": masked_bce(fine_probs, part.fine_targets, part.fine_mask),
+              "val_coarse_loss": masked_bce(coarse_probs, part.coarse_targets, part.coarse_mask)}
+    return {**losses, **validation_scores(fine_probs, coarse_probs, part)} if scores else losses
 
 
-def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False) -> tuple[Run, dict | None]:
+def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False, record: bool = True) -> tuple[Run, dict | None]:
     """May ``cfg`` train in its folder? Returns (run, its summary if it already finished).
 
     Refuses a folder holding another configuration, and an unfinished run without ``resume``;
-    ``force`` deletes the folder so the run starts again.
+    ``force`` deletes the folder so the run starts again. A run that will train gets this session's
+    provenance (``hmic.runs.provenance``) unless ``record`` is False (a driver that only checks).
     """
     cfg = cfg.resolved()
     run = cfg.run()
@@ -140,6 +145,8 @@ def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False) -> tup
             raise HmicError(f"{run} holds an unfinished run; pass --resume to continue it or --force to restart")
     if force and run.folder.exists():
         shutil.rmtree(run.folder)
+    if record:
+        record_session(run.folder, resumed=resume and run.resumable, device=cfg.device)
     return run, None
 
 
@@ -159,7 +166,7 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
     if cfg.protocol == "frozen":
         raise HmicError("train_run trains the fine-tuning protocol; frozen-protocol runs train through "
                         "hmic.training.frozen.train_frozen (or hmic.training.grid.run_grid, as 'hmic train --protocol frozen' does)")
-    with cfg.run().exclusive():  # one writer per run folder, for the whole run
+    with cfg.run().exclusive(), failures_recorded(cfg.run().folder):  # one writer per run folder; an error is kept in it
         return _train_locked(cfg, resume, force, console, progress, data, stop_after_epoch)
 
 
@@ -331,7 +338,8 @@ def validate_and_save(run: Run, model: HierarchicalModel, training_state, data: 
     frontend, config = data.store.frontend, asdict(cfg)
     t_val = time.perf_counter()
     if validated is None:
-        val, _ = validation_losses(model, data.parts["val"], data.store, device, cfg.precision, batch_size)
+        val, _ = validation_losses(model, data.parts["val"], data.store, device, cfg.precision, batch_size,
+                                   scores=cfg.tracker != "none")
         val_seconds = time.perf_counter() - t_val
     else:
         val, val_seconds = validated
@@ -352,6 +360,7 @@ def validate_and_save(run: Run, model: HierarchicalModel, training_state, data: 
     if device.type == "cuda":
         row["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
     run.append_metrics(row)
+    log_epoch(run, cfg, row)  # the tracker's curves (--tracker), from the very row of metrics.jsonl
     return best, improved, val
 
 
@@ -365,6 +374,7 @@ def finish(run: Run, model: HierarchicalModel, data: TrainingData, cfg: TrainCon
                "best_epoch": best["epoch"], "best_val_fine_loss": best["val_fine_loss"],
                "epochs": cfg.epochs, "device": str(device), "protocol": cfg.protocol}
     run.write_done(summary)
+    close_tracker(run)
     if not cfg.keep_last:  # last.pt exists to resume: a finished run keeps best.pt (README, "Where things go")
         run.last_path.unlink(missing_ok=True)
     return summary

@@ -33,6 +33,7 @@ from hmic.models.checkpoint import read_state
 from hmic.devices import resolve_device
 from hmic.errors import HmicError
 from hmic.models.heads import hierarchical_loss
+from hmic.runs.provenance import failures_recorded
 from hmic.models.model import HierarchicalModel, apply_keep, dropout_keep
 from hmic.training.finetune import (build_model, dropout_rng, epoch_generator, finish, level_losses, lr_at, open_run,
                     restored_history, validate_and_save)
@@ -96,6 +97,7 @@ def train_frozen(configs: list[TrainConfig], *, resume: bool = False, force: boo
     with ExitStack() as locks:
         for cfg in configs:  # one writer per run folder, for the whole stack
             locks.enter_context(cfg.run().exclusive())
+        locks.enter_context(failures_recorded(*(cfg.run().folder for cfg in configs)))  # an error is kept in each run
         todo = []
         for i, cfg in enumerate(configs):
             run, done = open_run(cfg, resume, force)
@@ -257,11 +259,11 @@ class Stack:
             self.base.train(was_training)
         return torch.cat(fine, dim=1).numpy(), torch.cat(coarse, dim=1).numpy()
 
-    def validation_losses(self, z: torch.Tensor, part) -> list[dict]:
+    def validation_losses(self, z: torch.Tensor, part, scores: bool = False) -> list[dict]:
         """Each member's validation BCE per level (``hmic.training.finetune.level_losses``, as a run alone computes
-        it), from one stacked pass."""
+        it; with ``scores``, its AUCs too), from one stacked pass."""
         fine, coarse = self.probabilities(z)
-        return [level_losses(fine[r], coarse[r], part) for r in range(len(fine))]
+        return [level_losses(fine[r], coarse[r], part, scores) for r in range(len(fine))]
 
 
 def _restore_adam(stack: Stack, group: list[_Member], device: torch.device) -> None:
@@ -340,7 +342,7 @@ def _train_group(group: list[_Member], start_epoch: int, data: TrainingData, dev
             compute = time.perf_counter() - started - data_seconds
             mean = (total / max(1, n_batches)).tolist()
             t_val = time.perf_counter()
-            vals = stack.validation_losses(z_val, data.parts["val"])
+            vals = stack.validation_losses(z_val, data.parts["val"], scores=cfg0.tracker != "none")
             val_share = (time.perf_counter() - t_val) / n_runs  # each run's share of the stacked pass
             best_losses = []
             for r, member in enumerate(group):
