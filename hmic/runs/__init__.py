@@ -2,5 +2,8 @@
 ``metrics.jsonl``, checkpoints, saved predictions, thresholds and the end-of-run marker.
 
 Everything that reads or writes a run folder goes through ``Run``; nothing else knows the file names.
+``provenance``: which code, machine and command made each training session (``provenance.json``), and the
+warning when combined runs come from different code; ``listing``: where every run under a folder stands
+(``hmic runs``).
 May import: the top-level core modules, ``hmic.audio``, ``hmic.data`` and ``hmic.models``.
 """
