@@ -77,6 +77,7 @@ def test_provenance_is_recorded_when_a_run_starts_and_a_resume_appends_a_session
     assert m["cpu"] == provenance.cpu_model() and m["cpu"]
     assert m["gpu_count"] == (torch.cuda.device_count() if torch.cuda.is_available() else 0) == len(m["gpus"])
     assert first["command"] == sys.argv and first["pid"] == os.getpid()
+    assert first["config"] == Run(folder).config()  # the configuration this session ran
 
     train_run(cfg, resume=True, data=data, progress=False)
     again, second = sessions(folder)
@@ -265,6 +266,20 @@ def replace_pretrained(cfg: TrainConfig, pretrained: str) -> TrainConfig:
     from dataclasses import replace
 
     return replace(cfg, pretrained=pretrained)
+
+
+def test_a_run_that_fails_before_writing_its_config_is_listed_failed(prepared, tmp_path):
+    from hmic.training.frozen import train_frozen
+
+    other = tmp_path / "other.pt"  # not a backbone: the frozen run fails loading its embeddings, after it opened
+    torch.save({"conv_block1.conv1.weight": torch.zeros(1)}, other)
+    cfg = tiny_config(prepared, tmp_path / "runs", protocol="frozen", pretrained=str(other), precision="fp32")
+    with pytest.raises(HmicError) as e:
+        train_frozen([cfg], progress=False)
+    assert not cfg.run().config_path.exists()
+    (status,) = list_runs(tmp_path / "runs")
+    assert (status.state, status.method, status.seed, status.protocol) == ("failed", "gmp", 0, "frozen")
+    assert status.error == str(e.value)
 
 
 def test_a_killed_run_is_interrupted_even_though_its_lock_names_a_pid(prepared, tmp_path, data):

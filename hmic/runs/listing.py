@@ -117,10 +117,11 @@ def _running(run: Run, last: dict | None) -> tuple[bool, bool]:
 
 
 def run_status(run: Run) -> RunStatus:
-    config = run.config()
-    rows = run.metrics()
     found = sessions(run.folder)
     last = found[-1] if found else None
+    # a run that failed before writing config.json (its data missing, say) has its session's
+    config = run.config() if run.started else dict((last or {}).get("config") or {})
+    rows = run.metrics()
     epochs = int(config.get("epochs", 0))
     best_epoch, best_loss = None, None
     if run.finished:
@@ -151,15 +152,18 @@ def run_status(run: Run) -> RunStatus:
 
 
 def is_run_folder(folder: Path) -> bool:
-    """A folder with a config.json of a training run (method and seed) or a provenance.json."""
+    """A folder with the config.json of a training run (method and seed), or a provenance.json whose
+    session names one."""
     config = folder / "config.json"
     if config.is_file():
         try:
             data = read_json(config)
         except (OSError, ValueError):
             return False
-        return isinstance(data, dict) and "method" in data and "seed" in data
-    return False
+    else:
+        found = sessions(folder)
+        data = found[-1].get("config") if found else None
+    return isinstance(data, dict) and "method" in data and "seed" in data
 
 
 def list_runs(folder: str | Path) -> list[RunStatus]:

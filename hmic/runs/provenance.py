@@ -10,6 +10,8 @@ Each time a run starts training, first or on resume, a *session* is appended to 
     machine        {"host", "cpu", "cpu_cores", "gpus": [model per visible GPU], "device": the run's --device}
     command        the exact command line (a list; ``command_line``: the same, shell-quoted)
     pid            the training process (with the host: how ``hmic runs`` tells a running run)
+    config         the resolved training configuration this session ran with (config.json holds the
+                   run's; a resume may differ in --device or --tracker)
     error          {"type", "message", "at"}, only when the session ended in an exception
 
 The facts are gathered without ever failing a run: git missing, slow or refusing the folder gives a
@@ -123,7 +125,7 @@ def command() -> tuple[list[str], list[str] | None]:
 
 
 def session(kind: str = "start", device: str | None = None) -> dict:
-    """The facts of one training session (see the module's docstring)."""
+    """The facts of one training session (see the module's docstring), without its configuration."""
     import numpy
     import torch
 
@@ -153,10 +155,13 @@ def sessions(folder: str | Path) -> list[dict]:
     return list(data.get("sessions", [])) if isinstance(data, dict) else []
 
 
-def record_session(folder: str | Path, *, resumed: bool, device: str | None = None) -> dict:
-    """Append this process's session to ``folder``'s provenance.json (atomically); returns it."""
+def record_session(folder: str | Path, *, resumed: bool, config: dict | None = None) -> dict:
+    """Append this process's session, run with ``config`` (the resolved TrainConfig as a dict), to
+    ``folder``'s provenance.json (atomically); returns it."""
     folder = Path(folder)
-    entry = session("resume" if resumed else "start", device)
+    entry = session("resume" if resumed else "start", (config or {}).get("device"))
+    if config is not None:
+        entry["config"] = config
     write_json(folder / PROVENANCE, {"sessions": [*sessions(folder), entry]})
     _OPENED.add(str(folder.resolve()))
     return entry

@@ -146,7 +146,7 @@ def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False, record
     if force and run.folder.exists():
         shutil.rmtree(run.folder)
     if record:
-        record_session(run.folder, resumed=resume and run.resumable, device=cfg.device)
+        record_session(run.folder, resumed=resume and run.resumable, config=asdict(cfg))
     return run, None
 
 
