@@ -76,7 +76,7 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model for training (measured against eager: README, 'Table 1 at a fraction of the cost').")
     keep_last: bool = option(False, "Keep last.pt (the resume checkpoint, with the optimiser state) once the run has finished.")
     tracker: str = option("none", "Per-epoch curves: none, or tensorboard (event files in each run's tensorboard/ folder; "
-                          "'tensorboard --logdir RUNS_DIR' shows the grid; pip install 'hmic[tensorboard]').")
+                          "'tensorboard --logdir RUNS_DIR' shows the grid; needs hmic's tensorboard extra).")
     # finetune protocol with the backbone kept fixed (learning rate 0 on every backbone parameter, the
     # backbone in eval mode): the frozen protocol's function at fine-tuning cost, its reference in the tests
     fixed_backbone: bool = False
