@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 import inspect
 from enum import Enum
 from pathlib import Path
@@ -351,6 +351,7 @@ def evaluate(
     from hmic.runs.run import LEVELS, find_runs
 
     found = find_runs(runs)
+    _warn_mixed_code(found)
     agg = evaluate_runs(found, split.value)
     table = Table(title=f"{split.value} split, {len(found)} run(s), macro over tags (%)")
     table.add_column("level")
@@ -658,12 +659,57 @@ def table(
 ) -> None:
     """Table 1 for the runs that exist (λ selected on validation, mean ± std over seeds), Fig. 3 and Fig. 4. Reads runs only."""
     from hmic.evaluation.report import write_table
+    from hmic.runs.run import finished_runs
 
+    _warn_mixed_code(finished_runs(runs_dir))
     result = write_table(runs_dir, out, split.value)
     typer.echo(result["markdown"])
     for fig in result["figures"]:
         console.print(f"figure: {fig}")
     console.print(f"table: {out / 'table1.md'}, {out / 'table1.csv'}")
+
+
+def _warn_mixed_code(found: list) -> None:
+    """One line on stderr when the runs combined come from different commits or modified trees."""
+    from hmic.runs.provenance import mixed_code_warning
+
+    warning = mixed_code_warning(found)
+    if warning:
+        err.print(f"[yellow]{escape(warning)}[/]", highlight=False, soft_wrap=True)
+
+
+@app.command("runs")
+def runs_(
+    runs_dir: Annotated[Path, typer.Argument(help="Runs folder (any depth), or one run folder.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list (an object per run) instead of the table.")] = False,
+) -> None:
+    """Every run under a folder: method, λ, seed, protocol, state, best epoch, wall time, tuned, commit. Reads only."""
+    import json
+
+    from hmic.runs.listing import format_seconds, list_runs
+
+    found = list_runs(runs_dir)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in found], indent=2))
+        return
+    if not found:
+        raise HmicError(f"no runs under {runs_dir}; train some with 'hmic train --runs-dir {runs_dir}'")
+    colour = {"finished": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
+    counts = {state: sum(r.state == state for r in found) for state in colour}
+    table = Table(title=f"{len(found)} run(s) under {runs_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    for col in ("run", "method", "λ", "seed", "protocol", "state", "best epoch", "val fine loss", "wall time", "tuned", "commit"):
+        table.add_column(col, justify="right" if col in ("λ", "seed", "best epoch", "val fine loss", "wall time") else "left",
+                         no_wrap=col == "state")  # one line per run: the full error is in --json
+    for r in found:
+        where = Path(r.run)
+        with suppress(ValueError):
+            where = where.relative_to(runs_dir)
+        table.add_row(escape(str(where)), r.method, f"{r.lam:.2f}", str(r.seed), r.protocol,
+                      f"[{colour[r.state]}]{escape(r.state_text)}[/]",
+                      "-" if r.best_epoch is None else str(r.best_epoch + 1),
+                      "-" if r.best_val_fine_loss is None else f"{r.best_val_fine_loss:.4f}",
+                      format_seconds(r.wall_seconds) if r.epochs_done else "-", "yes" if r.tuned else "no", escape(r.commit))
+    console.print(table)
 
 
 @app.command()

@@ -141,3 +141,25 @@ def test_a_killed_worker_is_retried_and_resumes_from_last_pt(prepared, tmp_path,
     assert rows[0] == first_epoch  # resumed from last.pt: epoch 1 was not trained again
     reference = run_grid([replace(c, runs_dir=str(tmp_path / "local")) for c in configs], LocalExecutor(progress=False))
     same_predictions(reference, outcome["summaries"])
+
+
+def test_ray_workers_record_each_runs_session_events_and_failure(prepared, tmp_path, local_ray):
+    """The driver records no session of its own; each worker records one per run, with the driver's command
+    line, writes the run's own TensorBoard events, and keeps a failing run's error in the run's folder."""
+    from hmic.runs.listing import list_runs
+    from hmic.runs.provenance import sessions
+    from test_tracking import assert_events_equal_metrics
+
+    configs = [replace(c, tracker="tensorboard", epochs=2, limit_batches=2) for c in grid(prepared, tmp_path)[:3]]
+    configs[2] = replace(configs[2], pretrained=str(tmp_path / "missing.pth"))
+    with pytest.raises(GridError):
+        run_grid(configs, RayExecutor(cpus_per_run=1, progress=False))
+    for cfg in configs[:2]:
+        (session,) = sessions(cfg.run().folder)
+        assert session["command"] == sys.argv and session["pid"] != os.getpid() and "worker_command" in session
+        assert_events_equal_metrics(Run(cfg.run().folder))
+    listed = {r.run: r for r in list_runs(tmp_path)}
+    assert {run: r.state for run, r in listed.items()} == {str(configs[0].run().folder): "finished",
+                                                         str(configs[1].run().folder): "finished",
+                                                         str(configs[2].run().folder): "failed"}
+    assert "does not exist" in listed[str(configs[2].run().folder)].error

@@ -2,14 +2,17 @@
 
 A run folder holds, written in this order:
 
-    config.json            the resolved training configuration (written first); method, λ and seed
-                           are read from here, never from folder names
+    provenance.json        one session per start or resume: code commit, versions, machine, command
+                           line, and the error of a session that raised (``hmic.runs.provenance``)
+    config.json            the resolved training configuration; method, λ and seed are read from
+                           here, never from folder names
     metrics.jsonl          one line per epoch: train loss, validation loss per level, lr, seconds
     last.pt / best.pt      checkpoints (``hmic.models.checkpoint``), written atomically; best = lowest
                            validation fine-level loss
     predictions_val.npz, predictions_test.npz   the best checkpoint's outputs for later stages
     done.json              the summary, once finished
     thresholds.json        after ``hmic tune-thresholds``
+    tensorboard/           event files, with ``--tracker tensorboard`` (``hmic.training.tracker``)
 
 New runs are filed as ``<runs>/<method>/lam<λ>/seed<S>/`` (``Run.at``); any other folder holding
 these files is a run just the same.

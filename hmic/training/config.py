@@ -77,6 +77,8 @@ class TrainConfig:
     limit_batches: int = option(0, "Train on at most this many batches per epoch; 0 = all (smoke tests).")
     compile: bool = option(False, "torch.compile the model for training (measured against eager: README, 'Table 1 at a fraction of the cost').")
     keep_last: bool = option(False, "Keep last.pt (the resume checkpoint, with the optimiser state) once the run has finished.")
+    tracker: str = option("none", "Per-epoch curves: none, or tensorboard (event files in each run's tensorboard/ folder; "
+                          "'tensorboard --logdir RUNS_DIR' shows the grid; needs hmic's tensorboard extra).")
     # finetune protocol with the backbone kept fixed (learning rate 0 on every backbone parameter, the
     # backbone in eval mode): the frozen protocol's function at fine-tuning cost, its reference in the tests
     fixed_backbone: bool = False
@@ -95,6 +97,7 @@ class TrainConfig:
     def validate(self) -> None:
         from hmic.models.backbones import backbone_class
         from hmic.models.heads import head_class
+        from hmic.training.tracker import require_tracker
 
         head_class(self.method)
         backbone_class(self.arch)
@@ -114,6 +117,7 @@ class TrainConfig:
             raise HmicError(f"--method {self.method} reads PANNs' AudioSet classifier from --pretrained: pass the "
                             f"AudioSet CNN14 checkpoint ({CNN14.filename}: 'hmic download cnn14')")
         check_device_name(self.device)
+        require_tracker(self.tracker)
         check_precision(self.precision)
         if not 0.0 <= self.embedding_dropout < 1.0:
             raise HmicError(f"--embedding-dropout must be in [0, 1), got {self.embedding_dropout}")
@@ -159,7 +163,7 @@ class TrainConfig:
     def identity(self) -> dict:
         """The fields that make two runs the same run (device and folders aside)."""
         d = asdict(self)
-        for k in ("device", "runs_dir", "keep_last"):
+        for k in ("device", "runs_dir", "keep_last", "tracker"):
             d.pop(k)
         return d
 

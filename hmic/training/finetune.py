@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import asdict
 
 import torch
 
@@ -18,6 +19,7 @@ from hmic.errors import HmicError
 from hmic.models import BackboneConfig
 from hmic.models.heads import hierarchical_loss
 from hmic.models.model import CachedEmbedding, HierarchicalModel
+from hmic.runs.provenance import failures_recorded, record_session
 from hmic.runs.run import Run
 from hmic.training.augment import augment_batch
 from hmic.training.config import TrainConfig
@@ -62,17 +64,20 @@ def build_model(cfg: TrainConfig, hierarchy: Hierarchy, frontend: FrontendConfig
     return model
 
 
-def validation_losses(model, part, store, device, precision: str = "auto", batch_size: int = 32) -> tuple[dict, dict]:
-    """The validation BCE per level of the saved (float32) probabilities, and the predictions."""
+def validation_losses(model, part, store, device, precision: str = "auto", batch_size: int = 32,
+                      scores: bool = False) -> tuple[dict, dict]:
+    """The validation BCE per level of the saved (float32) probabilities (with ``scores``, a tracked
+    run's macro ROC-AUC and PR-AUC per level too), and the predictions."""
     pred = predict_part(model, part, store, device, precision, batch_size)
-    return level_losses(pred["fine_probs"], pred["coarse_probs"], part), pred
+    return level_losses(pred["fine_probs"], pred["coarse_probs"], part, scores), pred
 
 
 def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False) -> tuple[Run, dict | None]:
     """May ``cfg`` train in its folder? Returns (run, its summary if it already finished).
 
     Refuses a folder holding another configuration, and an unfinished run without ``resume``;
-    ``force`` deletes the folder so the run starts again.
+    ``force`` deletes the folder so the run starts again. A run that will train gets this session's
+    provenance (``hmic.runs.provenance``) unless ``record`` is False (a driver that only checks).
     """
     cfg = cfg.resolved()
     run = cfg.run()
@@ -86,6 +91,8 @@ def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False) -> tup
             raise HmicError(f"{run} holds an unfinished run; pass --resume to continue it or --force to restart")
     if force and run.folder.exists():
         shutil.rmtree(run.folder)
+    if record:
+        record_session(run.folder, resumed=resume and run.resumable, config=asdict(cfg))
     return run, None
 
 
@@ -104,7 +111,7 @@ def train_run(cfg: TrainConfig, resume: bool = False, force: bool = False, conso
     if cfg.protocol == "frozen":
         raise HmicError("train_run trains the fine-tuning protocol; frozen-protocol runs train through "
                         "hmic.training.frozen.train_frozen (or hmic.training.grid.run_grid, as 'hmic train --protocol frozen' does)")
-    with cfg.run().exclusive():  # one writer per run folder, for the whole run
+    with cfg.run().exclusive(), failures_recorded(cfg.run().folder):  # one writer per run folder; an error is kept in it
         return _train_locked(cfg, resume, force, console, progress, data, stop_after_epoch)
 
 
@@ -130,7 +137,7 @@ class SingleRun:
     def validate(self) -> tuple[list[dict], float]:
         t_val = time.perf_counter()
         val, _ = validation_losses(self.model, self.data.parts["val"], self.data.store, self.device,
-                                   self.cfg.precision, self.predict_batch)
+                                   self.cfg.precision, self.predict_batch, scores=self.cfg.tracker != "none")
         return [val], time.perf_counter() - t_val
 
     def training_state(self, member: int = 0) -> dict:

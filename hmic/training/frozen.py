@@ -29,6 +29,7 @@ from hmic.devices import freed_memory_kept, resolve_device
 from hmic.models.heads import hierarchical_loss
 from hmic.models.inference import infer
 from hmic.models.model import apply_keep, dropout_keep
+from hmic.runs.provenance import failures_recorded
 from hmic.training.config import TrainConfig
 from hmic.training.data import TrainingData, load_training_data
 from hmic.training.finetune import build_model, open_run
@@ -73,6 +74,7 @@ def train_frozen(configs: list[TrainConfig], *, resume: bool = False, force: boo
     with ExitStack() as locks:
         for cfg in configs:  # one writer per run folder, for the whole stack
             locks.enter_context(cfg.run().exclusive())
+        locks.enter_context(failures_recorded(*(cfg.run().folder for cfg in configs)))  # an error is kept in each run
         todo = []
         for i, cfg in enumerate(configs):
             run, done = open_run(cfg, resume, force)
@@ -206,11 +208,11 @@ class Stack:
             self.base.train(was_training)
         return out.fine_probs, out.coarse_probs
 
-    def validation_losses(self, z: torch.Tensor, part) -> list[dict]:
-        """Each member's validation BCE per level (``hmic.training.finetune.level_losses``, as a run alone computes
-        it), from one stacked pass."""
+    def validation_losses(self, z: torch.Tensor, part, scores: bool = False) -> list[dict]:
+        """Each member's validation BCE per level (``hmic.training.loop.level_losses``, as a run alone computes
+        it; with ``scores``, its AUCs too), from one stacked pass."""
         fine, coarse = self.probabilities(z)
-        return [level_losses(fine[r], coarse[r], part) for r in range(len(fine))]
+        return [level_losses(fine[r], coarse[r], part, scores) for r in range(len(fine))]
 
 
 class _StackedForward(torch.nn.Module):
@@ -291,7 +293,7 @@ class StackedRuns:
         """Every member's validation losses from one stacked pass; each member's share of its seconds. The
         members' heads then hold the stack's parameters (what their commits save)."""
         t_val = time.perf_counter()
-        vals = self.stack.validation_losses(self.z_val, self.data.parts["val"])
+        vals = self.stack.validation_losses(self.z_val, self.data.parts["val"], scores=self.cfg.tracker != "none")
         share = (time.perf_counter() - t_val) / len(self.members)
         with torch.no_grad():
             for r, member in enumerate(self.members):

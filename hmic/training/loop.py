@@ -32,6 +32,7 @@ from hmic.models.model import HierarchicalModel
 from hmic.runs.run import Run
 from hmic.training.config import TrainConfig
 from hmic.training.data import SplitPart, TrainingData, batches
+from hmic.training.tracker import close_tracker, log_epoch, validation_scores
 
 NO_BEST = {"val_fine_loss": float("inf"), "epoch": -1}
 
@@ -112,10 +113,12 @@ def prediction_arrays(hierarchy, part: SplitPart, fine_probs: np.ndarray, coarse
     return result
 
 
-def level_losses(fine_probs: np.ndarray, coarse_probs: np.ndarray, part: SplitPart) -> dict:
-    """The validation BCE per level of one run's float32 probabilities on ``part`` (what picks the best epoch)."""
-    return {"val_fine_loss": masked_bce(fine_probs, part.fine_targets, part.fine_mask),
-            "val_coarse_loss": masked_bce(coarse_probs, part.coarse_targets, part.coarse_mask)}
+def level_losses(fine_probs: np.ndarray, coarse_probs: np.ndarray, part: SplitPart, scores: bool = False) -> dict:
+    """The validation BCE per level of one run's float32 probabilities on ``part`` (what picks the best epoch);
+    with ``scores`` (a tracked run), their macro ROC-AUC and PR-AUC per level too."""
+    losses = {"val_fine_loss": masked_bce(fine_probs, part.fine_targets, part.fine_mask),
+              "val_coarse_loss": masked_bce(coarse_probs, part.coarse_targets, part.coarse_mask)}
+    return {**losses, **validation_scores(fine_probs, coarse_probs, part)} if scores else losses
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,6 +180,7 @@ class RunState:
         if device.type == "cuda":
             row["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
         run.append_metrics(row)
+        log_epoch(run, self.cfg, row)  # the tracker's curves (--tracker), from the very row of metrics.jsonl
         return improved
 
     def keep_untrained(self, val: dict, val_seconds: float, embedding: dict | None = None) -> None:
@@ -198,6 +202,7 @@ class RunState:
                    "best_epoch": self.best["epoch"], "best_val_fine_loss": self.best["val_fine_loss"],
                    "epochs": cfg.epochs, "device": str(device), "protocol": cfg.protocol}
         run.write_done(summary)
+        close_tracker(run)
         if not cfg.keep_last:  # last.pt exists to resume: a finished run keeps best.pt
             run.last_path.unlink(missing_ok=True)
         return summary

@@ -15,10 +15,13 @@ runs. Ray is optional: ``pip install 'hmic[ray]'``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
 from dataclasses import asdict
 
 from hmic.errors import HmicError
+from hmic.runs.provenance import COMMAND_ENV
 from hmic.training.config import TrainConfig
 from hmic.training.grid import GridError, train_unit, work_units
 from hmic.training.finetune import open_run
@@ -35,13 +38,16 @@ def import_ray():
     return ray
 
 
-def train_task(configs: list[dict], threads: int) -> list[dict]:
+def train_task(configs: list[dict], threads: int, command: list[str] | None = None) -> list[dict]:
     """What one Ray task runs: a run, or a stack of frozen-protocol runs (``hmic.training.grid.work_units``) in one
-    process, resumed from last.pt where an earlier attempt left one. Returns their summaries."""
+    process, resumed from last.pt where an earlier attempt left one. Returns their summaries. ``command``:
+    the driver's command line, which the runs' provenance records (``hmic.runs.provenance``)."""
     import torch
 
     from hmic.devices import keep_freed_memory
 
+    if command:
+        os.environ[COMMAND_ENV] = json.dumps(command)
     torch.set_num_threads(threads)
     cfgs = [TrainConfig(**c) for c in configs]
     if cfgs[0].protocol == "frozen":
@@ -80,7 +86,7 @@ class RayExecutor:
         summaries: list[dict | None] = [None] * len(configs)
         todo = []
         for i, cfg in enumerate(configs):
-            run, done = open_run(cfg, resume, force)
+            run, done = open_run(cfg, resume, force, record=False)  # the worker records its own session
             if done is not None:
                 summaries[i] = done
             else:
@@ -115,7 +121,7 @@ class RayExecutor:
         units = [[todo[j] for j in unit] for unit in work_units([configs[i] for i in todo])]
         refs = {remote.options(name=task_name([configs[i] for i in unit]), num_cpus=self.cpus_per_run, num_gpus=gpus,
                                max_retries=self.max_retries, retry_exceptions=False)
-                .remote([asdict(configs[i]) for i in unit], threads): unit for unit in units}
+                .remote([asdict(configs[i]) for i in unit], threads, sys.argv): unit for unit in units}
         failures: dict[str, str] = {}
         pending = list(refs)
         live = Live(self._table(configs, summaries, failures), console=console, refresh_per_second=2) \
