@@ -30,7 +30,7 @@ SYNTH_CLIPS ?= 2000
 SOUNDFONTS  := data/soundfonts
 MUSESCORE   := $(SOUNDFONTS)/MuseScore_General_Lite.sf3
 
-# make table1-frozen: the same grid under the frozen-backbone protocol (README, "The frozen-backbone protocol"):
+# make table1-frozen: the same grid under the frozen-backbone protocol (docs/frozen.md):
 # the backbone embedded once ('hmic embed'), then only the heads train, on the cached embeddings.
 FROZEN_BACKBONE ?=  # empty: the AudioSet CNN14 checkpoint of 'hmic download cnn14'
 # make table1-frozen-synth: the stand-in's frozen grid over a fine-tuned stand-in run's backbone.

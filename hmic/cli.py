@@ -437,7 +437,7 @@ def predict(
     hop: Annotated[float, typer.Option(help="Hop between 10-s windows, seconds.")] = DEFAULT_HOP_SECONDS,
     aggregate: Annotated[Aggregation, typer.Option(help="Song-level aggregation of window probabilities.")] = Aggregation(DEFAULT_AGGREGATE),
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass (windows of several files share a batch).")] = DEFAULT_BATCH_SIZE,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write this run's results as JSON (schema in README).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write this run's results as JSON (schema: docs, 'Tagging songs and libraries').")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write this run's results as CSV.")] = None,
     jsonl: Annotated[Optional[Path], typer.Option(help="Append one JSON line per finished file; files already in it are skipped, so a killed run resumes.", show_default=False)] = None,
     labels: Annotated[Optional[Path], typer.Option(help="Write a label track per file here (start, end, label; tab-separated: Audacity, Sonic Visualiser).", show_default=False)] = None,

@@ -41,8 +41,15 @@ def _plain(text: str | None) -> str:
 
 
 def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell (no pipes, no raw HTML)."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    """Prose safe inside a Markdown table cell: no pipes, no raw HTML, no link or emphasis syntax."""
+    for char in "\\[]*_|":
+        text = text.replace(char, "\\" + char)
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _code(text: str) -> str:
+    """A value shown as code inside a table cell (a backslash would show, so only pipes are replaced)."""
+    return f"`{text.replace('|', '¦')}`"
 
 
 def _type(param, ctx) -> str:
@@ -66,14 +73,14 @@ def _default(param) -> str:
     if callable(value) or value is None:
         return "—"
     if getattr(param, "is_flag", False) and getattr(param, "secondary_opts", None):
-        return f"`{param.opts[0] if value else param.secondary_opts[0]}`"
+        return _code(param.opts[0] if value else param.secondary_opts[0])
     if isinstance(value, enum.Enum):
         value = value.value
     if isinstance(value, (list, tuple)):
         value = ", ".join(str(v) for v in value) if value else None
         if value is None:
             return "—"
-    return f"`{_cell(str(value))}`"
+    return _code(str(value))
 
 
 def _names(param) -> str:
