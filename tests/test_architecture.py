@@ -171,11 +171,3 @@ def test_non_editable_install_runs_and_loads_the_default_hierarchy(wheel, tmp_pa
     helped = subprocess.run([sys.executable, "-m", "hmic", "train", "--help"], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
     assert helped.returncode == 0 and "--method" in helped.stdout
-
-
-def test_every_raw_output_the_readme_cites_is_in_the_checkout():
-    import re
-
-    cited = set(re.findall(r"benchmarks/results/[A-Za-z0-9_./-]*", (ROOT / "README.md").read_text()))
-    missing = sorted(c for c in (c.rstrip(".,)") for c in cited) if not (ROOT / c).exists())
-    assert cited and missing == []  # a clean clone has only what git tracks
