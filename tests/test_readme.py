@@ -41,6 +41,12 @@ def hmic_lines() -> list[list[str]]:
     return commands
 
 
+def inline_hmic_spans() -> list[list[str]]:
+    """Every `hmic ...` code span in the README's prose (outside code blocks), as argv after `hmic`."""
+    prose = re.sub(r"```.*?```", "", README, flags=re.S)
+    return [shlex.split(span)[1:] for span in re.findall(r"`(hmic [^`]+)`", prose)]
+
+
 def make_targets_named() -> set[str]:
     named = set()
     for block in blocks("bash"):
@@ -85,6 +91,17 @@ def test_every_readme_hmic_line_parses(argv):
         if pending and pending[0] in argv:
             pytest.skip(f"{pending[0]} arrives with {AWAITING_MERGE[(argv[0], pending[0])]}")
         raise AssertionError(f"README: `hmic {' '.join(argv)}` does not parse: {message}") from None
+
+
+@pytest.mark.parametrize("argv", inline_hmic_spans(), ids=lambda a: " ".join(a)[:60])
+def test_every_hmic_command_named_in_the_prose_exists_with_its_options(argv):
+    """Prose may name a command without its arguments (`hmic import`); its name and options must exist."""
+    try:
+        parse(argv)
+    except Exception as e:
+        message = getattr(e, "format_message", lambda: str(e))()
+        if not message.startswith("Missing argument"):
+            raise AssertionError(f"README: `hmic {' '.join(argv)}` does not parse: {message}") from None
 
 
 def test_the_parser_check_catches_a_wrong_line():
