@@ -191,3 +191,27 @@ def test_the_readme_python_example_runs_as_written(trained, tmp_path, monkeypatc
     assert len((work / "tags.jsonl").read_text().splitlines()) == 3
     assert sorted(str(p.relative_to(work / "labels")) for p in (work / "labels").rglob("*.txt")) == [
         "a.wav.txt", "song.wav.txt", "sub/b.flac.txt"]
+
+
+def test_the_results_table_is_the_committed_raw_output():
+    """The README's stand-in columns (mean ± std, ▲/▼ at 5% after Holm) are those of the raw table the
+    measurements page cites, figure for figure."""
+    import csv
+
+    raw = ROOT / "benchmarks" / "results" / "2026-12-01-amd-epyc-2core-standin-frozen-table1.csv"
+    with raw.open(newline="") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    table = README.split("## Results", 1)[1].split("\n\n| method |", 1)[1].split("\n\n", 1)[0]
+    shown = [line.strip("|").split("|") for line in table.splitlines()[2:]]
+    assert [cells[0].strip() for cells in shown] == list(rows)
+
+    def cell(row: dict, metric: str) -> str:
+        text = f"{float(row[metric + '_mean']):.1f} ± {float(row[metric + '_std']):.1f}"
+        diff, p = row.get(f"{metric}_vs_reference_diff"), row.get(f"{metric}_vs_reference_p_holm")
+        if diff and p and float(p) < 0.05:
+            text += " ▲" if float(diff) > 0 else " ▼"
+        return text
+
+    for cells in shown:
+        row = rows[cells[0].strip()]
+        assert [c.strip() for c in cells[1:4]] == [cell(row, m) for m in ("fine_roc_auc", "coarse_roc_auc", "coarse_pr_auc")]
