@@ -30,17 +30,18 @@ SYNTH_CLIPS ?= 2000
 SOUNDFONTS  := data/soundfonts
 MUSESCORE   := $(SOUNDFONTS)/MuseScore_General_Lite.sf3
 
-# make table1-frozen: the same grid under the frozen-backbone protocol (README, "The frozen-backbone protocol"):
+# make table1-frozen: the same grid under the frozen-backbone protocol (docs/frozen.md):
 # the backbone embedded once ('hmic embed'), then only the heads train, on the cached embeddings.
 FROZEN_BACKBONE ?=  # empty: the AudioSet CNN14 checkpoint of 'hmic download cnn14'
 # make table1-frozen-synth: the stand-in's frozen grid over a fine-tuned stand-in run's backbone.
 SYNTH_BACKBONE_RUN := runs/synth/gmp/lam0.80/seed0
 
-.PHONY: help install sync lock test demo table1 table1-synth table1-frozen table1-frozen-synth soundfonts transfer clean
+.PHONY: help install sync lock test docs demo table1 table1-synth table1-frozen table1-frozen-synth soundfonts transfer clean
 
 help:
 	@echo "make demo          fresh clone -> stand-in dataset, Table-1-shaped table, predict a 75-s song"
 	@echo "make test          install and run the test suite"
+	@echo "make docs          the documentation site (MkDocs, --strict) into site/, CLI reference regenerated"
 	@echo "make install       .venv with exactly requirements.lock (and repair a venv that drifted from it)"
 	@echo "make lock          rewrite requirements.lock from .venv as it is (after a deliberate upgrade)"
 	@echo "make table1        the paper's full protocol on the real OpenMIC-2018 with pretrained CNN14"
@@ -77,6 +78,12 @@ lock:
 test: $(STAMP)
 	$(BIN)/python tools/lock.py check
 	$(BIN)/python -m pytest -q --durations=15 tests
+
+# make docs: the CLI reference regenerated from the Typer app, then the site built strictly (a broken link,
+# a missing page or a docstring mkdocstrings cannot read fails) into site/.
+docs: install
+	$(BIN)/python tools/cli_reference.py
+	$(BIN)/mkdocs build --strict --site-dir site
 
 demo: install
 	@echo "== 1/8  rendering a $(DEMO_CLIPS)-clip OpenMIC-format stand-in dataset into $(DEMO_DATA)"

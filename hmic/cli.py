@@ -146,7 +146,7 @@ def split(
 def featurize(
     data_dir: DataDir = None,
     work_dir: WorkDir = None,
-    workers: Annotated[int, typer.Option(help="Parallel processes.")] = max(1, os.cpu_count() or 1),
+    workers: Annotated[int, typer.Option(help="Parallel processes.", show_default="the number of CPUs")] = max(1, os.cpu_count() or 1),
     clip_seconds: Annotated[float, typer.Option(help="Clip length the features are fitted to.")] = FrontendConfig.clip_seconds,
     n_mels: Annotated[int, typer.Option(help="Mel bands (a backbone's own: every registered one takes 64).")] = FrontendConfig.n_mels,
     force: Annotated[bool, typer.Option(help="Recompute a store made for another set of clips.")] = False,
@@ -441,7 +441,7 @@ def predict(
     hop: Annotated[float, typer.Option(help="Hop between 10-s windows, seconds.")] = DEFAULT_HOP_SECONDS,
     aggregate: Annotated[Aggregation, typer.Option(help="Song-level aggregation of window probabilities.")] = Aggregation(DEFAULT_AGGREGATE),
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass (windows of several files share a batch).")] = DEFAULT_BATCH_SIZE,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write this run's results as JSON (schema in README).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write this run's results as JSON (schema: docs, 'Tagging songs and libraries').")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write this run's results as CSV.")] = None,
     jsonl: Annotated[Optional[Path], typer.Option(help="Append one JSON line per finished file; files already in it are skipped, so a killed run resumes.", show_default=False)] = None,
     labels: Annotated[Optional[Path], typer.Option(help="Write a label track per file here (start, end, label; tab-separated: Audacity, Sonic Visualiser).", show_default=False)] = None,
@@ -721,7 +721,7 @@ def synth(
     label_noise: Annotated[float, typer.Option(help="Probability of flipping an observed label.")] = 0.0,
     soundfont: Annotated[Optional[list[Path]], typer.Option(help="SF2/SF3 file; repeat it to draw each part's font from several.", show_default="TimGM6mb.sf2 of pretty_midi")] = None,
     variety: Annotated[bool, typer.Option(help="Vary tempo, articulation, register, per-stem EQ, compression and room, and add background noise.")] = False,
-    workers: Annotated[int, typer.Option(help="Parallel rendering processes.")] = max(1, min(4, os.cpu_count() or 1)),
+    workers: Annotated[int, typer.Option(help="Parallel rendering processes.", show_default="min(4, CPUs)")] = max(1, min(4, os.cpu_count() or 1)),
 ) -> None:
     """Render an OpenMIC-format stand-in dataset from General MIDI SoundFonts."""
     from hmic.data.synth.dataset import SynthOptions, synthesize

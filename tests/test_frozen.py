@@ -111,7 +111,7 @@ def test_frozen_run_equals_finetuning_with_the_backbone_fixed(prepared, backbone
 
 
 def test_a_run_in_a_stack_equals_it_alone_and_resumes(prepared, backbone_run, embedded, tmp_path):
-    """Runs stacked (several seeds and λ in one vmapped step) equal each trained alone, whether a seed's
+    """Runs stacked (several seeds and λ in one step over stacked parameters) equal each trained alone, whether a seed's
     runs share their batches (a 2 × 2 grid: one slot per seed) or not (an uneven stack: one slot per run);
     a stack killed after an epoch resumes to the same result; finished runs are skipped."""
     from hmic.training.frozen import Stack

@@ -1,5 +1,5 @@
 """The install: requirements.lock against the venv and pyproject.toml, and a broken torch/torchaudio pair as
-one clear error (README, "Installing: the lock")."""
+one clear error (docs/installation.md, "The lock")."""
 
 import ast
 import importlib.metadata as md

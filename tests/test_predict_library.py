@@ -230,7 +230,7 @@ def test_onnx_export_parity_and_predict_backend(trained, library, tmp_path):
                                    "--json", str(tmp_path / "o.json")])
     assert cli.exit_code == 0, cli.output
     assert json.loads((tmp_path / "o.json").read_text())["results"][0]["backend"] == "onnx"
-    # the whole command over onnxruntime never imports torch (its start-up: README, "Tagging speed")
+    # the whole command over onnxruntime never imports torch (its start-up: docs/measurements.md, "Tagging speed")
     code = ("import sys; from hmic.cli import main; sys.argv = ['hmic', 'predict', sys.argv[1], '--run', sys.argv[2], "
             "'--backend', 'onnx', '--explain', '--json', sys.argv[3]]\ntry:\n    main()\nexcept SystemExit as e:\n"
             "    assert not e.code, e.code\nprint('torch' in sys.modules, 'torchaudio' in sys.modules)")
@@ -274,24 +274,6 @@ def test_decoding_workers_run_one_blas_thread():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
                          env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
     assert out.stdout.strip() == "[1]"
-
-
-def test_the_readme_python_example_runs_as_written(trained, library, tmp_path, monkeypatch, capsys):
-    text = (ROOT / "README.md").read_text()
-    block = text.split("From Python, the same in five lines", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    work = tmp_path / "cwd"
-    (work / "runs" / "gmp" / "lam0.80").mkdir(parents=True)
-    os.symlink(gmp_run(trained), work / "runs" / "gmp" / "lam0.80" / "seed0")
-    noise_file(work / "song.wav", 12.0, 7)
-    os.symlink(library, work / "music")
-    monkeypatch.chdir(work)
-    exec(compile(block, "README.md", "exec"), {})
-    printed = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in printed] == ["song.wav", "music/a.wav", "music/b.flac", "music/sub/c.wav"]
-    assert all("[" in line for line in printed)
-    assert len((work / "tags.jsonl").read_text().splitlines()) == 4
-    assert sorted(str(p.relative_to(work / "labels")) for p in (work / "labels").rglob("*.txt")) == [
-        "a.wav.txt", "b.flac.txt", "song.wav.txt", "sub/c.wav.txt"]
 
 
 def test_jsonl_is_resumed_only_by_the_same_model_and_options(trained, library, tmp_path):

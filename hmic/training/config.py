@@ -45,7 +45,7 @@ class TrainConfig:
     method: str = option("gmp", "Head, or several comma-separated.", choices="heads")
     protocol: str = option("finetune", "finetune: the paper's protocol, all of the backbone trains; frozen: the "
                            "backbone is fixed and only the head trains, on embeddings cached by 'hmic embed' "
-                           "(README, 'The frozen-backbone protocol').")
+                           "(docs: 'The frozen protocol').")
     lam: float = option(DEFAULT_LAMBDA, "Weight λ of the fine loss (1 for heads without coarse loss).", flag="--lambda")
     seed: int = option(0, "Train this one seed.")
     arch: str = option("cnn14", "Backbone.", choices="backbones")
@@ -75,7 +75,7 @@ class TrainConfig:
     precision: str = option("auto", "The backbone's precision: auto (bf16 autocast where the device has it natively: CUDA, a CPU with avx512_bf16 or AMX; else float32), bf16 or "
                             "fp32; the head, loss and saved probabilities are always float32.")
     limit_batches: int = option(0, "Train on at most this many batches per epoch; 0 = all (smoke tests).")
-    compile: bool = option(False, "torch.compile the model for training (measured against eager: README, 'Table 1 at a fraction of the cost').")
+    compile: bool = option(False, "torch.compile the model for training.")
     keep_last: bool = option(False, "Keep last.pt (the resume checkpoint, with the optimiser state) once the run has finished.")
     tracker: str = option("none", "Per-epoch curves: none, or tensorboard (event files in each run's tensorboard/ folder; "
                           "'tensorboard --logdir RUNS_DIR' shows the grid; needs hmic's tensorboard extra).")
