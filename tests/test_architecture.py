@@ -214,3 +214,13 @@ def test_built_wheel_carries_the_bundled_taxonomies(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for file in list(BUNDLED.values()) + ["README.md"]:
         assert f"hmic/data/taxonomies/{file}" in names
+
+
+def test_every_docs_page_the_code_points_to_exists():
+    """Docstrings, comments and help texts point into docs/ (never into the README, which is a front door
+    that changes shape): every page they name is in the checkout."""
+    import re
+
+    cited = {m for p in PKG.rglob("*.py") for m in re.findall(r"docs/[A-Za-z0-9_./-]+\.md", p.read_text())}
+    assert cited and sorted(c for c in cited if not (ROOT / c).is_file()) == []
+    assert [p.relative_to(ROOT).as_posix() for p in PKG.rglob("*.py") if "(README" in p.read_text()] == []

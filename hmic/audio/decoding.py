@@ -1,4 +1,4 @@
-"""Audio in, before the model (README, "The front-end"): decode → mono → 16 kHz → windows.
+"""Audio in, before the model (docs/methods.md, "The front-end"): decode → mono → 16 kHz → windows.
 
 One implementation, used by ``hmic featurize``, ``hmic import`` and ``hmic predict``, in numpy alone:
 ``hmic predict --backend onnx`` runs without importing torch. The log-mel that follows is

@@ -1,4 +1,4 @@
-"""The exact CNN14 log-mel front-end (README, "The front-end"), in PyTorch: waveform → log-mel in dB (ref 1).
+"""The exact CNN14 log-mel front-end (docs/methods.md, "The front-end"), in PyTorch: waveform → log-mel in dB (ref 1).
 
 ``LogMel`` is the one used by ``hmic featurize``, training and ``hmic predict`` (torch backend);
 ``GraphLogMel`` is the same computation in graph-friendly operations for ``hmic export --onnx``.

@@ -62,7 +62,7 @@ class Hierarchy:
     def coarse_targets(
         self, fine_targets: np.ndarray, fine_mask: np.ndarray, rule: str = "any"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Derive coarse labels from fine ones (README, "Project choices").
+        """Derive coarse labels from fine ones (docs/methods.md, "Project choices").
 
         fine_targets: (N, F) binary, fine_mask: (N, F) bool (True = observed).
         Returns (coarse_targets (N, C) float32 in {0, 1}, coarse_mask (N, C) bool).

@@ -1,6 +1,6 @@
 """``hmic import``: your own labelled audio, from a CSV manifest, into hmic's dataset layout.
 
-Manifest columns (README, "Train on your own data"):
+Manifest columns (docs/own-data.md):
 
     path            an audio file (relative to the manifest's folder, or absolute)
     start, end      optional: a stretch of the file, in seconds (blank: the whole file / to its end)

@@ -142,7 +142,7 @@ def song_clips_for(duration_seconds: float, clip_seconds: float) -> int:
 
 
 # Beyond the paper: what a hierarchical head is supposed to buy, and how well its probabilities are
-# calibrated (README, "Is the difference real?").
+# calibrated (docs/evaluation.md, "Is the difference real?").
 ECE_BINS = 15
 
 

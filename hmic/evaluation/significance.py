@@ -1,7 +1,7 @@
 """Is a difference between two methods real? Paired comparisons over seeds and test clips (``hmic compare``,
 the markers of ``hmic table``).
 
-The procedure (README, "Is the difference real?"), per level and metric (macro ROC-AUC, PR-AUC, F1):
+The procedure (docs/evaluation.md, "Is the difference real?"), per level and metric (macro ROC-AUC, PR-AUC, F1):
 
 1. Runs of the two methods are paired by seed; every pair is scored on the same test clips.
 2. d_s = M(A_s) − M(B_s) for each pair; the estimate is their mean d̄ (what ``hmic evaluate`` gives).

@@ -5,7 +5,7 @@ runs once in ``hmic featurize``. What is specific to a backbone lives on its cla
 expects (``n_mels``), the shortest input it accepts (``min_frames``), and how its pretrained weights
 load (``load_pretrained``). A new backbone is one class and one ``@register_backbone`` line.
 
-CNN14 (PANNs; README, "Backbone sizes") keeps the attribute names of the official state_dict so that
+CNN14 (PANNs; docs/methods.md, "Backbones") keeps the attribute names of the official state_dict so that
 the AudioSet checkpoint loads strictly.
 """
 
@@ -77,7 +77,7 @@ class ConvBlock(nn.Module):
 
     def fold_batchnorm(self) -> None:
         """Inference only: each convolution absorbs its BatchNorm's eval-mode affine map (conv with a
-        bias), which saves two passes over the activations per block (README, "Tagging speed")."""
+        bias), which saves two passes over the activations per block (docs/measurements.md, "Tagging speed")."""
         from torch.nn.utils.fusion import fuse_conv_bn_weights
 
         for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):  # in place: no copy of the module

@@ -1,4 +1,4 @@
-"""The hierarchical heads of the paper (README, "Methods (heads)") and the loss, behind one interface.
+"""The hierarchical heads of the paper (docs/methods.md, "Heads") and the loss, behind one interface.
 
 Every head maps the embedding Z (B, D) to a HeadOutput holding fine probabilities (B, F) and coarse
 probabilities (B, C), plus logits or log-probabilities where the head has them (for a stable loss) and

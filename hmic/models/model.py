@@ -17,7 +17,7 @@ KEEP_LEVELS = 65536  # drawn-mask dropout: a unit is kept when a uniform 16-bit 
 def dropout_keep(shape: tuple[int, ...], p: float, rng: np.random.Generator) -> np.ndarray:
     """The keep mask of one dropout draw (bool, ``shape``) from ``rng``: 16 random bits per unit, the rate
     ``p`` exact to 1/65536 (0.5 exactly). Five times faster on a CPU than torch's Bernoulli draws, which
-    would otherwise be most of a frozen-protocol step (README, "The frozen-backbone protocol")."""
+    would otherwise be most of a frozen-protocol step (docs/frozen.md)."""
     n = int(np.prod(shape))
     bits = np.frombuffer(rng.bytes(2 * n), dtype=np.uint16).reshape(shape)
     return bits >= int(round(p * KEEP_LEVELS))

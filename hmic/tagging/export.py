@@ -89,7 +89,7 @@ def export_onnx(source: str | Path, out: str | Path, opset: int = OPSET) -> dict
                 "explainer": model.head.explainer().to_dict(), "inputs": {"wave": ["batch", frontend.clip_samples]},
                 "outputs": names, "checkpoint": str(ckpt.path), "backbone": ckpt.state["backbone"]}
         # The weights go to <out>.data beside the graph (ONNX external data): onnxruntime maps that file
-        # instead of parsing 300 MB of protobuf, so a session opens in about 0.1 s (README, "Tagging
+        # instead of parsing 300 MB of protobuf, so a session opens in about 0.1 s (docs/measurements.md, "Tagging
         # speed"). Both are written in a folder beside ``out``, then moved into place, weights first;
         # the graph's metadata records the weights' digest, so a graph beside another export's
         # weights (a crash between the two moves) is refused when opened.

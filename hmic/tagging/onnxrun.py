@@ -104,7 +104,7 @@ class OnnxRunner:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads or default_threads()
             # EXTENDED: the portable fusions (conv+BN, ...) in ~0.1 s; ALL adds hardware-specific layouts
-            # that run ~10% faster but take seconds to prepare at every start (README, "Tagging speed")
+            # that run ~10% faster but take seconds to prepare at every start (docs/measurements.md, "Tagging speed")
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
             session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:

@@ -1,4 +1,4 @@
-"""The result of one tagged file (the JSON schema in the README) and the files written from results:
+"""The result of one tagged file (the JSON schema: docs/tagging.md) and the files written from results:
 JSON, CSV, JSON Lines and label tracks."""
 
 from __future__ import annotations

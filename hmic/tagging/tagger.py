@@ -60,7 +60,7 @@ class FileTagger:
         """Over a loaded PyTorch ``HierarchicalModel`` in eval mode."""
         import torch
 
-        model.backbone.for_inference()  # the same function, faster (README, "Project choices")
+        model.backbone.for_inference()  # the same function, faster (docs/methods.md, "Project choices")
         model = model.to(dev, memory_format=torch.channels_last)
         runner = TorchRunner(model, dev, precision)
         tagger = cls.build(runner, model.hierarchy, model.method, model.head.explainer(), frontend,
@@ -102,7 +102,7 @@ class FileTagger:
 
     def tag(self, path: str | Path, hop_seconds: float = DEFAULT_HOP_SECONDS, aggregate: str = DEFAULT_AGGREGATE,
             batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
-        """Tag one audio file of any length (raises AudioError). See the README for the JSON schema."""
+        """Tag one audio file of any length (raises AudioError). The JSON schema: docs/tagging.md."""
         for _, result, error in self.stream([path], hop_seconds, aggregate, batch_size):
             if error is not None:
                 raise AudioError(error)

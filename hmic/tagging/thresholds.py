@@ -1,6 +1,6 @@
 """Which thresholds read a file's probabilities: the clip thresholds for one window (and for mean
 aggregation), the song thresholds of the nearest pseudo-song length for the max over several windows
-(README, "Song-level calibration")."""
+(docs/tagging.md, "Song-level thresholds")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""`hmic embed` and the embedding store that the frozen protocol trains on (README, "The frozen-backbone
-protocol").
+"""`hmic embed` and the embedding store that the frozen protocol trains on (docs/frozen.md).
 
 What is cached, fixed: Z = ReLU(fc1(·)), the backbone's output as every head reads it in evaluation,
 *before* the embedding dropout (which training applies after it: ``hmic.models.model.EmbeddingDropout``).
@@ -128,8 +127,8 @@ def embed(work_dir: Path, frontend: FrontendConfig, arch: str, source: str | Pat
     skipped = total_usable - sum(len(r) for r in chunks)
     if limit_chunks is not None:
         chunks = chunks[:limit_chunks]
-    # BatchNorm folded into the convolutions: the same function within float32 rounding, faster (README,
-    # "Tagging speed"); the store's rows equal the backbone's eval output to that rounding (tests)
+    # BatchNorm folded into the convolutions: the same function within float32 rounding, faster
+    # (docs/measurements.md, "Tagging speed"); the store's rows equal the backbone's eval output to that rounding (tests)
     network = loaded.backbone.for_inference().to(dev, memory_format=torch.channels_last)
     t0 = time.time()
     n_done = 0

@@ -1,5 +1,4 @@
-"""`hmic train --protocol frozen`: the head alone, trained on the embeddings ``hmic embed`` cached (README,
-"The frozen-backbone protocol").
+"""`hmic train --protocol frozen`: the head alone, trained on the embeddings ``hmic embed`` cached (docs/frozen.md).
 
 Every run keeps the fine-tuning protocol's loss, λ, seed, epochs, schedule, embedding dropout, best-epoch
 rule and run folder; only the backbone is fixed, so that its output Z is read from the embedding store
