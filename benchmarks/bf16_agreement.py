@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 import hmic.devices  # noqa: E402
-from hmic.tagging import FileTagger as Tagger  # noqa: E402
+from hmic import FileTagger as Tagger  # noqa: E402
 from hmic.data.synth.song import render_song  # noqa: E402
 from predict import probabilities  # noqa: E402
 

@@ -20,7 +20,8 @@ import time
 import torch
 from torch import nn
 
-from hmic.models.backbones import BackboneConfig, Cnn14  # noqa: E402
+from hmic.models.backbones import Cnn14  # noqa: E402
+from hmic import BackboneConfig  # noqa: E402
 
 
 def best_of(fn, repeats: int) -> float:

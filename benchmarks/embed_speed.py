@@ -23,15 +23,15 @@ import numpy as np
 import torch
 
 from common import device_name
-from hmic.audio.decoding import FrontendConfig
-from hmic.models.backbones import BackboneConfig
+from hmic import FrontendConfig
+from hmic import BackboneConfig
 from hmic.models.checkpoint import save_checkpoint
 from hmic.devices import cpu_native_bf16, resolve_device
 from hmic.training.embed import embed
 from hmic.data.features import LOGMEL
 from hmic.data.store import DONE, MANIFEST, create_store_files
 from hmic.fileio import write_json
-from hmic.data.hierarchy import load_hierarchy
+from hmic import load_hierarchy
 from hmic.models.model import HierarchicalModel
 
 OPENMIC_CLIPS = 20_000

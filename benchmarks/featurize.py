@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 
-from hmic.audio.decoding import FrontendConfig, decode  # noqa: E402
+from hmic.audio.decoding import decode  # noqa: E402
+from hmic import FrontendConfig  # noqa: E402
 from hmic.audio.logmel import clip_features  # noqa: E402
 from hmic.data.openmic import OpenMIC  # noqa: E402
 

@@ -26,14 +26,15 @@ import torch
 
 from common import LAMBDAS, lambdas_of
 from embed_speed import cpu_name
-from hmic.models.backbones import BackboneConfig
-from hmic.training.config import TrainConfig, load_config_file
-from hmic.training.grid import plan_grid, run_grid
+from hmic import BackboneConfig
+from hmic.training.config import load_config_file
+from hmic import TrainConfig
+from hmic import plan_grid, run_grid
 from hmic.models.heads import hierarchical_loss
-from hmic.data.hierarchy import load_hierarchy
+from hmic import load_hierarchy
 from hmic.models.model import HierarchicalModel
 from hmic.evaluation.report import METHOD_ORDER as METHODS
-from hmic.runs.run import Run
+from hmic import Run
 
 OPENMIC = {"train": 12_678, "val": 2_237, "test": 5_085}
 EPOCHS = 30
@@ -134,7 +135,7 @@ def adam_floor_seconds(method: str, seeds: int, lambdas: int, dim: int = 2048, r
 def last_pt_seconds(method: str, dim: int, folder: Path, writes: int = 10) -> float:
     """Seconds of writing one run's last.pt (its head over ``dim``-d embeddings and its Adam state) with
     ``hmic.models.checkpoint.save_checkpoint``, as every frozen run does once per epoch."""
-    from hmic.audio.decoding import FrontendConfig
+    from hmic import FrontendConfig
     from hmic.models.checkpoint import save_checkpoint
     from hmic.training.finetune import build_model
 

@@ -22,14 +22,15 @@ from pathlib import Path
 import torch
 
 
-from hmic.audio.decoding import FrontendConfig  # noqa: E402
+from hmic import FrontendConfig  # noqa: E402
 from hmic.data.openmic import OpenMIC  # noqa: E402
 from hmic.data.features import featurize  # noqa: E402
-from hmic.training.grid import LocalExecutor, plan_grid, run_grid  # noqa: E402
+from hmic.training.grid import LocalExecutor  # noqa: E402
+from hmic import plan_grid, run_grid  # noqa: E402
 from hmic.training.ray_engine import RayExecutor, import_ray  # noqa: E402
 from hmic.data.split import make_split, save_split, split_dir, split_meta  # noqa: E402
 from hmic.data.synth.dataset import SynthOptions, synthesize  # noqa: E402
-from hmic.training.config import TrainConfig  # noqa: E402
+from hmic import TrainConfig  # noqa: E402
 
 
 def prepare(root: Path, clips: int) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from table1_cost import EPOCHS, TRAIN_CLIPS, VAL_CLIPS, prepare_standin
 
-from hmic.runs.run import Run
+from hmic import Run
 
 
 def train_processes(n: int, args, data: Path, derived: Path, runs: Path, env: dict) -> list[dict]:

@@ -40,18 +40,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from common import device_name  # noqa: E402
 
-from hmic.audio.decoding import FrontendConfig, load_wave  # noqa: E402
+from hmic.audio.decoding import load_wave  # noqa: E402
+from hmic import FrontendConfig  # noqa: E402
 from hmic.audio.logmel import slaney_filterbank  # noqa: E402
-from hmic.models.backbones import BackboneConfig  # noqa: E402
+from hmic import BackboneConfig  # noqa: E402
 from hmic.models.checkpoint import save_checkpoint  # noqa: E402
 from hmic.data.openmic import OPENMIC_TAGS  # noqa: E402
 from hmic.devices import cpu_native_bf16, resolve_device  # noqa: E402
-from hmic.data.hierarchy import load_hierarchy  # noqa: E402
+from hmic import load_hierarchy  # noqa: E402
 from hmic.models.model import HierarchicalModel  # noqa: E402
 from hmic.audio.decoding import window_starts  # noqa: E402
-from hmic.tagging import FileTagger as Tagger  # noqa: E402
+from hmic import FileTagger as Tagger  # noqa: E402
 from hmic.data.synth.song import render_song  # noqa: E402
-from hmic.training.config import TrainConfig  # noqa: E402
+from hmic import TrainConfig  # noqa: E402
 
 
 class ConvBlock(nn.Module):

@@ -32,20 +32,20 @@ import numpy as np
 import torch
 
 from common import SEEDS, device_name, lambdas_of, matmul_peak
-from hmic.audio.decoding import FrontendConfig
+from hmic import FrontendConfig
 from hmic.models.backbones import BACKBONES, backbone_class
 from hmic.models.checkpoint import save_checkpoint
 from hmic.models.loading import Checkpoint
-from hmic.training.config import TrainConfig
+from hmic import TrainConfig
 from hmic.data.openmic import OpenMIC
 from hmic.devices import resolve_device
 from hmic.data.features import featurize_dataset
 from hmic.models.model import HierarchicalModel
 from hmic.evaluation.report import METHOD_ORDER
-from hmic.runs.run import Run
+from hmic import Run
 from hmic.data.split import make_split, save_split, split_dir, split_meta
 from hmic.data.synth.dataset import SynthOptions, synthesize
-from hmic.training.finetune import train_run
+from hmic import train_run
 from hmic.training.loop import predict_part
 from hmic.training.data import load_training_data
 

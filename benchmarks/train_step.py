@@ -19,11 +19,12 @@ import torch
 
 
 from common import device_name, matmul_peak, sync  # noqa: E402
-from hmic.models.backbones import BACKBONES, BackboneConfig, count  # noqa: E402
+from hmic.models.backbones import BACKBONES, count  # noqa: E402
+from hmic import BackboneConfig  # noqa: E402
 from hmic.data.openmic import OPENMIC_TAGS  # noqa: E402
 from hmic.devices import DEVICE_HELP, PRECISIONS, autocast, resolve_device  # noqa: E402
 from hmic.models.heads import hierarchical_loss  # noqa: E402
-from hmic.data.hierarchy import load_hierarchy  # noqa: E402
+from hmic import load_hierarchy  # noqa: E402
 from hmic.models.model import HierarchicalModel  # noqa: E402
 
 

@@ -26,18 +26,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from hmic.audio.decoding import FrontendConfig  # noqa: E402
+from hmic import FrontendConfig  # noqa: E402
 from hmic.models.loading import Checkpoint  # noqa: E402
 from hmic.data.openmic import OpenMIC  # noqa: E402
 from hmic.devices import resolve_device  # noqa: E402
 from hmic.data.features import featurize  # noqa: E402
 from hmic.evaluation.metrics import score_level  # noqa: E402
-from hmic.runs.run import Run  # noqa: E402
+from hmic import Run  # noqa: E402
 from hmic.data.split import make_split, save_split, split_dir, split_meta  # noqa: E402
 from hmic.data.synth.dataset import SynthOptions, synthesize  # noqa: E402
 from hmic.data.synth.render import default_soundfont  # noqa: E402
-from hmic.training.config import TrainConfig  # noqa: E402
-from hmic.training.finetune import train_run
+from hmic import TrainConfig  # noqa: E402
+from hmic import train_run
 from hmic.training.loop import predict_part  # noqa: E402
 from hmic.training.data import load_training_data  # noqa: E402
 
