@@ -22,6 +22,7 @@ from hmic.training.config import TRAIN_OPTIONS, TrainConfig, flag
 from hmic.devices import DEVICE_HELP
 from hmic.data.download import BASE_URL_ENV, CHECKPOINT_DIR, DOWNLOADS_DIR
 from hmic.errors import HmicError
+from hmic.evaluation.decision import DECISIONS, DEFAULT_DECISION
 from hmic.tagging.tagger import DEFAULT_AGGREGATE, DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS
 
 
@@ -426,6 +427,9 @@ class Backend(str, Enum):
     onnx = "onnx"
 
 
+Decision = Enum("Decision", {d.replace("-", "_"): d for d in DECISIONS}, type=str)  # hmic.evaluation.decision
+
+
 TABLES_UP_TO = 20  # files: above this, tables are printed only with --tables
 
 
@@ -449,6 +453,7 @@ def predict(
     backend: Annotated[Backend, typer.Option(help=escape("torch, or onnx (onnxruntime; pip install 'hmic[onnx]')."))] = Backend.torch,
     workers: Annotated[Optional[int], typer.Option(help="Processes decoding and resampling ahead of the model (0: in this process).", show_default="0 for one file, else min(4, CPUs/2)")] = None,
     truth: Annotated[Optional[Path], typer.Option(help="A song's ground truth (.truth.json from 'hmic synth-song'): print found, missed and false tags, per section too.", show_default=False)] = None,
+    decision: Annotated[Decision, typer.Option(help="How marks follow the hierarchy: any-child (a coarse tag is present exactly when one of its fine tags is), under-parent (a fine tag only under a present coarse tag), or independent (the paper's per-level thresholds; marks can contradict). docs/reading-predictions.md.")] = Decision(DEFAULT_DECISION),
 ) -> None:
     """Tag songs of any length, or whole libraries, with fine and coarse instrument tags."""
     from hmic.runs.run import latest_tuned_run
@@ -464,12 +469,16 @@ def predict(
         tagger = load_onnx_tagger(run, device, precision)
     else:
         tagger = FileTagger.load(run, device, precision)
+    tagger.decision = decision.value
     plan = plan_tagging(audio, jsonl, truth, labels, producer(tagger, hop, aggregate.value))
+    _print_model(tagger)
     if plan.not_audio:
         err.print(f"{plan.not_audio} folder entries without an audio suffix were left out", highlight=False, soft_wrap=True)
     if plan.already_done:
         err.print(f"{jsonl}: {plan.already_done} file(s) already tagged there are skipped", highlight=False, soft_wrap=True)
     show = tables if tables is not None else plan.found <= TABLES_UP_TO
+    # without tables and without an output file, each file still gets one line (never silence)
+    summaries = not show and not any(x is not None for x in (json_out, csv_out, jsonl, labels))
     for entry in plan.unreadable:
         _print_failure(entry["error"])
     with _file_progress(len(plan.files)) as advance:
@@ -481,6 +490,8 @@ def predict(
                 _print_song(result, segments, explain)
                 if truth is not None:
                     _print_comparison(result["truth_comparison"], truth)
+            elif summaries:
+                _print_summary(result)
 
         report = run_tagging(tagger, plan, hop_seconds=hop, aggregate=aggregate.value, batch_size=batch_size,
                              workers=workers, labels=labels, segments=segments, json_out=json_out, csv_out=csv_out,
@@ -531,34 +542,106 @@ def _print_comparison(comparison: dict, truth: Path) -> None:
     console.print(t)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _print_model(tagger) -> None:
+    """Once per predict: which model tags (provenance), the demonstration notice, the tags it cannot decide."""
+    m = tagger.info
+    val = m.get("validation")
+    scores = (", ".join(f"{lv} F1 {100 * v['f1']:.1f}%" for lv, v in val.items() if v.get("f1") == v.get("f1"))
+              if isinstance(val, dict) else "unknown")
+    stand_in = {True: "the rendered stand-in", False: "recorded audio"}.get(m.get("stand_in"), "unknown whether stand-in")
+    err.print(f"model: {m.get('model')} ({m.get('method')}, backbone {m.get('backbone')}, {m.get('protocol')}); trained on "
+              f"{m.get('dataset')} ({m.get('train_clips')} train clips, {stand_in}); validation {scores}",
+              highlight=False, soft_wrap=True)
+    if m.get("notice"):
+        err.print(f"[yellow]notice:[/] {escape(m['notice'])}", highlight=False, soft_wrap=True)
+    untrained = [f"{t} ({why})" for level in ("coarse", "fine") for t, why in tagger.thresholds.not_trained.get(level, {}).items()]
+    if untrained:
+        err.print(f"not trained (no threshold; never marked present, left out of label tracks): {', '.join(untrained)}",
+                  highlight=False, soft_wrap=True)
+
+
+DECISION_NOTE = {"any-child": "a coarse tag is present exactly when one of its fine tags is (its own threshold unused)",
+                 "under-parent": "a fine tag is present only under a present coarse tag",
+                 "independent": "each level by its own thresholds (marks may contradict the hierarchy)"}
+
+
+def _cell_mark(x: dict) -> str:
+    if "not_trained" in x:
+        return "[dim]not trained[/]"
+    return "[green]✓[/]" if x["present"] else "[dim]·[/]"
+
+
+def _cell_threshold(x: dict) -> str:
+    if "not_trained" in x:
+        return "—"
+    if x.get("decided_by") == "children":
+        return "any child"
+    return f"≥{x['threshold']:.2f}"
+
+
 def _print_song(result: dict, segments: bool, explain: bool) -> None:
+    m = result.get("model") or {}
     table = Table(title=f"{result['file']} ({result['duration_seconds']:.1f} s, {result['method']}, "
-                        f"{result['aggregate']} over {len(result['segments'])} windows, {result['threshold_basis']} thresholds)")
-    for col in ("coarse", "p", "", "fine", "p", ""):
-        table.add_column(col, justify="right" if col == "p" else "left")
-    mark = lambda present: "[green]✓[/]" if present else "[dim]·[/]"  # noqa: E731
+                        f"{result['aggregate']} over {_plural(len(result['segments']), 'window')}, "
+                        f"{result['threshold_basis']} thresholds)",
+                  caption=f"model {m.get('model', result.get('checkpoint'))}, trained on {m.get('dataset', 'unknown')}; "
+                          f"decision {result.get('decision', 'independent')}: {DECISION_NOTE[result.get('decision', 'independent')]}; "
+                          "✓ present when p reaches the threshold shown")
+    for col in ("coarse", "p", "threshold", "", "fine", "p", "threshold", ""):
+        table.add_column(col, justify="right" if col in ("p", "threshold") else "left")
     for c in result["coarse"]:
         for i, f in enumerate(c["fine"]):
             first = i == 0
             table.add_row(c["tag"] if first else "", f"{c['probability']:.2f}" if first else "",
-                          mark(c["present"]) if first else "", f["tag"], f"{f['probability']:.2f}", mark(f["present"]))
+                          _cell_threshold(c) if first else "", _cell_mark(c) if first else "",
+                          f["tag"], f"{f['probability']:.2f}", _cell_threshold(f), _cell_mark(f))
         table.add_section()
     console.print(table)
     if explain:
         for c in result["coarse"]:
             if c["present"]:
-                e = c["explanation"]
-                parts = ", ".join(f"{x['tag']} {100 * x['share']:.0f}%" for x in e["carried_by"])
-                console.print(f"  {c['tag']}: carried by {parts} ({e['basis']}, window at {e['window_start']:.0f} s)")
+                console.print(f"  {c['tag']}: {explanation_text(c['explanation'])}", highlight=False, soft_wrap=True)
     if segments:
-        t = Table(title="timeline (present coarse tags per window)")
+        from hmic.tagging.results import window_marks
+
+        t = Table(title=f"timeline (present coarse tags per window; decision {result.get('decision', 'independent')})")
         t.add_column("window")
-        t.add_column("coarse tags above threshold")
-        thr = result["window_thresholds"]["coarse"]
-        for s in result["segments"]:
-            tags = [f"{k} {v:.2f}" for k, v in s["coarse"].items() if v >= thr[k]]
+        t.add_column("present coarse tags")
+        for s, _, coarse_on in window_marks(result):
+            tags = [f"{k} {v:.2f}" for k, v in s["coarse"].items() if k in coarse_on]
             t.add_row(f"{s['start']:.0f}–{s['end']:.0f} s", ", ".join(tags) or "-")
         console.print(t)
+
+
+def explanation_text(e: dict) -> str:
+    """One line saying what the head computed for a present coarse tag (``results.explain``)."""
+    at = f"window at {e['window_start']:.0f} s"
+    kids = e["carried_by"]
+    if e["basis"] == "max child":
+        x = kids[0]
+        return f"max child {x['tag']} p {x['probability']:.2f} = coarse p {e['coarse_probability']:.2f} ({at})"
+    if e["basis"] == "mean":
+        terms = " + ".join(f"{x['tag']} {x['term']:.2f}" for x in kids)
+        return f"mean of the children, terms p/n: {terms} = {e['sum_of_terms']:.2f} = coarse p {e['coarse_probability']:.2f} ({at})"
+    if e["basis"] == "attention":
+        terms = ", ".join(f"{x['tag']} w {x['weight']:.2f} × p {x['probability']:.2f} = {x['term']:.2f}" for x in kids)
+        return (f"attention, coarse p = Σ w·p over all fine tags = {e['sum_of_terms']:.2f}; largest terms: {terms} ({at})")
+    if e["basis"] == "projection":
+        terms = ", ".join(f"{x['tag']} a {x['weight']:.2f} × p {x['probability']:.2f} = {x['term']:.2f}" for x in kids)
+        return f"projection, largest terms a·p of the coarse logit: {terms or 'none positive'} ({at})"
+    listed = ", ".join(f"{x['tag']} p {x['probability']:.2f}" for x in kids)
+    return f"own coarse classifier, p {e['coarse_probability']:.2f}; its fine tags: {listed} ({at})"
+
+
+def _print_summary(result: dict) -> None:
+    fine = [f["tag"] for c in result["coarse"] for f in c["fine"] if f["present"]]
+    coarse = [c["tag"] for c in result["coarse"] if c["present"]]
+    console.print(f"{result['file']}: {', '.join(coarse) or 'no coarse tag'} | {', '.join(fine) or 'no fine tag'}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command("import")

@@ -56,7 +56,8 @@ def producer(tagger: FileTagger, hop_seconds: float, aggregate: str) -> dict:
     stat = source.stat() if source.exists() else None
     return {"checkpoint": str(source), "checkpoint_bytes": stat.st_size if stat else None,
             "checkpoint_mtime_ns": stat.st_mtime_ns if stat else None, "backend": tagger.runner.backend,
-            "precision": tagger.runner.precision, "hop_seconds": float(hop_seconds), "aggregate": aggregate}
+            "precision": tagger.runner.precision, "hop_seconds": float(hop_seconds), "aggregate": aggregate,
+            "decision": tagger.decision}
 
 
 def done_in_jsonl(path: str | Path, made_by: dict | None = None) -> set[str]:

@@ -6,13 +6,14 @@ Importing this module does not import torch: over onnxruntime, nothing does."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from hmic.audio.decoding import AudioError, FrontendConfig
 from hmic.devices import resolve_device, resolve_precision
 from hmic.errors import HmicError
+from hmic.evaluation.decision import DECISIONS, DEFAULT_DECISION
 from hmic.models.explain import Explainer
 from hmic.data.hierarchy import Hierarchy
 from hmic.models.inference import TorchRunner
@@ -37,6 +38,8 @@ class FileTagger:
     min_samples: int
     thresholds: TagThresholds
     source: str
+    info: dict = field(default_factory=dict)  # which model this is (``hmic.tagging.model_info.describe_model``)
+    decision: str = DEFAULT_DECISION  # how marks follow the hierarchy (``hmic.evaluation.decision``)
 
     @classmethod
     def load(cls, run_or_checkpoint: str | Path, device: str = "cpu", precision: str = "fp32") -> "FileTagger":
@@ -56,14 +59,21 @@ class FileTagger:
         model = model.to(dev, memory_format=torch.channels_last)
         runner = TorchRunner(model, dev, precision)
         return cls.build(runner, model.hierarchy, model.method, model.head.explainer(), ckpt.frontend,
-                         model.backbone.min_samples(ckpt.frontend), thresholds, str(ckpt.path))
+                         model.backbone.min_samples(ckpt.frontend), thresholds, str(ckpt.path), config=ckpt.config)
 
     @classmethod
     def build(cls, runner: Runner, hierarchy: Hierarchy, method: str, explainer: Explainer, frontend: FrontendConfig,
-              min_samples: int, thresholds: dict, source: str) -> "FileTagger":
-        """``thresholds``: as stored by tune-thresholds ({"fine": {tag: t}, "coarse": …, "song": …})."""
+              min_samples: int, thresholds: dict, source: str, config: dict | None = None,
+              decision: str = DEFAULT_DECISION) -> "FileTagger":
+        """``thresholds``: as stored by tune-thresholds ({"fine": {tag: t}, "coarse": …, "song": …});
+        ``config``: the run's training configuration, for the model's description."""
+        from hmic.tagging.model_info import describe_model
+
+        if decision not in DECISIONS:
+            raise HmicError(f"--decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
         return cls(runner, hierarchy, method, explainer, frontend, min_samples,
-                   TagThresholds.from_stored(thresholds, hierarchy, frontend.clip_seconds, source), source)
+                   TagThresholds.from_stored(thresholds, hierarchy, frontend.clip_seconds, source), source,
+                   describe_model(source, config, thresholds, method), decision)
 
     def prepare_job(self, hop_seconds: float) -> PrepareJob:
         return PrepareJob(self.frontend, self.min_samples, hop_seconds, self.runner.inputs)

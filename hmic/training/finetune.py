@@ -15,6 +15,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from hmic.runs.provenance import record_training_data
 from hmic.audio.decoding import FrontendConfig
 from hmic.training.augment import augment_batch
 from hmic.models import BackboneConfig
@@ -177,6 +178,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, force: bool, console, progress
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # weight init, dropout and SpecAugment draw from torch's generator
     data = data or load_training_data(cfg)
+    record_training_data(run, cfg.data_dir, data)  # trained_on.json: reported by predict
     frontend = data.store.frontend  # the features' own front-end goes into the checkpoints
     # channels-last convolutions: faster on CUDA and ~1.5x faster on CPU (oneDNN) for CNN14.
     model = build_model(cfg, data.hierarchy, frontend, warn=lambda m: console.print(f"[yellow]{m}[/]"))

@@ -28,6 +28,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from hmic.runs.provenance import record_training_data
 from hmic.training.config import TrainConfig
 from hmic.models.checkpoint import read_state
 from hmic.devices import resolve_device
@@ -133,6 +134,7 @@ def _train_stack(configs: list[TrainConfig], resume: bool, console, progress: bo
         member = _Member(cfg, build_model(cfg, data.hierarchy, data.store.frontend, embedding_dim=dim).to(device))
         member.run.folder.mkdir(parents=True, exist_ok=True)
         member.run.write_config(asdict(cfg))
+        record_training_data(member.run, cfg.data_dir, data)  # trained_on.json: reported by predict
         if resume and member.run.resumable:
             state = read_state(member.run.last_path)
             member.model.load_state_dict(state["model"])
