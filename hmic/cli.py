@@ -209,7 +209,7 @@ def embed(
     table.add_row(str(s.total), str(s.done), str(s.failed), str(s.skipped), s.precision, f"{s.seconds:.1f} s",
                   f"{s.clips_per_second:.1f} clips/s")
     console.print(table)
-    console.print(f"train on it: hmic train --protocol frozen --pretrained {source} --arch {s.arch} --precision {s.precision}")
+    console.print(f"train on it: hmic train --protocol frozen --pretrained {source} --arch {s.arch} --precision {s.precision}", highlight=False, soft_wrap=True)
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -664,7 +664,7 @@ def import_(
                   f"{s['train_clips']} train, {s['test_clips']} test, {s['groups']} groups")
     if s["weakly_labelled_clips"]:
         console.print(f"{s['weakly_labelled_clips']} clips were cut from longer files and carry their file's labels (weak labels)")
-    console.print(f"next: hmic split --data-dir {out} && hmic featurize --data-dir {out} && hmic train --data-dir {out} ...")
+    console.print(f"next: hmic split --data-dir {out} && hmic featurize --data-dir {out} && hmic train --data-dir {out} ...", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -680,7 +680,7 @@ def export(
     console.print(f"written {out} and its weights {report['weights']} ({report['bytes'] / 1e6:.1f} MB, {report['method']}, outputs "
                   f"{', '.join(report['outputs'])}); onnxruntime against PyTorch on {report['probe_windows']} "
                   f"probe windows: max |Δp| = {report['max_abs_probability_difference']:.2e}")
-    console.print(f"tag with it: hmic predict SONG --backend onnx --run {out} (keep the two files together)")
+    console.print(f"tag with it: hmic predict SONG --backend onnx --run {out} (keep the two files together)", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -695,8 +695,8 @@ def table(
     result = write_table(runs_dir, out, split.value)
     typer.echo(result["markdown"])
     for fig in result["figures"]:
-        console.print(f"figure: {fig}")
-    console.print(f"table: {out / 'table1.md'}, {out / 'table1.csv'}")
+        console.print(f"figure: {fig}", highlight=False, soft_wrap=True)
+    console.print(f"table: {out / 'table1.md'}, {out / 'table1.csv'}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -743,7 +743,7 @@ def synth_song(
     console.print(table)
     from hmic.data.synth.song import truth_path
 
-    console.print(f"ground truth: {truth_path(out)} (compare with 'hmic predict {out} --truth {truth_path(out)}')")
+    console.print(f"ground truth: {truth_path(out)} (compare with 'hmic predict {out} --truth {truth_path(out)}')", highlight=False, soft_wrap=True)
 
 
 # Failures of the machine rather than of the input (a full disk, a read-only or forbidden folder): one

@@ -275,14 +275,18 @@ def latest_tuned_run(runs_dir: str | Path) -> Run:
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache", ".pytest_cache"}
 
 
-def tuned_runs_near(root: Path, max_depth: int = 4, exclude: Path | None = None, limit: int = 200) -> list[Run]:
-    """Run folders with tuned thresholds and best.pt below ``root``, at most ``max_depth`` levels down,
-    skipping virtual environments, .git and hidden folders (a bounded search), newest first."""
+def tuned_runs_near(root: Path, max_depth: int = 6, exclude: Path | None = None, limit: int = 200,
+                    max_folders: int = 5000) -> list[Run]:
+    """Run folders with tuned thresholds and best.pt below ``root``, at most ``max_depth`` levels down
+    (``make demo``'s data/demo/song-runs/gmp/lam0.80/seed0 is 6), skipping virtual environments, .git and
+    hidden folders, looking into at most ``max_folders`` folders (a bounded search); newest first."""
     found: list[Run] = []
     skip = exclude.resolve() if exclude is not None and exclude.exists() else None
+    visited = [0]
 
     def walk(folder: Path, depth: int) -> None:
-        if len(found) >= limit:
+        visited[0] += 1
+        if len(found) >= limit or visited[0] > max_folders:
             return
         try:
             entries = sorted(folder.iterdir())
