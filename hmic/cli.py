@@ -431,6 +431,7 @@ Decision = Enum("Decision", {d.replace("-", "_"): d for d in DECISIONS}, type=st
 
 
 TABLES_UP_TO = 20  # files: above this, tables are printed only with --tables
+SKIPPED_SHOWN = 3  # skipped folder entries named before "and N more"
 
 
 @app.command()
@@ -473,7 +474,10 @@ def predict(
     plan = plan_tagging(audio, jsonl, truth, labels, producer(tagger, hop, aggregate.value))
     _print_model(tagger)
     if plan.not_audio:
-        err.print(f"{plan.not_audio} folder entries without an audio suffix were left out", highlight=False, soft_wrap=True)
+        shown = ", ".join(plan.skipped[:SKIPPED_SHOWN]) + (f" and {plan.not_audio - SKIPPED_SHOWN} more"
+                                                             if plan.not_audio > SKIPPED_SHOWN else "")
+        err.print(f"{plan.not_audio} folder {'entry' if plan.not_audio == 1 else 'entries'} without an audio suffix left out: "
+                  f"{shown}", highlight=False, soft_wrap=True)
     if plan.already_done:
         err.print(f"{jsonl}: {plan.already_done} file(s) already tagged there are skipped", highlight=False, soft_wrap=True)
     show = tables if tables is not None else plan.found <= TABLES_UP_TO

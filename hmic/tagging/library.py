@@ -35,6 +35,7 @@ class TaggingPlan:
     found: int = 0  # audio files found in all
     truth: dict | None = None  # a song's ground truth (hmic synth-song's .truth.json)
     jsonl: Path | None = None
+    skipped: list[str] = field(default_factory=list)  # the folder entries without an audio suffix
 
 
 @dataclass
@@ -107,7 +108,8 @@ def plan_tagging(audio: Iterable[str | Path], jsonl: str | Path | None = None, t
         done = done_in_jsonl(jsonl, made_by)
         todo = [f for f in todo if os.path.abspath(f) not in done]
     return TaggingPlan(todo, dict(zip(map(str, found.files), found.names)), found.unreadable, found.not_audio,
-                       len(found.files) - len(todo), len(found.files), truth_data, Path(jsonl) if jsonl else None)
+                       len(found.files) - len(todo), len(found.files), truth_data, Path(jsonl) if jsonl else None,
+                       found.skipped)
 
 
 def run_tagging(tagger: FileTagger, plan: TaggingPlan, *, hop_seconds: float = DEFAULT_HOP_SECONDS,
