@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from hmic.audio.decoding import FrontendConfig
 from hmic.training.config import TRAIN_OPTIONS, TrainConfig, flag
@@ -61,6 +61,29 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
+
+
+def _flag_type(self, ctx):
+    """A flag takes no value: no ``<bool>`` beside it (typer shows one for each, --help included)."""
+    return None if self.is_flag else _typer_display_type(self, ctx)
+
+
+_typer_display_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from hmic import __version__
+
+        typer.echo(f"hmic {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", help="Print hmic's version and exit.", is_eager=True,
+                                                callback=_show_version)] = False) -> None:
+    """Hierarchical multi-label music instrument classification (CNN14 + hierarchical heads, OpenMIC-2018)."""
 
 
 def config_option(name: str, more_help: str = "", default_is_none: bool = True):
@@ -345,6 +368,7 @@ def evaluate(
     per_tag: Annotated[bool, typer.Option(help="Also print per-tag values.")] = False,
 ) -> None:
     """Macro ROC-AUC, PR-AUC and F1 at both levels (observed entries only); mean ± std over runs. Reads only."""
+    from hmic.evaluation.report import spread
     from hmic.evaluation.scoring import evaluate_runs
     from hmic.fileio import write_json
     from hmic.evaluation.metrics import METRIC_LABELS, METRICS
@@ -358,14 +382,14 @@ def evaluate(
         table.add_column(METRIC_LABELS[m], justify="right")
     table.add_column("left out")
     for lv in LEVELS:
-        table.add_row(lv, *[f"{100 * agg.mean[lv][m][0]:.2f} ± {100 * agg.mean[lv][m][1]:.2f}" for m in METRICS],
+        table.add_row(lv, *[f"{100 * agg.mean[lv][m][0]:.2f} ± {spread(100 * agg.mean[lv][m][1], len(found), 2)}" for m in METRICS],
                       ", ".join(agg.left_out[lv]) or "-")
     console.print(table)
     beyond = Table(title="beyond the paper: the hierarchy and calibration (mean ± std over runs)")
     beyond.add_column("measure")
     beyond.add_column("value", justify="right")
     for name, (m, sd) in agg.beyond.items():
-        beyond.add_row(name.replace("_", " "), f"{m:.4f} ± {sd:.4f}")
+        beyond.add_row(name.replace("_", " "), f"{m:.4f} ± {spread(sd, len(found), 4)}")
     console.print(beyond)
     if per_tag:
         for lv in LEVELS:
@@ -410,7 +434,8 @@ def compare(
         for col in ("level", "metric", "difference", "95% CI", "p") + (("p (Holm)",) if corrected else ()) + ("",):
             t.add_column(col, justify="left" if col in ("level", "metric") else "right")
         for d in diffs:
-            mark = ("[green]better[/]" if d.mean > 0 else "[red]worse[/]") if d.significant() else "[dim]n.s.[/]"
+            mark = ("[dim]— (one seed pair: no test)[/]" if d.pairs < 2 else
+                    ("[green]better[/]" if d.mean > 0 else "[red]worse[/]") if d.significant() else "[dim]n.s.[/]")
             t.add_row(d.level, METRIC_LABELS[d.metric], f"{100 * d.mean:+.2f}", f"[{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]",
                       f"{d.p_value:.3f}", *((f"{d.p_holm:.3f}",) if corrected else ()), mark)
         console.print(t)

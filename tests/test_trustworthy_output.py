@@ -18,6 +18,25 @@ from hmic.fileio import read_json, write_json
 from hmic.runs.run import Run, latest_tuned_run
 
 
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory) -> dict:
+    """Tiny tuned runs of the three heads these tests read (one short epoch each: the numbers do not matter,
+    the output's shape and honesty do). Shadows conftest's every-method fixture to stay fast."""
+    from conftest import tiny_config
+
+    from hmic.training.data import load_training_data
+    from hmic.training.finetune import train_run
+
+    runs_dir = tmp_path_factory.mktemp("runs37")
+    data = load_training_data(tiny_config(prepared, runs_dir))
+    summaries = {}
+    for method in ("gmp", "gap", "resatt"):
+        summaries[method] = train_run(tiny_config(prepared, runs_dir, method=method, epochs=1, limit_batches=2),
+                                      data=data, progress=False)
+        tune_run(Run(Path(summaries[method]["run"])))
+    return {"runs_dir": runs_dir, "summaries": summaries, "data": data}
+
+
 def copy_run(trained, method: str, to: Path) -> Run:
     src = Path(trained["summaries"][method]["run"])
     dst = to / method
