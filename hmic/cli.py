@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional, get_type_hints
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -600,13 +601,13 @@ DECISION_NOTE = {"any-child": "a coarse tag is present exactly when one of its f
 
 def _cell_mark(x: dict) -> str:
     if "not_trained" in x:
-        return "[dim]not trained[/]"
+        return ""  # neither ✓ nor ·: the threshold cell says "not trained"
     return "[green]✓[/]" if x["present"] else "[dim]·[/]"
 
 
 def _cell_threshold(x: dict) -> str:
     if "not_trained" in x:
-        return "—"
+        return "[yellow]not trained[/]"
     if x.get("decided_by") == "children":
         return "any child"
     return f"≥{x['threshold']:.2f}"
@@ -619,9 +620,9 @@ def _print_song(result: dict, segments: bool, explain: bool) -> None:
                         f"{result['threshold_basis']} thresholds)",
                   caption=f"model {m.get('model', result.get('checkpoint'))}, trained on {m.get('dataset', 'unknown')}; "
                           f"decision {result.get('decision', 'independent')}: {DECISION_NOTE[result.get('decision', 'independent')]}; "
-                          "✓ present when p reaches the threshold shown")
+                          "✓ present when p reaches the threshold shown", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     for col in ("coarse", "p", "threshold", "", "fine", "p", "threshold", ""):
-        table.add_column(col, justify="right" if col in ("p", "threshold") else "left")
+        table.add_column(col, justify="right" if col in ("p", "threshold") else "left", no_wrap=True)
     for c in result["coarse"]:
         for i, f in enumerate(c["fine"]):
             first = i == 0
@@ -633,7 +634,10 @@ def _print_song(result: dict, segments: bool, explain: bool) -> None:
     if explain:
         for c in result["coarse"]:
             if c["present"]:
-                console.print(f"  {c['tag']}: {explanation_text(c['explanation'])}", highlight=False, soft_wrap=True)
+                why = ""
+                if c.get("decided_by") == "children":
+                    why = "; present because " + ", ".join(f["tag"] for f in c["fine"] if f["present"]) + " ✓"
+                console.print(f"  {c['tag']}: {explanation_text(c['explanation'])}{why}", highlight=False, soft_wrap=True)
     if segments:
         from hmic.tagging.results import window_marks
 
