@@ -218,7 +218,9 @@ def test_explanations_are_what_the_head_computed(trained, noise, tmp_path, metho
             assert all(x["term"] == pytest.approx(x["weight"] * x["probability"], abs=1e-3) for x in e["carried_by"])
         assert all("share" not in x for x in e["carried_by"])
     out = CliRunner().invoke(app, ["predict", str(noise), "--run", str(run.folder), "--explain"]).output
-    assert "%" not in out.split("carried")[-1] and ("max child" in out if method == "gmp" else True)
+    lines = [line for line in out.splitlines() if any(line.startswith(f"  {c['tag']}: ") for c in r["coarse"])]
+    assert len(lines) == len(r["coarse"]) and not any("%" in line for line in lines)  # no share the head does not use
+    assert all({"gmp": "max child", "gap": "mean of the children", "resatt": "attention"}[method] in line for line in lines)
 
 
 def test_resatt_weights_in_the_explanation_are_the_heads_attention(trained):
@@ -264,3 +266,16 @@ def test_make_demo_says_where_its_runs_are_and_how_to_predict_with_them():
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     demo = makefile.split("\ndemo:")[1].split("\n\n")[0]
     assert "predict YOUR_AUDIO --run $(DEMO_SONG_RUNS)/gmp/lam0.80/seed0" in demo and "runs are in $(DEMO_RUNS)/" in demo
+
+
+# -- 7. small things ------------------------------------------------------------------------------------------
+
+def test_one_window_is_singular_and_no_tables_without_an_output_still_prints_a_line_per_file(trained, tmp_path):
+    x = np.random.default_rng(0).standard_normal(16000 * 4).astype(np.float32) * 0.1
+    sf.write(tmp_path / "short.wav", x, 16000)
+    run = trained["summaries"]["gmp"]["run"]
+    out = CliRunner().invoke(app, ["predict", str(tmp_path / "short.wav"), "--run", run], env={"COLUMNS": "200"}).output
+    assert "over 1 window," in out and "1 windows" not in out
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "short.wav"), "--run", run, "--no-tables"])
+    assert result.exit_code == 0
+    assert any(line.startswith(f"{tmp_path / 'short.wav'}: ") for line in result.output.splitlines())

@@ -24,7 +24,7 @@ def describe_model(source: str | Path, config: dict | None, thresholds: dict | N
     on (dataset name, train clips, stand-in or not) and its validation scores; "unknown" where an older
     run or file does not say. ``notice``: the one-line demonstration-model notice, or None."""
     source = Path(source)
-    folder = source.parent if source.is_file() and source.suffix == ".pt" else source
+    folder = source.parent if source.is_file() else source  # a checkpoint or ONNX file: the folder it lies in
     config = config or {}
     stored = (thresholds or {}).get("trained_on") or read_trained_on(folder)
     data_dir = (stored or {}).get("data_dir") or config.get("data_dir")
@@ -42,7 +42,7 @@ def describe_model(source: str | Path, config: dict | None, thresholds: dict | N
     if stand_in is True:
         why.append("trained on the rendered General MIDI stand-in")
     if isinstance(train_clips, int) and train_clips < DEMO_CLIPS:
-        why.append(f"trained on {train_clips} clips")
+        why.append(f"{train_clips} training clips")
     info["notice"] = DEMO_NOTICE.format(why=", ".join(why)) if why else None
     return info
 
