@@ -584,7 +584,8 @@ def _print_model(tagger) -> None:
               if isinstance(val, dict) else "unknown")
     stand_in = {True: "the rendered stand-in", False: "recorded audio"}.get(m.get("stand_in"), "unknown whether stand-in")
     err.print(f"model: {m.get('model')} ({m.get('method')}, backbone {m.get('backbone')}, {m.get('protocol')}); trained on "
-              f"{m.get('dataset')} ({m.get('train_clips')} train clips, {stand_in}); validation {scores}",
+              f"{m.get('dataset')} ({m.get('train_clips')} train clips, {stand_in}); validation {scores} (at thresholds tuned "
+              "on it: optimistic)",
               highlight=False, soft_wrap=True)
     if m.get("notice"):
         err.print(f"[yellow]notice:[/] {escape(m['notice'])}", highlight=False, soft_wrap=True)

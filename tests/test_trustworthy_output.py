@@ -12,7 +12,6 @@ import torch
 from typer.testing import CliRunner
 
 from hmic.cli import app
-from hmic.evaluation.decision import decide, violations
 from hmic.evaluation.scoring import tune_run
 from hmic.fileio import read_json, write_json
 from hmic.runs.run import Run, latest_tuned_run
@@ -124,6 +123,8 @@ def test_older_thresholds_without_not_trained_use_their_defaulted_tags():
 # -- 3. one consistent decision ---------------------------------------------------------------------------
 
 def test_the_issues_contradiction_cannot_happen_under_the_default_rule():
+    from hmic.evaluation.decision import decide, violations
+
     # bowed_strings 0.82 · beside violin 0.82 ✓ (gmp: the parent's probability is the child's, the coarse
     # threshold is higher)
     parent = np.array([0, 0])  # violin, cello -> bowed_strings

@@ -23,8 +23,12 @@ SYNTH_MARKER = "hmic-synth.json"  # what hmic synth leaves in a dataset folder i
 def is_stand_in(data_dir: str | Path) -> bool | None:
     """True for a folder ``hmic synth`` rendered, False for another existing folder, None if it is gone."""
     root = Path(data_dir)
-    if (root / SYNTH_MARKER).exists():
-        return True
+    marker = root / SYNTH_MARKER
+    if marker.exists():
+        try:  # written by hmic synth ("stand_in": true; older renders have the file without the key)
+            return bool(read_json(marker).get("stand_in", True))
+        except Exception:  # noqa: BLE001 - a damaged marker is still hmic synth's folder
+            return True
     return False if root.is_dir() else None
 
 
