@@ -97,6 +97,22 @@ def test_a_tag_never_labelled_in_training_is_not_trained_and_never_marked_presen
     assert ",not trained: never labelled present in training," in row
 
 
+def test_the_issues_untrained_tag_marked_present_at_the_kept_default_is_not_trained(trained, noise, tmp_path):
+    """Issue 37, point 2, as reported: tune-thresholds 'kept' 0.5 for tags validation had no label of
+    (thresholds.json's "defaulted"), and predict marked them ✓ at p ≈ 0.5. Thresholds as an older hmic
+    stored them (no "not_trained"): predict reads "defaulted" as not trained."""
+    run = copy_run(trained, "gmp", tmp_path)
+    thr = run.thresholds()
+    thr = {k: v for k, v in thr.items() if k not in ("not_trained", "validation", "trained_on")}
+    thr["defaulted"] = {"fine": ["trumpet"], "coarse": []}
+    thr["fine"]["trumpet"] = 0.0  # reached by any probability: today's code marks it ✓
+    thr["song"]["fine"]["trumpet"] = [0.0] * len(thr["song"]["fine"]["trumpet"])
+    run.write_thresholds(thr)
+    r, _ = predict_json(run, noise, tmp_path / "p.json")
+    trumpet = next(f for c in r["coarse"] for f in c["fine"] if f["tag"] == "trumpet")
+    assert trumpet["present"] is False and trumpet["threshold"] is None
+
+
 def test_evaluate_still_scores_untrained_tags_at_the_default_threshold(trained, tmp_path):
     from hmic.evaluation.scoring import evaluate_run
 
@@ -142,13 +158,13 @@ def test_predict_marks_obey_the_hierarchy_and_the_table_shows_thresholds(trained
     h = trained["data"].hierarchy
     # every fine tag reached, no coarse tag reached: the paper's independent marks contradict everywhere
     set_thresholds(run, True, fine={n: 0.0 for n in h.fine_names}, coarse={n: 1.01 for n in h.coarse_names})
-    r, _ = predict_json(run, noise, tmp_path / "i.json", "--decision", "independent")
-    assert all(f["present"] and not c["present"] for c in r["coarse"] for f in c["fine"])
     r, output = predict_json(run, noise, tmp_path / "d.json")
-    for c in r["coarse"]:
+    for c in r["coarse"]:  # no parent absent under a present child, no parent present without one
         assert c["present"] == any(f["present"] for f in c["fine"])
     assert r["decision"] == "any-child"
     assert "≥0.00" in output and "any child" in output  # each tag's threshold, and how coarse marks are read
+    r, _ = predict_json(run, noise, tmp_path / "i.json", "--decision", "independent")  # the paper's rule, on request
+    assert all(f["present"] and not c["present"] for c in r["coarse"] for f in c["fine"])
 
 
 # -- 1. provenance -------------------------------------------------------------------------------------------
