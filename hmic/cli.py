@@ -357,8 +357,11 @@ def tune_thresholds(
 
     for run in find_runs(runs):
         result = tune_run(run)
-        note = "; ".join(f"{lv}: {', '.join(t)}" for lv, t in result["defaulted"].items() if t)
-        console.print(f"{run}: thresholds tuned on validation" + (f" (kept 0.5 for {note})" if note else ""))
+        note = "; ".join(f"{lv}: {', '.join(f'{t} ({why})' for t, why in tags.items())}"
+                         for lv, tags in result["not_trained"].items() if tags)
+        console.print(f"{run}: thresholds tuned on validation" + (f"; not trained, so never marked present by predict "
+                                                                  f"(scored at 0.5 by evaluate): {note}" if note else ""),
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()
