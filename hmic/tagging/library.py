@@ -71,8 +71,10 @@ def done_in_jsonl(path: str | Path, made_by: dict | None = None) -> set[str]:
     trim_partial_line(path)
     done = set()
     for number, row in enumerate(read_jsonl(path), start=1):
-        if made_by is not None and row.get("producer") != made_by:
-            theirs = row.get("producer") or {}
+        # a line from before --decision existed was made with the paper's independent thresholds
+        theirs = {"decision": "independent", **row["producer"]} if row.get("producer") else None
+        if made_by is not None and theirs != made_by:
+            theirs = theirs or {}
             diff = [f"{k} {theirs.get(k)!r} there, {v!r} now" for k, v in made_by.items() if theirs.get(k) != v]
             raise HmicError(f"{path}, line {number}, was written by another model or with other options ("
                             + ("; ".join(diff) if theirs else "no producer recorded: an older hmic") +
