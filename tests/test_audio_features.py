@@ -127,7 +127,7 @@ def test_featurize_survives_bad_files_and_handles_odd_formats(tmp_path):
     with open(summary.folder / "failures.csv") as f:
         failures = {r["sample_key"]: r["error"] for r in csv.DictReader(f)}
     assert set(failures) == {"corrupt", "empty", "nan"}
-    assert "no samples" in failures["empty"] or "not a readable" in failures["empty"]
+    assert "no samples" in failures["empty"] or "could not be decoded" in failures["empty"]
     assert "NaN" in failures["nan"]
     store = FeatureStore.open(tmp_path / "work")
     with warnings.catch_warnings(record=True) as caught:
