@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmic.audio.decoding import window_starts
+from hmic.audio.decoding import decoder_stderr_silenced, window_starts
 from hmic.data.openmic import CLASS_MAP, CLIPS_CSV, GROUPS_CSV, LABELS_CSV, LABELS_HEADER, TEST_PARTITION, TRAIN_PARTITION
 from hmic.errors import HmicError
 from hmic.fileio import write_csv, write_json, write_text
@@ -198,7 +198,8 @@ def _durations(rows: list[Row]) -> dict[Path, float]:
     durations, unreadable = {}, []
     for path in sorted({r.path for r in rows}):
         try:
-            info = sf.info(str(path))
+            with decoder_stderr_silenced():  # mpg123 and friends print on fd 2; the error below says it once
+                info = sf.info(str(path))
             durations[path] = info.frames / info.samplerate
         except Exception as e:
             unreadable.append(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
