@@ -103,6 +103,10 @@ demo: install
 	@echo "== 8/8  a 75-s song the model never heard, tagged and shown against its truth (results/demo/song.json)"
 	$(HMIC) synth-song $(DEMO)/song.wav --seconds 75 --seed 7
 	$(HMIC) predict $(DEMO)/song.wav --run $(DEMO_SONG_RUNS)/gmp/lam0.80/seed0 --explain --truth $(DEMO)/song.truth.json --json results/demo/song.json
+	@echo "== done. The demo's runs are in $(DEMO_RUNS)/ (all seven methods) and $(DEMO_SONG_RUNS)/ (the song model):"
+	@echo "   they are demonstration models trained on rendered General MIDI audio, not taggers for real music."
+	@echo "   Tag your own audio with the song model:"
+	@echo "   $(HMIC) predict YOUR_AUDIO --run $(DEMO_SONG_RUNS)/gmp/lam0.80/seed0"
 
 table1: install
 	$(HMIC) download all

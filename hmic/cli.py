@@ -12,16 +12,18 @@ from pathlib import Path
 from typing import Annotated, Optional, get_type_hints
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from hmic.audio.decoding import FrontendConfig
 from hmic.training.config import TRAIN_OPTIONS, TrainConfig, flag
 from hmic.devices import DEVICE_HELP
 from hmic.data.download import BASE_URL_ENV, CHECKPOINT_DIR, DOWNLOADS_DIR
 from hmic.errors import HmicError
+from hmic.evaluation.decision import DECISIONS, DEFAULT_DECISION
 from hmic.tagging.tagger import DEFAULT_AGGREGATE, DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS
 
 
@@ -60,6 +62,29 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
+
+
+def _flag_type(self, ctx):
+    """A flag takes no value: no ``<bool>`` beside it (typer shows one for each, --help included)."""
+    return None if self.is_flag else _typer_display_type(self, ctx)
+
+
+_typer_display_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from hmic import __version__
+
+        typer.echo(f"hmic {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", help="Print hmic's version and exit.", is_eager=True,
+                                                callback=_show_version)] = False) -> None:
+    """Hierarchical multi-label music instrument classification (CNN14 + hierarchical heads, OpenMIC-2018)."""
 
 
 def config_option(name: str, more_help: str = "", default_is_none: bool = True):
@@ -208,7 +233,7 @@ def embed(
     table.add_row(str(s.total), str(s.done), str(s.failed), str(s.skipped), s.precision, f"{s.seconds:.1f} s",
                   f"{s.clips_per_second:.1f} clips/s")
     console.print(table)
-    console.print(f"train on it: hmic train --protocol frozen --pretrained {source} --arch {s.arch} --precision {s.precision}")
+    console.print(f"train on it: hmic train --protocol frozen --pretrained {source} --arch {s.arch} --precision {s.precision}", highlight=False, soft_wrap=True)
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -333,8 +358,11 @@ def tune_thresholds(
 
     for run in find_runs(runs):
         result = tune_run(run)
-        note = "; ".join(f"{lv}: {', '.join(t)}" for lv, t in result["defaulted"].items() if t)
-        console.print(f"{run}: thresholds tuned on validation" + (f" (kept 0.5 for {note})" if note else ""))
+        note = "; ".join(f"{lv}: {', '.join(f'{t} ({why})' for t, why in tags.items())}"
+                         for lv, tags in result["not_trained"].items() if tags)
+        console.print(f"{run}: thresholds tuned on validation" + (f"; not trained, so never marked present by predict "
+                                                                  f"(scored at 0.5 by evaluate): {note}" if note else ""),
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -345,6 +373,7 @@ def evaluate(
     per_tag: Annotated[bool, typer.Option(help="Also print per-tag values.")] = False,
 ) -> None:
     """Macro ROC-AUC, PR-AUC and F1 at both levels (observed entries only); mean ± std over runs. Reads only."""
+    from hmic.evaluation.report import spread
     from hmic.evaluation.scoring import evaluate_runs
     from hmic.fileio import write_json
     from hmic.evaluation.metrics import METRIC_LABELS, METRICS
@@ -359,14 +388,14 @@ def evaluate(
         table.add_column(METRIC_LABELS[m], justify="right")
     table.add_column("left out")
     for lv in LEVELS:
-        table.add_row(lv, *[f"{100 * agg.mean[lv][m][0]:.2f} ± {100 * agg.mean[lv][m][1]:.2f}" for m in METRICS],
+        table.add_row(lv, *[f"{100 * agg.mean[lv][m][0]:.2f} ± {spread(100 * agg.mean[lv][m][1], len(found), 2)}" for m in METRICS],
                       ", ".join(agg.left_out[lv]) or "-")
     console.print(table)
     beyond = Table(title="beyond the paper: the hierarchy and calibration (mean ± std over runs)")
     beyond.add_column("measure")
     beyond.add_column("value", justify="right")
     for name, (m, sd) in agg.beyond.items():
-        beyond.add_row(name.replace("_", " "), f"{m:.4f} ± {sd:.4f}")
+        beyond.add_row(name.replace("_", " "), f"{m:.4f} ± {spread(sd, len(found), 4)}")
     console.print(beyond)
     if per_tag:
         for lv in LEVELS:
@@ -413,7 +442,8 @@ def compare(
         for col in ("level", "metric", "difference", "95% CI", "p") + (("p (Holm)",) if corrected else ()) + ("",):
             t.add_column(col, justify="left" if col in ("level", "metric") else "right")
         for d in diffs:
-            mark = ("[green]better[/]" if d.mean > 0 else "[red]worse[/]") if d.significant() else "[dim]n.s.[/]"
+            mark = ("[dim]— (one seed pair: no test)[/]" if d.pairs < 2 else
+                    ("[green]better[/]" if d.mean > 0 else "[red]worse[/]") if d.significant() else "[dim]n.s.[/]")
             t.add_row(d.level, METRIC_LABELS[d.metric], f"{100 * d.mean:+.2f}", f"[{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]",
                       f"{d.p_value:.3f}", *((f"{d.p_holm:.3f}",) if corrected else ()), mark)
         console.print(t)
@@ -430,7 +460,11 @@ class Backend(str, Enum):
     onnx = "onnx"
 
 
+Decision = Enum("Decision", {d.replace("-", "_"): d for d in DECISIONS}, type=str)  # hmic.evaluation.decision
+
+
 TABLES_UP_TO = 20  # files: above this, tables are printed only with --tables
+SKIPPED_SHOWN = 3  # skipped folder entries named before "and N more"
 
 
 @app.command()
@@ -457,6 +491,7 @@ def predict(
     checkpoint: Annotated[Optional[Path], typer.Option(help="--model audioset: the AudioSet CNN14 file.", show_default="where 'hmic download cnn14' puts it")] = None,
     audioset_map: Annotated[Optional[Path], typer.Option(help="--model audioset: which AudioSet classes each fine tag is the max of (YAML).", show_default="the openmic_audioset.yaml shipped with hmic")] = None,
     hierarchy: Annotated[Optional[Path], typer.Option(help="--model audioset: the hierarchy to tag with.", show_default="the hierarchy.yaml shipped with hmic")] = None,
+    decision: Annotated[Decision, typer.Option(help="How marks follow the hierarchy: any-child (a coarse tag is present exactly when one of its fine tags is), under-parent (a fine tag only under a present coarse tag), or independent (the paper's per-level thresholds; marks can contradict). docs/reading-predictions.md.")] = Decision(DEFAULT_DECISION),
 ) -> None:
     """Tag songs of any length, or whole libraries, with fine and coarse instrument tags."""
     from hmic.tagging import FileTagger, plan_tagging, run_tagging
@@ -479,12 +514,19 @@ def predict(
         tagger = FileTagger.load(run, device, precision)
     if model is not None and tagger.method != model:
         raise HmicError(f"--model audioset with --run: {run} is a {tagger.method} run, not an audioset run")
+    tagger.decision = decision.value
     plan = plan_tagging(audio, jsonl, truth, labels, producer(tagger, hop, aggregate.value))
+    _print_model(tagger)
     if plan.not_audio:
-        err.print(f"{plan.not_audio} folder entries without an audio suffix were left out", highlight=False, soft_wrap=True)
+        shown = ", ".join(plan.skipped[:SKIPPED_SHOWN]) + (f" and {plan.not_audio - SKIPPED_SHOWN} more"
+                                                             if plan.not_audio > SKIPPED_SHOWN else "")
+        err.print(f"{plan.not_audio} folder {'entry' if plan.not_audio == 1 else 'entries'} without an audio suffix left out: "
+                  f"{shown}", highlight=False, soft_wrap=True)
     if plan.already_done:
         err.print(f"{jsonl}: {plan.already_done} file(s) already tagged there are skipped", highlight=False, soft_wrap=True)
     show = tables if tables is not None else plan.found <= TABLES_UP_TO
+    # without tables and without an output file, each file still gets one line (never silence)
+    summaries = not show and not any(x is not None for x in (json_out, csv_out, jsonl, labels))
     for entry in plan.unreadable:
         _print_failure(entry["error"])
     with _file_progress(len(plan.files)) as advance:
@@ -496,6 +538,8 @@ def predict(
                 _print_song(result, segments, explain)
                 if truth is not None:
                     _print_comparison(result["truth_comparison"], truth)
+            elif summaries:
+                _print_summary(result)
 
         report = run_tagging(tagger, plan, hop_seconds=hop, aggregate=aggregate.value, batch_size=batch_size,
                              workers=workers, labels=labels, segments=segments, json_out=json_out, csv_out=csv_out,
@@ -577,39 +621,115 @@ def _print_comparison(comparison: dict, truth: Path) -> None:
     console.print(t)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _print_model(tagger) -> None:
+    """Once per predict: which model tags (provenance), the demonstration notice, the tags it cannot decide."""
+    m = tagger.info
+    val = m.get("validation")
+    scores = (", ".join(f"{lv} F1 {100 * v['f1']:.1f}%" for lv, v in val.items() if v.get("f1") == v.get("f1"))
+              if isinstance(val, dict) else "unknown")
+    stand_in = {True: "the rendered stand-in", False: "recorded audio"}.get(m.get("stand_in"), "unknown whether stand-in")
+    err.print(f"model: {m.get('model')} ({m.get('method')}, backbone {m.get('backbone')}, {m.get('protocol')}); trained on "
+              f"{m.get('dataset')} ({m.get('train_clips')} train clips, {stand_in}); validation {scores} (at thresholds tuned "
+              "on it: optimistic)",
+              highlight=False, soft_wrap=True)
+    if m.get("notice"):
+        err.print(f"[yellow]notice:[/] {escape(m['notice'])}", highlight=False, soft_wrap=True)
+    untrained = [f"{t} ({why})" for level in ("coarse", "fine") for t, why in tagger.thresholds.not_trained.get(level, {}).items()]
+    if untrained:
+        err.print(f"not trained (no threshold; never marked present, left out of label tracks): {', '.join(untrained)}",
+                  highlight=False, soft_wrap=True)
+
+
+DECISION_NOTE = {"any-child": "a coarse tag is present exactly when one of its fine tags is (its own threshold unused)",
+                 "under-parent": "a fine tag is present only under a present coarse tag",
+                 "independent": "each level by its own thresholds (marks may contradict the hierarchy)"}
+
+
+def _cell_mark(x: dict) -> str:
+    if "not_trained" in x:
+        return ""  # neither ✓ nor ·: the threshold cell says "not trained"
+    return "[green]✓[/]" if x["present"] else "[dim]·[/]"
+
+
+def _cell_threshold(x: dict) -> str:
+    if "not_trained" in x:
+        return "[yellow]not trained[/]"
+    if x.get("decided_by") == "children":
+        return "any child"
+    return f"≥{x['threshold']:.2f}"
+
+
 def _print_song(result: dict, segments: bool, explain: bool) -> None:
+    m = result.get("model") or {}
     table = Table(title=f"{result['file']} ({result['duration_seconds']:.1f} s, {result['method']}, "
-                        f"{result['aggregate']} over {len(result['segments'])} windows, {result['threshold_basis']} thresholds)")
-    for col in ("coarse", "p", "", "fine", "p", ""):
-        table.add_column(col, justify="right" if col == "p" else "left")
-    mark = lambda present: "[green]✓[/]" if present else "[dim]·[/]"  # noqa: E731
+                        f"{result['aggregate']} over {_plural(len(result['segments']), 'window')}, "
+                        f"{result['threshold_basis']} thresholds)",
+                  caption=f"model {m.get('model', result.get('checkpoint'))}, trained on {m.get('dataset', 'unknown')}; "
+                          f"decision {result.get('decision', 'independent')}: {DECISION_NOTE[result.get('decision', 'independent')]}; "
+                          "✓ present when p reaches the threshold shown", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for col in ("coarse", "p", "threshold", "", "fine", "p", "threshold", ""):
+        table.add_column(col, justify="right" if col in ("p", "threshold") else "left", no_wrap=True)
     for c in result["coarse"]:
         for i, f in enumerate(c["fine"]):
             first = i == 0
             table.add_row(c["tag"] if first else "", f"{c['probability']:.2f}" if first else "",
-                          mark(c["present"]) if first else "", f["tag"], f"{f['probability']:.2f}", mark(f["present"]))
+                          _cell_threshold(c) if first else "", _cell_mark(c) if first else "",
+                          f["tag"], f"{f['probability']:.2f}", _cell_threshold(f), _cell_mark(f))
         table.add_section()
     console.print(table)
     if explain:
         for c in result["coarse"]:
             if c["present"]:
-                e = c["explanation"]
-                parts = ", ".join(f"{x['tag']} {100 * x['share']:.0f}%" for x in e["carried_by"])
-                console.print(f"  {c['tag']}: carried by {parts} ({e['basis']}, window at {e['window_start']:.0f} s)")
+                why = ""
+                if c.get("decided_by") == "children":
+                    why = "; present because " + ", ".join(f["tag"] for f in c["fine"] if f["present"]) + " ✓"
+                console.print(f"  {c['tag']}: {explanation_text(c['explanation'])}{why}", highlight=False, soft_wrap=True)
         sources = [f for c in result["coarse"] for f in c["fine"] if f["present"] and "audioset_class" in f]
         for f in sources:  # the audioset model: which AudioSet class carried each present fine tag
             a = f["audioset_class"]
             console.print(f"  {f['tag']} ← {a['name']} {a['probability']:.2f} (window at {a['window_start']:.0f} s)",
                           highlight=False)
     if segments:
-        t = Table(title="timeline (present coarse tags per window)")
+        from hmic.tagging.results import window_marks
+
+        t = Table(title=f"timeline (present coarse tags per window; decision {result.get('decision', 'independent')})")
         t.add_column("window")
-        t.add_column("coarse tags above threshold")
-        thr = result["window_thresholds"]["coarse"]
-        for s in result["segments"]:
-            tags = [f"{k} {v:.2f}" for k, v in s["coarse"].items() if v >= thr[k]]
+        t.add_column("present coarse tags")
+        for s, _, coarse_on in window_marks(result):
+            tags = [f"{k} {v:.2f}" for k, v in s["coarse"].items() if k in coarse_on]
             t.add_row(f"{s['start']:.0f}–{s['end']:.0f} s", ", ".join(tags) or "-")
         console.print(t)
+
+
+def explanation_text(e: dict) -> str:
+    """One line saying what the head computed for a present coarse tag (``results.explain``)."""
+    at = f"window at {e['window_start']:.0f} s"
+    kids = e["carried_by"]
+    if e["basis"] == "max child":
+        x = kids[0]
+        return f"max child {x['tag']} p {x['probability']:.2f} = coarse p {e['coarse_probability']:.2f} ({at})"
+    if e["basis"] == "mean":
+        terms = " + ".join(f"{x['tag']} {x['term']:.2f}" for x in kids)
+        return f"mean of the children, terms p/n: {terms} = {e['sum_of_terms']:.2f} = coarse p {e['coarse_probability']:.2f} ({at})"
+    if e["basis"] == "attention":
+        terms = ", ".join(f"{x['tag']} w {x['weight']:.2f} × p {x['probability']:.2f} = {x['term']:.2f}" for x in kids)
+        return (f"attention, coarse p = Σ w·p over all fine tags = {e['sum_of_terms']:.2f}; largest terms: {terms} ({at})")
+    if e["basis"] == "projection":
+        terms = ", ".join(f"{x['tag']} a {x['weight']:.2f} × p {x['probability']:.2f} = {x['term']:.2f}" for x in kids)
+        return f"projection, largest terms a·p of the coarse logit: {terms or 'none positive'} ({at})"
+    listed = ", ".join(f"{x['tag']} p {x['probability']:.2f}" for x in kids)
+    return f"own coarse classifier, p {e['coarse_probability']:.2f}; its fine tags: {listed} ({at})"
+
+
+def _print_summary(result: dict) -> None:
+    fine = [f["tag"] for c in result["coarse"] for f in c["fine"] if f["present"]]
+    coarse = [c["tag"] for c in result["coarse"] if c["present"]]
+    console.print(f"{result['file']}: {', '.join(coarse) or 'no coarse tag'} | {', '.join(fine) or 'no fine tag'}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command("import")
@@ -632,7 +752,7 @@ def import_(
                   f"{s['train_clips']} train, {s['test_clips']} test, {s['groups']} groups")
     if s["weakly_labelled_clips"]:
         console.print(f"{s['weakly_labelled_clips']} clips were cut from longer files and carry their file's labels (weak labels)")
-    console.print(f"next: hmic split --data-dir {out} && hmic featurize --data-dir {out} && hmic train --data-dir {out} ...")
+    console.print(f"next: hmic split --data-dir {out} && hmic featurize --data-dir {out} && hmic train --data-dir {out} ...", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -648,7 +768,7 @@ def export(
     console.print(f"written {out} and its weights {report['weights']} ({report['bytes'] / 1e6:.1f} MB, {report['method']}, outputs "
                   f"{', '.join(report['outputs'])}); onnxruntime against PyTorch on {report['probe_windows']} "
                   f"probe windows: max |Δp| = {report['max_abs_probability_difference']:.2e}")
-    console.print(f"tag with it: hmic predict SONG --backend onnx --run {out} (keep the two files together)")
+    console.print(f"tag with it: hmic predict SONG --backend onnx --run {out} (keep the two files together)", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -665,8 +785,8 @@ def table(
     result = write_table(runs_dir, out, split.value)
     typer.echo(result["markdown"])
     for fig in result["figures"]:
-        console.print(f"figure: {fig}")
-    console.print(f"table: {out / 'table1.md'}, {out / 'table1.csv'}")
+        console.print(f"figure: {fig}", highlight=False, soft_wrap=True)
+    console.print(f"table: {out / 'table1.md'}, {out / 'table1.csv'}", highlight=False, soft_wrap=True)
 
 
 def _warn_mixed_code(found: list) -> None:
@@ -756,7 +876,7 @@ def synth_song(
     console.print(table)
     from hmic.data.synth.song import truth_path
 
-    console.print(f"ground truth: {truth_path(out)} (compare with 'hmic predict {out} --truth {truth_path(out)}')")
+    console.print(f"ground truth: {truth_path(out)} (compare with 'hmic predict {out} --truth {truth_path(out)}')", highlight=False, soft_wrap=True)
 
 
 # Failures of the machine rather than of the input (a full disk, a read-only or forbidden folder): one

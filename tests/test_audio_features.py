@@ -127,7 +127,7 @@ def test_featurize_survives_bad_files_and_handles_odd_formats(tmp_path):
     with open(summary.folder / "failures.csv") as f:
         failures = {r["sample_key"]: r["error"] for r in csv.DictReader(f)}
     assert set(failures) == {"corrupt", "empty", "nan"}
-    assert "no samples" in failures["empty"] or "not a readable" in failures["empty"]
+    assert "no samples" in failures["empty"] or "could not be decoded" in failures["empty"]
     assert "NaN" in failures["nan"]
     store = FeatureStore.open(tmp_path / "work")
     with warnings.catch_warnings(record=True) as caught:
@@ -150,7 +150,7 @@ def test_decode_errors_name_the_file(tmp_path):
     with pytest.raises(AudioError, match="no such file"):
         decode(tmp_path / "missing.wav")
     (tmp_path / "t.wav").write_text("hello")
-    with pytest.raises(AudioError, match="t.wav: not a readable audio file"):
+    with pytest.raises(AudioError, match="t.wav: could not be decoded"):
         decode(tmp_path / "t.wav")
     sf.write(tmp_path / "tiny.wav", np.zeros(1600, np.float32), SR)
     with pytest.raises(AudioError, match="too short"):
@@ -263,3 +263,29 @@ def test_a_feature_store_folder_that_cannot_be_written_is_one_error(tmp_path, mo
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(HmicError, match="cannot create the feature store .*Read-only file system.*--work-dir"):
         featurize(["float"], [files["float"]], tmp_path / "w", workers=1, progress=False)
+
+
+def test_a_corrupt_mp3_says_it_could_not_be_decoded_and_the_decoders_lines_stay_off_the_terminal(tmp_path, capfd):
+    """Issue 37: libsndfile said "File does not exist or is not a regular file (possibly a pipe?)" for a file
+    that exists, after mpg123's own lines on stderr."""
+    x = np.random.default_rng(0).standard_normal(SR * 3).astype(np.float32) * 0.1
+    sf.write(tmp_path / "ok.mp3", x, SR, format="MP3")
+    good = (tmp_path / "ok.mp3").read_bytes()
+    noise = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    (tmp_path / "bad.mp3").write_bytes(good[:400] + noise + good[6000:])
+    capfd.readouterr()
+    with pytest.raises(AudioError) as e:
+        decode(tmp_path / "bad.mp3")
+    assert "bad.mp3: could not be decoded: the MP3 file exists but is corrupt" in str(e.value)
+    assert "does not exist or is not a regular file" not in str(e.value)
+    out, err = capfd.readouterr()
+    assert err == "" and out == ""
+
+
+def test_skipped_folder_entries_are_named(tmp_path):
+    from hmic.tagging.inputs import expand_inputs
+
+    for name in ("a.wav", "cover.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    found = expand_inputs([tmp_path])
+    assert found.not_audio == 2 and found.skipped == [str(tmp_path / "cover.jpg"), str(tmp_path / "notes.txt")]

@@ -48,3 +48,34 @@ def test_featurize_n_mels_makes_a_store_of_that_many_bands(synth_root, tmp_path)
     (manifest,) = tmp_path.glob("features/*/manifest.json")
     assert json.loads(manifest.read_text())["frontend"]["n_mels"] == 32
     assert json.loads(manifest.read_text())["shape"][2] == 32
+
+
+# -- issue 37: the small things a newcomer notices ---------------------------------------------------------
+
+def test_version_option_prints_the_version():
+    from hmic import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"hmic {__version__}"
+
+
+@pytest.mark.parametrize("name", ("split", "predict", "import"))
+def test_help_shows_no_bool_type_beside_flags(name):
+    result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "<bool>" not in result.output
+    assert any("--help" in line and "Show this message" in line for line in result.output.splitlines())
+
+
+def test_a_one_seed_table_shows_no_spread_and_no_significance_marker():
+    from hmic.evaluation.report import to_markdown
+
+    macro = {lv: {m: {"mean": 0.5, "std": 0.0} for m in ("roc_auc", "pr_auc", "f1")} for lv in ("fine", "coarse")}
+    rows = [{"method": m, "lambda": 0.8, "seeds": 1, "protocol": "finetune",
+             "aggregate": {"macro": macro, "left_out": {"fine": [], "coarse": []}},
+             "versus": {"reference": "flat", "differences": [
+                 {"level": "fine", "metric": "f1", "mean": 0.1, "p_holm": 0.001, "pairs": 1}]}} for m in ("flat", "gmp")]
+    table = to_markdown(rows, "test").split("The paper's Table 1")[0]
+    assert "± 0.0" not in table and "50.0 ± —" in table
+    body = [line for line in table.splitlines() if line.startswith("| gmp")]
+    assert body and "▲" not in body[0] and "▼" not in body[0]

@@ -220,3 +220,54 @@ def test_a_damaged_json_line_in_the_middle_is_an_error_naming_it(tmp_path):
         read_jsonl(path)
     path.write_text('{"a": 1}\n{"a": 2}\n{"a": ')  # the last line cut by a kill: ignored
     assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+
+# -- issue 37: malformed rows are errors naming the row and the fix, never a traceback ---------------------
+
+def test_a_row_with_a_field_too_many_is_one_error_naming_the_row_not_a_traceback(own_data, tmp_path):
+    manifest = tmp_path / "extra.csv"
+    manifest.write_text("path,guitar,piano\nmy-audio/take0.wav,1,0\nmy-audio/take1.wav,1,0,1\nmy-audio/take2.wav,0\n")
+    result = CliRunner().invoke(app, ["import", str(manifest), "--out", str(tmp_path / "o")])
+    assert isinstance(result.exception, HmicError), result.exception  # not AttributeError: 'list' ... 'strip'
+    msg = str(result.exception)
+    assert "extra.csv, row 3, 4 fields where the header has 3: a field too many" in msg
+    assert "extra.csv, row 4, 2 fields where the header has 3: fields missing" in msg
+
+
+def test_broken_quoting_and_encoding_name_the_row_and_the_fix(own_data, tmp_path):
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('path,guitar\nmy-audio/take0.wav,1\n"my-audio/take1.wav"x,1\n')
+    with pytest.raises(HmicError, match=r"quoted.csv, row 3: the CSV quoting is broken .*double quotes"):
+        import_manifest(quoted, tmp_path / "o1", H)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,guitar\nmy-audio/take0.wav,1\nmy-audio/caf\u00e9.wav,1\n".encode("latin-1"))
+    with pytest.raises(HmicError, match=r"latin.csv, row 3: byte 0xe9 is not UTF-8 text; save the manifest as UTF-8"):
+        import_manifest(latin, tmp_path / "o2", H)
+
+
+def test_the_same_problem_on_many_rows_is_one_line_and_an_empty_split_says_to_drop_it(own_data, tmp_path):
+    rows = [[f"my-audio/take{i % 8}.wav", "", "1"] for i in range(81)]
+    path = write_manifest(tmp_path / "split.csv", ["path", "split", "guitar"], rows)
+    with pytest.raises(HmicError) as e:
+        import_manifest(path, tmp_path / "o", H)
+    msg = str(e.value)
+    assert msg.count("is not train or test") == 1 and "rows 2-82 (81 rows)" in msg
+    assert "drop the 'split' column" in msg
+
+
+def test_rows_without_any_label_are_reported_and_unknown_tags_get_a_did_you_mean(own_data, tmp_path):
+    path = write_manifest(tmp_path / "nolabel.csv", ["path", "guitar", "piano"],
+                          [["my-audio/take0.wav", "1", ""], ["my-audio/take1.wav", "", ""]])
+    with pytest.raises(HmicError, match=r"nolabel.csv, row 3, no label: every tag column is blank"):
+        import_manifest(path, tmp_path / "o1", H)
+    path = write_manifest(tmp_path / "typo.csv", ["path", "gutiar"], [["my-audio/take0.wav", "1"]])
+    with pytest.raises(HmicError, match=r"column 'gutiar' is not a fine tag \(did you mean 'guitar'\?\)"):
+        import_manifest(path, tmp_path / "o2", H)
+
+
+def test_the_next_hint_of_import_never_wraps(own_data, tmp_path):
+    result = CliRunner().invoke(app, ["import", str(own_data), "--out", str(tmp_path / "a-rather-long-dataset-folder-name")],
+                                terminal_width=60)
+    assert result.exit_code == 0, result.output
+    hint = next(line for line in result.output.splitlines() if line.startswith("next:"))
+    assert hint.rstrip().endswith("...")  # the whole command on one line

@@ -114,11 +114,14 @@ def test_predict_three_minute_song_json_with_timeline(trained, song, tmp_path):
     for c in r["coarse"]:
         # song level = max over windows
         assert c["probability"] == pytest.approx(max(s["coarse"][c["tag"]] for s in r["segments"]), abs=1e-4)
-        assert c["present"] == (c["probability"] >= c["threshold"])
+        if "not_trained" in c:  # no threshold: never present (issue 37)
+            assert c["threshold"] is None and not c["present"]
+        else:  # the default decision: a coarse tag is present exactly when one of its fine tags is
+            assert c["present"] == any(f["present"] for f in c["fine"]) and c["decided_by"] == "children"
         if c["present"]:
             assert c["explanation"]["basis"] == "attention" and c["explanation"]["carried_by"]
     rows = out_csv.read_text().splitlines()
-    assert rows[0] == "file,level,tag,parent,probability,threshold,present" and len(rows) == 1 + 7 + 20
+    assert rows[0].startswith("file,level,tag,parent,probability,threshold,present,note,model,") and len(rows) == 1 + 7 + 20
 
 
 def test_predict_mean_aggregation_and_windows_of_a_short_file(trained, tmp_path):

@@ -267,7 +267,8 @@ def test_a_heads_explanation_survives_the_trip_through_json(method):
             a = head.explain(c, fine[w], None if attention is None else attention[w])
             b = restored.explain(c, fine[w], None if attention is None else attention[w])
             assert (a.basis, a.order) == (b.basis, b.order)
-            assert np.allclose(a.shares, b.shares, atol=1e-6)
+            assert np.allclose(a.probabilities, b.probabilities, atol=1e-6)
+            assert (a.terms is None) == (b.terms is None) and (a.terms is None or np.allclose(a.terms, b.terms, atol=1e-6))
 
 
 def test_the_inference_backbone_computes_the_same_function():

@@ -22,6 +22,7 @@ from hmic.cli import app
 from hmic.devices import resolve_precision
 from hmic.errors import HmicError
 from hmic.tagging import FileTagger, expand_inputs, label_track
+from hmic.tagging.results import window_marks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,11 +130,13 @@ def test_labels_dir_mirrors_the_library(trained, library, tmp_path):
     written = sorted(str(p.relative_to(labels)) for p in labels.rglob("*.txt"))
     assert written == ["a.wav.txt", "b.flac.txt", "sub/c.wav.txt"]
     data = {Path(r["file"]).name: r for r in json.loads((tmp_path / "p.json").read_text())["results"]}
+    marks = window_marks(data["c.wav"])  # each window's present tags, by the result's decision rule
     for line in (labels / "sub" / "c.wav.txt").read_text().splitlines():
         start, end, label = line.split("\t")
         level, tag = label.split(":")
         assert 0 <= float(start) < float(end) <= data["c.wav"]["duration_seconds"] + 1e-3
-        assert any(s[level][tag] >= data["c.wav"]["window_thresholds"][level][tag] for s in data["c.wav"]["segments"]
+        assert data["c.wav"]["window_thresholds"][level][tag] is not None  # never a "not trained" tag
+        assert any(tag in (fine if level == "fine" else coarse) for s, fine, coarse in marks
                    if s["start"] >= float(start) and s["end"] <= float(end))
 
 
@@ -179,9 +182,12 @@ def test_bf16_decisions_agree_with_fp32(trained, library, monkeypatch):
         for sa, sb in zip(a["segments"], b["segments"]):
             for level, thr in a["window_thresholds"].items():
                 for tag, t in thr.items():
+                    if t is None:  # "not trained": no threshold to compare against
+                        continue
                     same += (sa[level][tag] >= t) == (sb[level][tag] >= t)
                     total += 1
-    assert total == 8 * 27 and same / total >= 0.9
+    trained_tags = sum(t is not None for thr in fp32[0]["window_thresholds"].values() for t in thr.values())
+    assert total == 8 * trained_tags > 0 and same / total >= 0.9
     diff = max(abs(sa[level][tag] - sb[level][tag]) for a, b in zip(fp32, bf16) for sa, sb in zip(a["segments"], b["segments"])
                for level in ("fine", "coarse") for tag in sa[level])
     assert diff > 1e-4  # bf16 really ran: a silent float32 fallback would give equal probabilities

@@ -138,7 +138,9 @@ def test_checkpoint_is_self_describing_and_versioned(trained, tmp_path):
     ckpt = Checkpoint.load(run.best_path)
     assert ckpt.method == "resatt" and ckpt.frontend.n_mels == 64 and ckpt.thresholds is not None
     assert ckpt.hierarchy.coarse_names == trained["data"].hierarchy.coarse_names
-    assert set(ckpt.thresholds) == {"fine", "coarse", "song"}
+    # the thresholds, and what predict reports from the file alone (issue 37): tags without a threshold,
+    # validation scores, the training data
+    assert {"fine", "coarse", "song", "not_trained", "validation", "trained_on"} <= set(ckpt.thresholds)
     state = read_state(run.best_path)
     assert state["format_version"] == FORMAT_VERSION and {"versions", "backbone", "head", "config"} <= set(state)
     torch.save({**state, "format_version": FORMAT_VERSION + 1}, tmp_path / "future.pt")

@@ -90,7 +90,8 @@ def test_a_long_file_uses_song_thresholds_and_a_short_one_clip_thresholds(traine
     assert long_result["threshold_basis"] == "song (4 clips)"
     i = SONG_CLIPS.index(4)
     for c, coarse in enumerate(long_result["coarse"]):
-        assert coarse["threshold"] == round(float(tagger.thresholds.song["coarse"][i][c]), 4)
+        if "not_trained" not in coarse:  # a tag without a threshold shows none (issue 37)
+            assert coarse["threshold"] == round(float(tagger.thresholds.song["coarse"][i][c]), 4)
     sf.write(tmp_path / "short.wav", np.random.default_rng(0).standard_normal(16000 * 8).astype(np.float32) * 0.1, 16000)
     assert tagger.tag(tmp_path / "short.wav")["threshold_basis"] == "clip"
 

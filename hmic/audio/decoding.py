@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -54,6 +57,41 @@ class FrontendConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
+_SILENCE_LOCK = threading.Lock()
+
+
+@contextmanager
+def decoder_stderr_silenced():
+    """Keep what the C decoders (mpg123, vorbis...) print on file descriptor 2 off the terminal while a
+    file is decoded: their lines are not hmic's messages, and a failure is reported as one error."""
+    with _SILENCE_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no descriptor 2 (a daemon): nothing to keep off
+            yield
+            return
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+
+
+def undecodable(path: Path, error: Exception) -> str:
+    """The message for a file libsndfile cannot decode. Its own message for a corrupt compressed file
+    ("File does not exist or is not a regular file (possibly a pipe?)") is wrong for a file that exists."""
+    said = str(error).splitlines()[0] if str(error) else type(error).__name__
+    said = said.replace(f"Error opening {str(path)!r}: ", "")
+    misleading = "does not exist" in said and path.is_file()
+    kind = f"{path.suffix.lstrip('.').upper()} " if path.suffix else ""
+    return (f"{path}: could not be decoded: the {kind}file exists but is corrupt, truncated or not audio in a format "
+            f"libsndfile reads" + ("" if misleading else f" ({said})"))
+
+
 def decode(path: str | Path, start: float = 0.0, end: float | None = None) -> tuple[np.ndarray, int]:
     """Read any format libsndfile reads (from ``start`` to ``end`` seconds, reading only that stretch).
     Returns (audio (channels, L) float32 in [-1, 1], sample rate).
@@ -67,14 +105,15 @@ def decode(path: str | Path, start: float = 0.0, end: float | None = None) -> tu
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     try:
-        if start or end is not None:
-            sr = sf.info(str(path)).samplerate
-            data, sr = sf.read(str(path), dtype="float32", always_2d=True, start=int(round(start * sr)),
-                               stop=None if end is None else int(round(end * sr)))
-        else:
-            data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with decoder_stderr_silenced():
+            if start or end is not None:
+                sr = sf.info(str(path)).samplerate
+                data, sr = sf.read(str(path), dtype="float32", always_2d=True, start=int(round(start * sr)),
+                                   stop=None if end is None else int(round(end * sr)))
+            else:
+                data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile errors come in several types
-        raise AudioError(f"{path}: not a readable audio file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise AudioError(undecodable(path, e)) from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: the file holds no samples")
     if not np.isfinite(data).all():

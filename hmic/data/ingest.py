@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmic.audio.decoding import window_starts
+from hmic.audio.decoding import decoder_stderr_silenced, window_starts
 from hmic.data.openmic import CLASS_MAP, CLIPS_CSV, GROUPS_CSV, LABELS_CSV, LABELS_HEADER, TEST_PARTITION, TRAIN_PARTITION
 from hmic.errors import HmicError
 from hmic.fileio import write_csv, write_json, write_text
@@ -53,62 +53,137 @@ def _problems(title: str, items: list[str]) -> HmicError:
     return HmicError(f"{title}:\n  {shown}{more}")
 
 
+def _rows_text(lines: list[int]) -> str:
+    """'row 5' or 'rows 2-4, 9 (4 rows)': consecutive rows as ranges."""
+    if len(lines) == 1:
+        return f"row {lines[0]}"
+    spans, start = [], lines[0]
+    for prev, cur in zip(lines, lines[1:] + [None]):
+        if cur != prev + 1:
+            spans.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur
+    shown = ", ".join(spans[:MAX_LISTED]) + (", ..." if len(spans) > MAX_LISTED else "")
+    return f"rows {shown} ({len(lines)} rows)"
+
+
+class _Problems:
+    """Problems of a manifest's rows; the same problem on several rows is one line naming all its rows."""
+
+    def __init__(self, name: str):
+        self.name, self.by_message = name, {}
+
+    def add(self, line: int, message: str) -> None:
+        self.by_message.setdefault(message, []).append(line)
+
+    def lines(self) -> list[str]:
+        return [f"{self.name}, {_rows_text(rows)}, {message}" for message, rows in self.by_message.items()]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_message.values())
+
+
+def _read_text(manifest: Path) -> str:
+    data = manifest.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise HmicError(f"{manifest}, row {line}: byte 0x{data[e.start]:02x} is not UTF-8 text; save the manifest as "
+                        "UTF-8 (in a spreadsheet program: 'CSV UTF-8')") from None
+
+
+def _csv_rows(manifest: Path, text: str) -> list[tuple[int, list[str]]]:
+    """(line, fields) of every non-empty record; malformed quoting is an error naming the row."""
+    import io
+
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    out, line = [], 1
+    try:
+        for fields in reader:
+            if any(f.strip() for f in fields):
+                out.append((line, fields))
+            line = reader.line_num + 1
+    except csv.Error as e:
+        raise HmicError(f"{manifest}, row {reader.line_num}: the CSV quoting is broken ({e}); a field holding a comma, "
+                        "a quote or a line break must be wrapped in double quotes, with quotes inside it doubled (\"\")") from None
+    return out
+
+
 def read_manifest(manifest: Path, hierarchy: Hierarchy) -> list[Row]:
-    """Parse and check every row; all bad values (then all missing files) are reported together."""
+    """Parse and check every row; all bad values (then all missing files) are reported together, the same
+    problem on many rows once with their rows."""
+    import difflib
+
     manifest = Path(manifest)
     if not manifest.is_file():
         raise HmicError(f"manifest {manifest} does not exist")
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        if "path" not in header:
-            raise HmicError(f"{manifest}: the header has no 'path' column (got {', '.join(header) or 'nothing'})")
-        tags = [h for h in header if h not in RESERVED]
-        unknown = [t for t in tags if t not in hierarchy.fine_names]
-        if unknown:
-            raise HmicError(f"{manifest}: column {unknown[0]!r} is not a fine tag of the hierarchy "
-                            f"'{hierarchy.name}'; its fine tags are {', '.join(hierarchy.fine_names)}. "
-                            "Rename the column, or pass --hierarchy with a hierarchy that has it")
-        if not tags:
-            raise HmicError(f"{manifest}: no tag columns; add one column per fine tag ({', '.join(hierarchy.fine_names)})")
-        if len(set(header)) != len(header):
-            raise HmicError(f"{manifest}: a column name appears twice in the header")
-        rows, bad = [], []
-        for line, raw in enumerate(reader, start=2):
-            raw = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-            where = f"{manifest.name}, row {line}"
-            if not raw.get("path"):
-                bad.append(f"{where}, column 'path': empty")
-                continue
-            path = Path(raw["path"])
-            row = Row(line, path if path.is_absolute() else manifest.parent / path, 0.0, None,
-                      raw.get("group", ""), raw.get("split", "").lower())
-            for col in ("start", "end"):
-                if raw.get(col):
-                    try:
-                        value = float(raw[col])
-                        if not np.isfinite(value) or value < 0:
-                            raise ValueError
-                    except ValueError:
-                        bad.append(f"{where}, column {col!r}: {raw[col]!r} is not a number of seconds >= 0")
-                        continue
-                    if col == "start":
-                        row.start = value
-                    else:
-                        row.end = value
-            if row.end is not None and row.end <= row.start:
-                bad.append(f"{where}, column 'end': {row.end:g} is not after start {row.start:g}")
-            if "split" in header and row.split not in ("train", "test"):
-                bad.append(f"{where}, column 'split': {raw.get('split', '')!r} is not train or test")
-            for tag in tags:
-                value = raw.get(tag, "")
-                if value in ("1", "0"):
-                    row.labels[tag] = int(value)
-                elif value != "":
-                    bad.append(f"{where}, column {tag!r}: {value!r} is not 1, 0 or blank")
-            rows.append(row)
-    if bad:
-        raise _problems(f"{manifest}: {len(bad)} bad value(s)", bad)
+    records = _csv_rows(manifest, _read_text(manifest))
+    if not records:
+        raise HmicError(f"{manifest}: empty; the first row names the columns (path, then one column per fine tag)")
+    header = [h.strip() for h in records[0][1]]
+    if "path" not in header:
+        raise HmicError(f"{manifest}: the header has no 'path' column (got {', '.join(header) or 'nothing'})")
+    tags = [h for h in header if h not in RESERVED]
+    unknown = [t for t in tags if t not in hierarchy.fine_names]
+    if unknown:
+        guesses = {t: difflib.get_close_matches(t.lower(), hierarchy.fine_names, n=1, cutoff=0.6) for t in unknown}
+        named = "; ".join(f"column {t!r} is not a fine tag" + (f" (did you mean {g[0]!r}?)" if g else "")
+                          for t, g in guesses.items())
+        raise HmicError(f"{manifest}: {named} of the hierarchy "
+                        f"'{hierarchy.name}'; its fine tags are {', '.join(hierarchy.fine_names)}. "
+                        "Rename the column, or pass --hierarchy with a hierarchy that has it")
+    if not tags:
+        raise HmicError(f"{manifest}: no tag columns; add one column per fine tag ({', '.join(hierarchy.fine_names)})")
+    if len(set(header)) != len(header):
+        raise HmicError(f"{manifest}: a column name appears twice in the header")
+    rows, bad = [], _Problems(manifest.name)
+    unlabelled = []
+    for line, fields in records[1:]:
+        if len(fields) != len(header):
+            more = len(fields) > len(header)
+            bad.add(line, f"{len(fields)} fields where the header has {len(header)}: "
+                          + ("a field too many (an unquoted comma inside a value? wrap that value in double quotes)"
+                             if more else "fields missing (give every column, blank where not observed)"))
+            continue
+        raw = {k: (v or "").strip() for k, v in zip(header, fields)}
+        if not raw.get("path"):
+            bad.add(line, "column 'path': empty")
+            continue
+        path = Path(raw["path"])
+        row = Row(line, path if path.is_absolute() else manifest.parent / path, 0.0, None,
+                  raw.get("group", ""), raw.get("split", "").lower())
+        for col in ("start", "end"):
+            if raw.get(col):
+                try:
+                    value = float(raw[col])
+                    if not np.isfinite(value) or value < 0:
+                        raise ValueError
+                except ValueError:
+                    bad.add(line, f"column {col!r}: {raw[col]!r} is not a number of seconds >= 0")
+                    continue
+                if col == "start":
+                    row.start = value
+                else:
+                    row.end = value
+        if row.end is not None and row.end <= row.start:
+            bad.add(line, f"column 'end': {row.end:g} is not after start {row.start:g}")
+        if "split" in header and row.split not in ("train", "test"):
+            fix = ("; leave no row blank, or drop the 'split' column to have the split drawn by group (--test-fraction)"
+                   if row.split == "" else "")
+            bad.add(line, f"column 'split': {raw.get('split', '')!r} is not train or test{fix}")
+        for tag in tags:
+            value = raw.get(tag, "")
+            if value in ("1", "0"):
+                row.labels[tag] = int(value)
+            elif value != "":
+                bad.add(line, f"column {tag!r}: {value!r} is not 1, 0 or blank")
+        if not row.labels:
+            unlabelled.append(line)
+        rows.append(row)
+    for line in unlabelled:
+        bad.add(line, "no label: every tag column is blank; give each tag 1 (present) or 0 (absent), or remove the row")
+    if len(bad):
+        raise _problems(f"{manifest}: {len(bad)} bad row(s)", bad.lines())
     if not rows:
         raise HmicError(f"{manifest}: no rows")
     missing = sorted({str(r.path) for r in rows if not r.path.is_file()})
@@ -123,7 +198,8 @@ def _durations(rows: list[Row]) -> dict[Path, float]:
     durations, unreadable = {}, []
     for path in sorted({r.path for r in rows}):
         try:
-            info = sf.info(str(path))
+            with decoder_stderr_silenced():  # mpg123 and friends print on fd 2; the error below says it once
+                info = sf.info(str(path))
             durations[path] = info.frames / info.samplerate
         except Exception as e:
             unreadable.append(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")

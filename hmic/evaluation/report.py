@@ -72,10 +72,19 @@ def runs_protocol(runs: list[Run], runs_dir: Path) -> str:
 
 def _marker(row: dict, level: str, metric: str) -> str:
     """▲ / ▼: significantly better / worse than the reference at 5% (Holm-corrected over methods)."""
+    if row.get("seeds", 0) < 2:  # one seed: no spread to test a difference against
+        return ""
     for d in row.get("versus", {}).get("differences", []):
+        if d.get("pairs", 2) < 2:
+            continue
         if d["level"] == level and d["metric"] == metric and d["p_holm"] is not None and d["p_holm"] < ALPHA:
             return " ▲" if d["mean"] > 0 else " ▼"
     return ""
+
+
+def spread(std: float, seeds: int, digits: int = 1) -> str:
+    """The std over seeds, or "—" for one seed (there is no spread to show)."""
+    return "—" if seeds < 2 else f"{std:.{digits}f}"
 
 
 def _cell(agg: dict, level: str, metric: str) -> tuple[float, float]:
@@ -92,7 +101,7 @@ def to_markdown(rows: list[dict], split: str) -> str:
              f"better / worse than {reference} at 5%, paired by seed with a bootstrap over test clips, Holm-corrected "
              "over methods)", "", head, "|" + "---|" * (len(COLUMNS) + 3)]
     for r in rows:
-        cells = [f"{m:.1f} ± {s:.1f}{_marker(r, lv, mt)}" for (lv, mt), (m, s) in
+        cells = [f"{m:.1f} ± {spread(s, r['seeds'])}{_marker(r, lv, mt)}" for (lv, mt), (m, s) in
                  (((lv, mt), _cell(r["aggregate"], lv, mt)) for lv in LEVELS for mt in METRICS)]
         name = f"{r['method']} ({UNTRAINED_LABEL})" if r.get("untrained") else r["method"]
         lines.append(f"| {name} | {r['lambda']:.2f} | {r['seeds']} | " + " | ".join(cells) + " |")

@@ -9,6 +9,7 @@ import numpy as np
 
 from hmic.evaluation.metrics import (METRICS, SONG_CLIPS, calibration, consistency, hierarchical_prf, score_level, summarise,
                       tune_song_thresholds, tune_thresholds)
+from hmic.runs.trained_on import read_trained_on, untrained_tags
 from hmic.runs.run import LEVELS, Run
 
 
@@ -30,6 +31,14 @@ def tune_run(run: Run) -> dict:
         result["defaulted"][level] = [names[j] for j in defaulted]
         per_length = [tune_song_thresholds(probs, targets, mask, k)[0] for k in SONG_CLIPS]
         result["song"][level] = {n: [float(t[j]) for t in per_length] for j, n in enumerate(names)}
+    # tags the model cannot decide carry no threshold for predict ("not trained"); evaluate and table
+    # score them at the default threshold as before
+    trained_on = read_trained_on(run.folder)
+    val = {level: (pred[f"{level}_targets"], pred[f"{level}_mask"]) for level in LEVELS}
+    result["not_trained"] = untrained_tags({lv: [str(n) for n in pred[f"{lv}_names"]] for lv in LEVELS}, val, trained_on)
+    result["validation"] = validation_scores(pred, result)
+    if trained_on is not None:
+        result["trained_on"] = {k: v for k, v in trained_on.items() if k != "train_labels"}
     run.write_thresholds(result)
     return result
 
@@ -101,3 +110,14 @@ def evaluate_runs(runs: list[Run], split: str = "test") -> Aggregate:
         left_out[level] = sorted({t for r in per_run for t in r[level]["left_out"]})
     beyond = {name: summarise([_dig(r, path) for r in per_run]) for name, path in EXTRA_METRICS.items()}
     return Aggregate([str(r) for r in runs], per_run, mean, per_tag, left_out, per_tag_std, beyond)
+
+
+def validation_scores(pred: dict, thresholds: dict) -> dict:
+    """Macro F1 and PR-AUC per level on validation predictions at the tuned thresholds, in [0, 1]."""
+    out = {}
+    for level in ("fine", "coarse"):
+        names = [str(n) for n in pred[f"{level}_names"]]
+        t = np.array([thresholds[level][n] for n in names])
+        s = score_level(pred[f"{level}_probs"], pred[f"{level}_targets"], pred[f"{level}_mask"], t, names).to_dict()
+        out[level] = {m: round(float(s["macro"][m]), 4) for m in ("f1", "pr_auc") if m in s.get("macro", {})}
+    return out

@@ -3,12 +3,15 @@
 A head says *how* its coarse decisions are explained as data, an ``Explainer``: a rule and, for the
 ``projection`` rule, the weights it needs (``Head.explainer()`` in ``hmic.models.heads``). The same object is
 stored in an exported ONNX file's metadata, so a tagger over onnxruntime explains exactly as the
-PyTorch model does without importing torch. Rules:
+PyTorch model does without importing torch. Each rule reports what the head computes, nothing more:
 
-- ``children``: the coarse tag's children, in proportion to their probabilities;
-- ``max child``: the winning child decides alone (grouped max pooling, flat);
-- ``attention``: each fine tag's share of W[f, c]·P_f over all fine tags (resatt's map, lp's softmax);
-- ``projection``: each fine tag's positive share of A[c, f]·P_f (an unconstrained linear projection).
+- ``max child``: P_c is the largest child's P_f (gmp, flat): that child and its probability;
+- ``mean``: P_c is the mean of the children's P_f (gap): each child's term P_f / n, summing to P_c;
+- ``attention``: P_c = Σ_f W[f, c]·P_f (resatt's input-dependent map, lp's fixed softmax): each fine
+  tag's weight W[f, c] and term W[f, c]·P_f, the largest first (the terms over all fine tags sum to P_c);
+- ``projection``: the coarse logit holds A[c, f]·P_f (lp-linear): the largest positive terms;
+- ``children``: the head has a coarse classifier of its own (levelwise, topdown): its children and their
+  probabilities are listed, nothing is attributed.
 """
 
 from __future__ import annotations
@@ -19,20 +22,24 @@ import numpy as np
 
 from hmic.errors import HmicError
 
-MIN_SHARE = 0.05  # fine tags carrying less of a coarse decision are not named
-TOP = 5
-RULES = ("children", "max child", "attention", "projection")
+TOP = 5  # at most this many fine tags are named
+MIN_TERM = 0.005  # attention/projection terms smaller than this are not named
+RULES = ("children", "max child", "mean", "attention", "projection")
 
 
 @dataclass
 class Explanation:
-    """Which fine tags carried one coarse decision: ``shares`` (F,) sum to 1 over the fine tags
-    considered; ``weights`` (F,) are attention or projection weights where the head has them."""
+    """How one coarse decision came about, in the head's own terms: ``order`` the fine tags named (at most
+    ``TOP``), ``probabilities`` (F,) the window's P_f, ``weights`` (F,) W[:, c] or A[c, :] where the head
+    has them, ``terms`` (F,) each fine tag's term where P_c is a sum of terms (mean, attention, projection),
+    ``total`` what the terms add up to (P_c for mean and attention; for max child the child's P_f)."""
 
     basis: str
-    shares: np.ndarray
-    order: list[int]  # fine tags by decreasing share, already cut to the ones worth naming
+    order: list[int]
+    probabilities: np.ndarray
     weights: np.ndarray | None = None
+    terms: np.ndarray | None = None
+    total: float | None = None
 
 
 @dataclass
@@ -51,18 +58,28 @@ class Explainer:
 
     def explain(self, c: int, fine_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
         """fine_probs (F,) of one window; attention (F, C) for the ``attention`` rule."""
-        if self.rule == "children":
-            return shares("children", self.membership[c] * fine_probs)
+        p = np.asarray(fine_probs, dtype=np.float64)
+        kids = np.flatnonzero(self.membership[c])
         if self.rule == "max child":
-            contrib = self.membership[c] * fine_probs
-            top = [int(f) for f in np.argsort(-contrib) if contrib[f] > 0][:1]
-            return Explanation("max child", shares("max child", contrib).shares, top)
+            top = int(kids[np.argmax(p[kids])])
+            return Explanation("max child", [top], p, total=float(p[top]))
+        if self.rule == "mean":
+            terms = np.zeros_like(p)
+            terms[kids] = p[kids] / len(kids)
+            return Explanation("mean", _largest(terms, kids), p, terms=terms, total=float(terms.sum()))
+        if self.rule == "children":
+            return Explanation("children", _largest(p, kids), p)
         if self.rule == "attention":
             if attention is None:
                 raise HmicError("the 'attention' explanation rule needs the model's attention output")
-            return shares("attention", attention[:, c] * fine_probs, attention[:, c])
-        weights = self.weights[c]
-        return shares("projection", np.clip(weights * fine_probs, 0.0, None), weights)
+            w = np.asarray(attention[:, c], dtype=np.float64)
+            terms = w * p
+            named = [f for f in _largest(terms, np.arange(len(p))) if terms[f] >= MIN_TERM]
+            return Explanation("attention", named, p, w, terms, float(terms.sum()))
+        w = np.asarray(self.weights[c], dtype=np.float64)
+        terms = w * p
+        named = [f for f in _largest(terms, np.arange(len(p))) if terms[f] >= MIN_TERM]
+        return Explanation("projection", named, p, w, terms, None)
 
     def to_dict(self) -> dict:
         """JSON-ready (the hierarchy travels separately)."""
@@ -74,8 +91,7 @@ class Explainer:
         return cls(d["rule"], membership, None if weights is None else np.asarray(weights, dtype=np.float32))
 
 
-def shares(basis: str, contrib: np.ndarray, weights: np.ndarray | None = None) -> Explanation:
-    total = float(contrib.sum()) or 1.0
-    part = contrib / total
-    order = [int(f) for f in np.argsort(-contrib) if contrib[f] > 0][:TOP]
-    return Explanation(basis, part, [f for f in order if part[f] >= MIN_SHARE], weights)
+def _largest(values: np.ndarray, among: np.ndarray) -> list[int]:
+    """Up to ``TOP`` of the indices ``among``, by decreasing value."""
+    among = np.asarray(among)
+    return [int(f) for f in among[np.argsort(-values[among], kind="stable")][:TOP]]

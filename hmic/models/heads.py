@@ -105,7 +105,7 @@ class Head(nn.Module):
         """A loss term beyond the two BCEs (weighted by ``alpha``); None for most heads."""
         return None
 
-    explain_rule = "children"  # how a coarse decision is explained (hmic.models.explain's rules)
+    explain_rule = "children"  # how a coarse decision is explained (hmic.models.explain's rules): its own classifier
 
     def explainer(self) -> Explainer:
         """How this head explains its coarse decisions, as data (stored in exported ONNX files too)."""
@@ -179,6 +179,8 @@ class GroupedAverage(FineClassifier):
         pf = torch.sigmoid(logits)
         pc = pf @ (self.membership / self.membership.sum(dim=1, keepdim=True)).T
         return HeadOutput(pf, pc, logits)
+
+    explain_rule = "mean"
 
 
 @register("gmp")

@@ -36,6 +36,9 @@ SPLITS = ("val", "test")
 LEVELS = ("fine", "coarse")
 DONE = "done.json"  # a run is finished once it has this file
 THRESHOLDS = "thresholds.json"
+# what tune-thresholds stores inside best.pt besides the two levels' thresholds, so the file alone predicts
+# and says what it is: song thresholds, the tags without a threshold, validation scores, the training data
+CARRIED = ("song", "not_trained", "defaulted", "validation", "trained_on")
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ class Run:
 
         write_json(self.thresholds_path, result)
         if self.best_path.exists():
-            set_thresholds(self.best_path, {key: result[key] for key in (*LEVELS, "song") if key in result})
+            set_thresholds(self.best_path, {key: result[key] for key in (*LEVELS, *CARRIED) if key in result})
 
 
 def _json_line(row: dict) -> str:
@@ -216,8 +219,10 @@ def load_tuned_checkpoint(run_or_checkpoint: str | Path):
     run = Run(path) if path.is_dir() else None
     ckpt = Checkpoint.load(run.best_path if run else path)
     thresholds = ckpt.thresholds
-    if thresholds is None and run is not None and run.tuned:
-        thresholds = run.thresholds()
+    if run is not None and run.tuned:
+        stored = run.thresholds()
+        # a checkpoint tuned by an older hmic lacks what thresholds.json may hold (which tags defaulted)
+        thresholds = stored if thresholds is None else {**{k: stored[k] for k in CARRIED if k in stored}, **thresholds}
     if thresholds is None:
         raise HmicError(f"{ckpt.path} has no tuned thresholds; run 'hmic tune-thresholds {run or path.parent}'")
     return ckpt, thresholds
@@ -247,13 +252,59 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 
 
 def latest_tuned_run(runs_dir: str | Path) -> Run:
-    """The most recently finished run that has tuned thresholds and a best checkpoint."""
+    """The most recently finished run that has tuned thresholds and a best checkpoint. None there: an
+    error naming the folder searched, tuned runs found elsewhere under the working directory, and the
+    ways to get a model."""
     candidates = [Run(p.parent) for p in Path(runs_dir).rglob(THRESHOLDS)]
     candidates = [r for r in candidates if r.best_path.exists()]
     if not candidates:
-        raise HmicError(f"no run with tuned thresholds under {runs_dir}; train one and run 'hmic tune-thresholds RUN', "
-                        "or pass --run")
+        elsewhere = tuned_runs_near(Path.cwd(), exclude=Path(runs_dir))
+        found = ""
+        if elsewhere:
+            shown = ", ".join(os.path.relpath(r.folder) for r in elsewhere[:5])
+            more = f" and {len(elsewhere) - 5} more" if len(elsewhere) > 5 else ""
+            found = f"; tuned runs found elsewhere here: {shown}{more} (pass one with --run, or its folder with --runs-dir)"
+        raise HmicError(f"no run with tuned thresholds under {Path(runs_dir).resolve()}{found}; to get a model: "
+                        "'hmic download cnn14' then 'hmic predict --model audioset' (AudioSet's tagger), 'make demo' "
+                        "(a stand-in demonstration model in data/demo/song-runs), or train one ('hmic train', then "
+                        "'hmic tune-thresholds RUN')")
     return max(candidates, key=lambda r: r.done_path.stat().st_mtime if r.finished else 0)
+
+
+SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache", ".pytest_cache"}
+
+
+def tuned_runs_near(root: Path, max_depth: int = 6, exclude: Path | None = None, limit: int = 200,
+                    max_folders: int = 5000) -> list[Run]:
+    """Run folders with tuned thresholds and best.pt below ``root``, at most ``max_depth`` levels down
+    (``make demo``'s data/demo/song-runs/gmp/lam0.80/seed0 is 6), skipping virtual environments, .git and
+    hidden folders, looking into at most ``max_folders`` folders (a bounded search); newest first."""
+    found: list[Run] = []
+    skip = exclude.resolve() if exclude is not None and exclude.exists() else None
+    visited = [0]
+
+    def walk(folder: Path, depth: int) -> None:
+        visited[0] += 1
+        if len(found) >= limit or visited[0] > max_folders:
+            return
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            return
+        names = {e.name for e in entries}
+        if THRESHOLDS in names and "best.pt" in names:
+            found.append(Run(folder))
+            return
+        if depth >= max_depth:
+            return
+        for e in entries:
+            if e.is_dir() and not e.is_symlink() and e.name not in SKIP_DIRS and not e.name.startswith("."):
+                if skip is not None and e.resolve() == skip:
+                    continue
+                walk(e, depth + 1)
+
+    walk(Path(root), 0)
+    return sorted(found, key=lambda r: r.thresholds_path.stat().st_mtime, reverse=True)
 
 
 def by_method(runs: list[Run]) -> dict[str, list[Run]]:

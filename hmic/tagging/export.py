@@ -87,7 +87,9 @@ def export_onnx(source: str | Path, out: str | Path, opset: int = OPSET) -> dict
                 "hierarchy": model.hierarchy.to_dict(), "frontend": frontend.to_dict(), "thresholds": thresholds,
                 "min_samples": model.backbone.min_samples(frontend), "embedding_dim": model.backbone.embedding_dim,
                 "explainer": model.head.explainer().to_dict(), "inputs": {"wave": ["batch", frontend.clip_samples]},
-                "outputs": names, "checkpoint": str(ckpt.path), "backbone": ckpt.state["backbone"]}
+                "outputs": names, "checkpoint": str(ckpt.path), "backbone": ckpt.state["backbone"],
+                # what the model is (predict's provenance header)
+                "config": {k: ckpt.config.get(k) for k in ("arch", "protocol", "data_dir", "work_dir")}}
         # The weights go to <out>.data beside the graph (ONNX external data): onnxruntime maps that file
         # instead of parsing 300 MB of protobuf, so a session opens in about 0.1 s (docs/measurements.md, "Tagging
         # speed"). Both are written in a folder beside ``out``, then moved into place, weights first;

@@ -20,6 +20,7 @@ class AudioInputs:
     names: list[Path] = field(default_factory=list)
     unreadable: list[dict] = field(default_factory=list)  # {"file", "error"}
     not_audio: int = 0  # folder entries skipped for their suffix (see AUDIO_SUFFIXES)
+    skipped: list[str] = field(default_factory=list)  # those entries' paths
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> AudioInputs:
@@ -41,6 +42,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> AudioInputs:
                 path = Path(folder) / name
                 if path.suffix.lower() not in AUDIO_SUFFIXES:
                     found.not_audio += 1
+                    found.skipped.append(str(path))
                 elif not path.exists():
                     found.unreadable.append({"file": str(path), "error": f"{path}: dangling symbolic link "
                                                                          f"(to {os.readlink(path)})"})

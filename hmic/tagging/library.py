@@ -35,6 +35,7 @@ class TaggingPlan:
     found: int = 0  # audio files found in all
     truth: dict | None = None  # a song's ground truth (hmic synth-song's .truth.json)
     jsonl: Path | None = None
+    skipped: list[str] = field(default_factory=list)  # the folder entries without an audio suffix
 
 
 @dataclass
@@ -56,7 +57,8 @@ def producer(tagger: FileTagger, hop_seconds: float, aggregate: str) -> dict:
     stat = source.stat() if source.exists() else None
     return {"checkpoint": str(source), "checkpoint_bytes": stat.st_size if stat else None,
             "checkpoint_mtime_ns": stat.st_mtime_ns if stat else None, "backend": tagger.runner.backend,
-            "precision": tagger.runner.precision, "hop_seconds": float(hop_seconds), "aggregate": aggregate}
+            "precision": tagger.runner.precision, "hop_seconds": float(hop_seconds), "aggregate": aggregate,
+            "decision": tagger.decision}
 
 
 def done_in_jsonl(path: str | Path, made_by: dict | None = None) -> set[str]:
@@ -69,8 +71,10 @@ def done_in_jsonl(path: str | Path, made_by: dict | None = None) -> set[str]:
     trim_partial_line(path)
     done = set()
     for number, row in enumerate(read_jsonl(path), start=1):
-        if made_by is not None and row.get("producer") != made_by:
-            theirs = row.get("producer") or {}
+        # a line from before --decision existed was made with the paper's independent thresholds
+        theirs = {"decision": "independent", **row["producer"]} if row.get("producer") else None
+        if made_by is not None and theirs != made_by:
+            theirs = theirs or {}
             diff = [f"{k} {theirs.get(k)!r} there, {v!r} now" for k, v in made_by.items() if theirs.get(k) != v]
             raise HmicError(f"{path}, line {number}, was written by another model or with other options ("
                             + ("; ".join(diff) if theirs else "no producer recorded: an older hmic") +
@@ -106,7 +110,8 @@ def plan_tagging(audio: Iterable[str | Path], jsonl: str | Path | None = None, t
         done = done_in_jsonl(jsonl, made_by)
         todo = [f for f in todo if os.path.abspath(f) not in done]
     return TaggingPlan(todo, dict(zip(map(str, found.files), found.names)), found.unreadable, found.not_audio,
-                       len(found.files) - len(todo), len(found.files), truth_data, Path(jsonl) if jsonl else None)
+                       len(found.files) - len(todo), len(found.files), truth_data, Path(jsonl) if jsonl else None,
+                       found.skipped)
 
 
 def run_tagging(tagger: FileTagger, plan: TaggingPlan, *, hop_seconds: float = DEFAULT_HOP_SECONDS,

@@ -141,4 +141,5 @@ def load_onnx_tagger(path: str | Path, device: str = "cpu", precision: str = "fp
     meta = runner.meta
     hierarchy = Hierarchy.from_dict(meta["hierarchy"], source=str(path))
     return FileTagger.build(runner, hierarchy, meta["method"], Explainer.from_dict(meta["explainer"], hierarchy.membership),
-                        FrontendConfig(**meta["frontend"]), int(meta["min_samples"]), meta["thresholds"], str(path))
+                        FrontendConfig(**meta["frontend"]), int(meta["min_samples"]), meta["thresholds"], str(path),
+                            config=meta.get("config"))

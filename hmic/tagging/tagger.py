@@ -6,13 +6,14 @@ Importing this module does not import torch: over onnxruntime, nothing does."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from hmic.audio.decoding import AudioError, FrontendConfig
 from hmic.devices import resolve_device, resolve_precision
 from hmic.errors import HmicError
+from hmic.evaluation.decision import DECISIONS, DEFAULT_DECISION
 from hmic.models.explain import Explainer
 from hmic.data.hierarchy import Hierarchy
 from hmic.models.inference import TorchRunner
@@ -40,6 +41,8 @@ class FileTagger:
     # the audioset head: (the AudioSet class names it reads (K), the fine tag each feeds (K,)), so that a
     # result names the class that carried each fine tag; None for the other heads
     fine_sources: tuple | None = None
+    info: dict = field(default_factory=dict)  # which model this is (``hmic.tagging.model_info.describe_model``)
+    decision: str = DEFAULT_DECISION  # how marks follow the hierarchy (``hmic.evaluation.decision``)
 
     @classmethod
     def load(cls, run_or_checkpoint: str | Path, device: str = "cpu", precision: str = "fp32") -> "FileTagger":
@@ -53,18 +56,20 @@ class FileTagger:
         precision = resolve_precision(dev, precision)
         ckpt, thresholds = load_tuned_checkpoint(run_or_checkpoint)
         model = ckpt.model.eval()
-        return cls.from_model(model, ckpt.frontend, thresholds, str(ckpt.path), dev, precision)
+        return cls.from_model(model, ckpt.frontend, thresholds, str(ckpt.path), dev, precision, ckpt.config)
 
     @classmethod
-    def from_model(cls, model, frontend: FrontendConfig, thresholds: dict, source: str, dev, precision: str) -> "FileTagger":
-        """Over a loaded PyTorch ``HierarchicalModel`` in eval mode."""
+    def from_model(cls, model, frontend: FrontendConfig, thresholds: dict, source: str, dev, precision: str,
+                   config: dict | None = None) -> "FileTagger":
+        """Over a loaded PyTorch ``HierarchicalModel`` in eval mode; ``config``: its run's training
+        configuration, for the model's description (None: a ready model, no run)."""
         import torch
 
         model.backbone.for_inference()  # the same function, faster (docs/methods.md, "Project choices")
         model = model.to(dev, memory_format=torch.channels_last)
         runner = TorchRunner(model, dev, precision)
         tagger = cls.build(runner, model.hierarchy, model.method, model.head.explainer(), frontend,
-                           model.backbone.min_samples(frontend), thresholds, source)
+                           model.backbone.min_samples(frontend), thresholds, source, config=config)
         if hasattr(model.head, "fine_sources"):
             tagger.fine_sources = model.head.fine_sources()
         return tagger
@@ -87,15 +92,25 @@ class FileTagger:
         path = checkpoint_path(checkpoint)
         frontend = FrontendConfig()
         model = audioset_model(path, mapping, hierarchy, frontend, warn)
-        return cls.from_model(model, frontend, thresholds or default_thresholds(model.hierarchy), str(path), dev,
-                              precision)
+        tagger = cls.from_model(model, frontend, thresholds or default_thresholds(model.hierarchy), str(path), dev,
+                                precision, config={"arch": "cnn14", "protocol": "ready model (no training)"})
+        tagger.info.update(dataset="AudioSet (the checkpoint's own classifier, through hmic's mapping)",
+                           stand_in=False, notice=None)
+        return tagger
 
     @classmethod
     def build(cls, runner: Runner, hierarchy: Hierarchy, method: str, explainer: Explainer, frontend: FrontendConfig,
-              min_samples: int, thresholds: dict, source: str) -> "FileTagger":
-        """``thresholds``: as stored by tune-thresholds ({"fine": {tag: t}, "coarse": …, "song": …})."""
+              min_samples: int, thresholds: dict, source: str, config: dict | None = None,
+              decision: str = DEFAULT_DECISION) -> "FileTagger":
+        """``thresholds``: as stored by tune-thresholds ({"fine": {tag: t}, "coarse": …, "song": …});
+        ``config``: the run's training configuration, for the model's description."""
+        from hmic.tagging.model_info import describe_model
+
+        if decision not in DECISIONS:
+            raise HmicError(f"--decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
         return cls(runner, hierarchy, method, explainer, frontend, min_samples,
-                   TagThresholds.from_stored(thresholds, hierarchy, frontend.clip_seconds, source), source)
+                   TagThresholds.from_stored(thresholds, hierarchy, frontend.clip_seconds, source), source,
+                   describe_model(source, config, thresholds, method), decision)
 
     def prepare_job(self, hop_seconds: float) -> PrepareJob:
         return PrepareJob(self.frontend, self.min_samples, hop_seconds, self.runner.inputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hmic.evaluation.decision import decide
 from hmic.tagging.tagger import FileTagger
 
 RIGHT_F1 = 0.8  # a section counts as right when its fine-level F1 reaches this
@@ -38,8 +39,12 @@ def compare_song(result: dict, truth: dict, tagger: FileTagger) -> dict:
             overlap = [min(end, s["end"]) - max(start, s["start"]) for s in segments]
             inside = [int(np.argmax(overlap))]
         fine = np.array([[segments[i]["fine"][f] for f in h.fine_names] for i in inside]).max(axis=0)
+        coarse = np.array([[segments[i]["coarse"][c] for c in h.coarse_names] for i in inside]).max(axis=0)
         thresholds, basis = tagger.thresholds.for_file(end - start, len(inside), result["aggregate"])
-        predicted = {f for f, p, t in zip(h.fine_names, fine, thresholds["fine"]) if p >= t}
+        on, _ = decide(fine, coarse, thresholds["fine"], thresholds["coarse"], np.asarray(h.parent), tagger.decision,
+                       tagger.thresholds.untrained("fine", list(h.fine_names)),
+                       tagger.thresholds.untrained("coarse", list(h.coarse_names)))
+        predicted = {f for f, present in zip(h.fine_names, on) if present}
         scores = set_scores(predicted, set(section["instruments"]))
         sections.append({"start": start, "end": end, "windows": len(inside), "thresholds": basis, **scores})
     right = sum(s["f1"] >= RIGHT_F1 for s in sections)

@@ -177,7 +177,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, force: bool, console, progress
         torch.backends.cudnn.benchmark = True
     state = RunState(cfg, model, frontend)
     trainer = SingleRun(state, optimizer, data, device, torch.compile(model) if cfg.compile else None)
-    training = state.begin(resume, console)
+    training = state.begin(resume, data, console)
     if training is not None:
         trainer.restore(training)
     (summary,) = train_epochs(trainer, data, device, state.start_epoch, console, progress, stop_after_epoch)

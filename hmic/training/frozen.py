@@ -101,7 +101,7 @@ def _train_stack(configs: list[TrainConfig], resume: bool, console, progress: bo
     for cfg in configs:
         member = RunState(cfg, build_model(cfg, data.hierarchy, data.store.frontend, embedding_dim=dim).to(device),
                           data.store.frontend)
-        training = member.begin(resume, console)
+        training = member.begin(resume, data, console)
         adam[id(member)] = training["optimizer"] if training is not None else None  # the head's, by parameter name
         members.append(member)
     by_start: dict[int, list[RunState]] = {}

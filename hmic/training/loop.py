@@ -30,6 +30,7 @@ from hmic.models.checkpoint import read_state, save_checkpoint
 from hmic.models.inference import infer
 from hmic.models.model import HierarchicalModel
 from hmic.runs.run import Run
+from hmic.runs.trained_on import record_training_data
 from hmic.training.config import TrainConfig
 from hmic.training.data import SplitPart, TrainingData, batches
 from hmic.training.tracker import close_tracker, log_epoch, validation_scores
@@ -133,13 +134,14 @@ class RunState:
         self.frontend = frontend  # the features' own front-end: it goes into the checkpoints
         self.start_epoch, self.best, self.history = 0, dict(NO_BEST), []
 
-    def begin(self, resume: bool, console=None) -> dict | None:
-        """Write the run's config; resume from last.pt (model, epoch, best record, history) when asked and
-        possible, returning last.pt's training state (optimiser, random streams) for the trainer to
-        restore; else start afresh (None)."""
+    def begin(self, resume: bool, data: TrainingData, console=None) -> dict | None:
+        """Write the run's config and what it trains on (``trained_on.json``, which predict reports); resume
+        from last.pt (model, epoch, best record, history) when asked and possible, returning last.pt's
+        training state (optimiser, random streams) for the trainer to restore; else start afresh (None)."""
         run = self.run
         run.folder.mkdir(parents=True, exist_ok=True)
         run.write_config(asdict(self.cfg))
+        record_training_data(run, self.cfg.data_dir, data)
         if not (resume and run.resumable):
             run.clear_metrics()
             return None
