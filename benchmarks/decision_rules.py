@@ -19,9 +19,8 @@ import numpy as np
 
 from hmic.evaluation.decision import DECISIONS, decide, violations
 from hmic.evaluation.metrics import score_level
-from hmic.evaluation.scoring import run_parents
 from hmic.runs.run import LEVELS, find_runs
-from hmic.tagging.thresholds import not_trained_of
+from hmic.evaluation.thresholds import not_trained_of
 
 
 def cpu_model() -> str:
@@ -45,7 +44,7 @@ def measure(run, split: str) -> dict:
     names = {lv: [str(n) for n in pred[f"{lv}_names"]] for lv in LEVELS}
     t = {lv: np.array([thr[lv][n] for n in names[lv]]) for lv in LEVELS}
     u = {lv: np.array([n in untrained.get(lv, {}) for n in names[lv]]) for lv in LEVELS}
-    parent = run_parents(run, pred)
+    parent = np.asarray(pred["parent"])  # the coarse index of each fine tag
     out = {}
     for rule in DECISIONS:
         fine, coarse = decide(pred["fine_probs"], pred["coarse_probs"], t["fine"], t["coarse"], parent, rule,

@@ -497,7 +497,10 @@ def predict(
     from hmic.tagging import FileTagger, plan_tagging, run_tagging
     from hmic.tagging.library import producer
 
-    run, model = _choose_model(run, runs_dir, model, checkpoint, audioset_map, hierarchy)
+    from hmic.tagging.choice import choose_model
+
+    run, model = choose_model(run, runs_dir, model, checkpoint, audioset_map, hierarchy,
+                              say=lambda m: err.print(m, highlight=False, soft_wrap=True))
     if run is None:  # model == "audioset": the AudioSet classifier, no run folder
         if backend is Backend.onnx:
             raise HmicError("--model audioset runs over PyTorch; for --backend onnx export an audioset run "
@@ -551,37 +554,6 @@ def predict(
                   + (f", {plan.already_done} already in {jsonl}" if jsonl is not None else ""), highlight=False, soft_wrap=True)
     if report.failures and not report.results:
         raise typer.Exit(1)
-
-
-def _choose_model(run: Path | None, runs_dir: Path, model: str | None, checkpoint: Path | None,
-                  audioset_map: Path | None, hierarchy: Path | None) -> tuple[Path | None, str | None]:
-    """Which model tags: (a run folder or file, or None for the AudioSet classifier; the --model asked or
-    fallen back to). Without --run and --model: the latest tuned run, else the AudioSet classifier when
-    'hmic download cnn14''s file exists (said in one line), else an error naming both ways."""
-    from hmic.data.download import default_checkpoint
-    from hmic.models.heads import READY_MODEL
-    from hmic.runs.run import latest_tuned_run
-
-    if model is not None and model != READY_MODEL:
-        raise HmicError(f"--model {model!r} is unknown; the ready model is 'audioset' (a trained run goes to --run)")
-    if model is None and (checkpoint or audioset_map or hierarchy):
-        raise HmicError("--checkpoint, --audioset-map and --hierarchy go with --model audioset")
-    if run is not None and (checkpoint or audioset_map or hierarchy):
-        raise HmicError("--checkpoint, --audioset-map and --hierarchy build the AudioSet model without a run; "
-                        "an audioset run (--run) holds its own")
-    if run is not None or model == READY_MODEL:
-        return run, model
-    try:
-        run = latest_tuned_run(runs_dir).folder
-    except HmicError as e:
-        if not default_checkpoint().is_file():
-            raise HmicError(f"{e}; or tag with no training: 'hmic download cnn14', then 'hmic predict SONG --model "
-                            "audioset' (the AudioSet classifier inside that checkpoint)") from None
-        err.print(f"no run with tuned thresholds under {runs_dir}: tagging with the AudioSet classifier of "
-                  f"{default_checkpoint()} (no training; --model audioset)", highlight=False, soft_wrap=True)
-        return None, READY_MODEL
-    err.print(f"using the latest run with tuned thresholds: {run}")
-    return run, None
 
 
 def _print_failure(error: str) -> None:

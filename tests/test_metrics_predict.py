@@ -8,7 +8,8 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 from typer.testing import CliRunner
 
 from hmic.cli import app
-from hmic.evaluation.metrics import DEFAULT_THRESHOLD, score_level, tune_thresholds
+from hmic.evaluation.metrics import score_level
+from hmic.evaluation.thresholds import DEFAULT_THRESHOLD, tune_thresholds
 from hmic.tagging import FileTagger
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from hmic.cli import app
 from hmic.errors import HmicError
 from hmic.evaluation.scoring import tune_run
-from hmic.evaluation.metrics import SONG_CLIPS, song_clips_for, tune_song_thresholds, tune_thresholds
+from hmic.evaluation.thresholds import SONG_CLIPS, song_clips_for, tune_song_thresholds, tune_thresholds
 from hmic.tagging import FileTagger
 from hmic.runs.run import Run
 from hmic.tagging.truth import set_scores

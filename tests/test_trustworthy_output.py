@@ -127,7 +127,7 @@ def test_evaluate_still_scores_untrained_tags_at_the_default_threshold(trained, 
 
 def test_older_thresholds_without_not_trained_use_their_defaulted_tags():
     from hmic.data.hierarchy import load_hierarchy
-    from hmic.tagging.thresholds import TagThresholds
+    from hmic.evaluation.thresholds import TagThresholds
 
     h = load_hierarchy(None)
     stored = {lv: {n: 0.5 for n in names} for lv, names in (("fine", h.fine_names), ("coarse", h.coarse_names))}
@@ -244,7 +244,7 @@ def test_resatt_weights_in_the_explanation_are_the_heads_attention(trained):
     from hmic.tagging import FileTagger
     from hmic.tagging.results import explain
 
-    from hmic.models.checkpoint import Checkpoint
+    from hmic.models.loading import Checkpoint
 
     folder = Path(trained["summaries"]["resatt"]["run"])
     tagger = FileTagger.load(folder)

@@ -21,7 +21,6 @@ import numpy as np
 # scikit-learn is imported inside the functions that use it: `hmic predict` needs this module's
 # constants but not scikit-learn, whose import costs about a second.
 
-DEFAULT_THRESHOLD = 0.5  # for a tag without observed positives (or negatives) in validation
 METRICS = ("roc_auc", "pr_auc", "f1")
 METRIC_LABELS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "f1": "F1"}  # how tables and figures name them
 BCE_CLIP = 1e-7
@@ -34,30 +33,6 @@ def masked_bce(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> floa
     p = np.clip(probs.astype(np.float64), BCE_CLIP, 1 - BCE_CLIP)
     per = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
     return float((per * mask).sum() / max(mask.sum(), 1))
-
-
-def tune_thresholds(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """One threshold per tag maximising that tag's F1 on observed entries (predict p >= t).
-
-    probs, targets, mask: (N, K). Returns (thresholds (K,), tags that kept DEFAULT_THRESHOLD because
-    validation had no observed positive or no observed negative for them).
-    """
-    k = probs.shape[1]
-    thresholds = np.full(k, DEFAULT_THRESHOLD, dtype=np.float64)
-    defaulted = []
-    for j in range(k):
-        obs = mask[:, j].astype(bool)
-        y, p = targets[obs, j] > 0.5, probs[obs, j].astype(np.float64)
-        if y.sum() == 0 or (~y).sum() == 0:
-            defaulted.append(j)
-            continue
-        from sklearn.metrics import precision_recall_curve
-
-        precision, recall, cut = precision_recall_curve(y, p)
-        precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-        thresholds[j] = float(cut[int(np.argmax(f1))])
-    return thresholds, defaulted
 
 
 @dataclass
@@ -103,46 +78,6 @@ def summarise(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
-# Song-level calibration: thresholds for the maximum over a song's windows, tuned on pseudo-songs of
-# validation clips. A pseudo-song of k clips is positive for a tag when one of its clips is an observed
-# positive (the others drawn from all validation clips), negative when all k clips are observed
-# negatives; positive and negative songs come in the tag's observed validation proportion.
-SONG_CLIPS = (2, 4, 8, 16)  # pseudo-song lengths in clips; a song uses the nearest to its duration / clip
-SONG_SAMPLES = 400  # pseudo-songs per tag and length
-
-
-def tune_song_thresholds(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, n_clips: int,
-                         seed: int = 0) -> tuple[np.ndarray, list[int]]:
-    """One threshold per tag for the max over ``n_clips`` clips. probs, targets, mask: (N, K) of
-    validation clips. Returns (thresholds (K,), tags that kept DEFAULT_THRESHOLD for lack of observed
-    positives or negatives)."""
-    rng = np.random.default_rng([seed, n_clips])
-    n, k = probs.shape
-    thresholds = np.full(k, DEFAULT_THRESHOLD, dtype=np.float64)
-    defaulted = []
-    for j in range(k):
-        obs = mask[:, j].astype(bool)
-        pos, neg = np.where(obs & (targets[:, j] > 0.5))[0], np.where(obs & (targets[:, j] <= 0.5))[0]
-        if len(pos) == 0 or len(neg) == 0:
-            defaulted.append(j)
-            continue
-        n_pos = int(np.clip(round(SONG_SAMPLES * len(pos) / (len(pos) + len(neg))), 1, SONG_SAMPLES - 1))
-        pos_songs = np.concatenate([rng.choice(pos, (n_pos, 1)), rng.integers(0, n, (n_pos, n_clips - 1))], axis=1)
-        neg_songs = rng.choice(neg, (SONG_SAMPLES - n_pos, n_clips))
-        scores = probs[np.concatenate([pos_songs, neg_songs]), j].max(axis=1)
-        labels = np.concatenate([np.ones(n_pos), np.zeros(SONG_SAMPLES - n_pos)])
-        thresholds[j] = tune_thresholds(scores[:, None], labels[:, None], np.ones((SONG_SAMPLES, 1), bool))[0][0]
-    return thresholds, defaulted
-
-
-def song_clips_for(duration_seconds: float, clip_seconds: float) -> int:
-    """The pseudo-song length (in clips) whose thresholds fit a file of this duration."""
-    clips = max(duration_seconds / clip_seconds, 1.0)
-    return min(SONG_CLIPS, key=lambda c: abs(np.log2(c) - np.log2(clips)))
-
-
-# Beyond the paper: what a hierarchical head is supposed to buy, and how well its probabilities are
-# calibrated (docs/evaluation.md, "Is the difference real?").
 ECE_BINS = 15
 
 

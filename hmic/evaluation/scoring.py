@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hmic.evaluation.metrics import (METRICS, SONG_CLIPS, calibration, consistency, hierarchical_prf, score_level, summarise,
-                      tune_song_thresholds, tune_thresholds)
+from hmic.evaluation.metrics import METRICS, calibration, consistency, hierarchical_prf, score_level, summarise
+from hmic.evaluation.thresholds import SONG_CLIPS, tune_song_thresholds, tune_thresholds
 from hmic.runs.trained_on import read_trained_on, untrained_tags
 from hmic.runs.run import LEVELS, Run
 

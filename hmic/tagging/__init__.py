@@ -2,7 +2,7 @@
 
 The modules, in the order a file goes through them: ``inputs`` (files and folders to tag),
 ``workers`` (decoding, resampling, windows and log-mel in worker processes), ``batching`` (windows of
-several files share each forward pass), ``thresholds`` (clip or song thresholds for a file),
+several files share each forward pass),
 ``results`` (a file's result, the JSON schema, and the writers), ``tagger`` (``FileTagger``: a run
 made ready to tag), ``truth`` (a song against its ground truth), ``library`` (``tag_files``: what
 ``hmic predict`` does, with resume, label tracks and truth comparison). Beside them: ``export`` (a run as

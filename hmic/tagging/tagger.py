@@ -19,7 +19,7 @@ from hmic.data.hierarchy import Hierarchy
 from hmic.models.inference import TorchRunner
 from hmic.tagging.batching import Runner, run_batched
 from hmic.tagging.results import file_result
-from hmic.tagging.thresholds import TagThresholds
+from hmic.evaluation.thresholds import TagThresholds
 from hmic.tagging.workers import PrepareJob, prepare_all
 
 DEFAULT_HOP_SECONDS = 5.0  # between 10-s windows
