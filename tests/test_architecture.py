@@ -224,3 +224,10 @@ def test_every_docs_page_the_code_points_to_exists():
     cited = {m for p in PKG.rglob("*.py") for m in re.findall(r"docs/[A-Za-z0-9_./-]+\.md", p.read_text())}
     assert cited and sorted(c for c in cited if not (ROOT / c).is_file()) == []
     assert [p.relative_to(ROOT).as_posix() for p in PKG.rglob("*.py") if "(README" in p.read_text()] == []
+
+
+def test_the_tests_mirror_the_stages():
+    """tests/<stage>/ for every stage (and the command line); project-wide checks stay in tests/."""
+    stages = set(STAGES) - {"core", "__init__"}
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and list(p.glob("test_*.py"))}
+    assert folders == stages

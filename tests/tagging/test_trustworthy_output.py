@@ -280,7 +280,7 @@ def test_no_run_error_names_the_folder_searched_runs_found_elsewhere_and_ways_fo
 
 
 def test_make_demo_says_where_its_runs_are_and_how_to_predict_with_them():
-    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     demo = makefile.split("\ndemo:")[1].split("\n\n")[0]
     assert "predict YOUR_AUDIO --run $(DEMO_SONG_RUNS)/gmp/lam0.80/seed0" in demo and "runs are in $(DEMO_RUNS)/" in demo
 

@@ -24,7 +24,7 @@ from hmic.errors import HmicError
 from hmic.tagging import FileTagger, expand_inputs, label_track
 from hmic.tagging.results import window_marks
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def noise_file(path: Path, seconds: float, seed: int, sr: int = 22_050) -> Path:

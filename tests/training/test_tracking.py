@@ -35,7 +35,7 @@ from hmic.training.config import TrainConfig
 from hmic.training.data import load_training_data
 from hmic.training.finetune import train_run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -181,7 +181,7 @@ def test_errors_print_square_brackets_verbatim(tmp_path):
 
     manifest = write_manifest(tmp_path / "m.csv", ["path", "[kazoo]"], [["a.wav", "1"]])
     out = subprocess.run([sys.executable, "-m", "hmic", "import", str(manifest), "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 2 and "column '[kazoo]' is not a fine tag" in " ".join(out.stderr.split())
 
 

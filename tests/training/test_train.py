@@ -271,7 +271,7 @@ def test_the_table1_cost_benchmark_projects_time_and_disk_from_the_real_train_ru
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "table1_cost.py"), "--device", "cpu", "--arch", "cnn14-tiny",
                           "--steps", "2", "--batch", "4", "--json", str(tmp_path / "cost.json")],
                          capture_output=True, text=True, timeout=600, cwd=root)
