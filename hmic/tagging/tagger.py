@@ -110,7 +110,7 @@ class FileTagger:
             raise HmicError(f"--decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
         return cls(runner, hierarchy, method, explainer, frontend, min_samples,
                    TagThresholds.from_stored(thresholds, hierarchy, frontend.clip_seconds, source), source,
-                   describe_model(source, config, thresholds, method), decision)
+                   info=describe_model(source, config, thresholds, method), decision=decision)
 
     def prepare_job(self, hop_seconds: float) -> PrepareJob:
         return PrepareJob(self.frontend, self.min_samples, hop_seconds, self.runner.inputs)

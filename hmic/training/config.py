@@ -52,7 +52,7 @@ class TrainConfig:
     pretrained: str = option(str(default_checkpoint()), f"AudioSet CNN14 checkpoint ({CNN14.filename}: "
                              "'hmic download cnn14'), or 'none' to train from scratch; under the frozen protocol, the "
                              "backbone that was embedded: that file, an hmic run folder or an hmic checkpoint.")
-    epochs: int = option(30, "Epochs; the best validation epoch is kept (0: --method audioset's run, written without training).")  # a project choice (paper silent)
+    epochs: int = option(30, "Epochs; the best validation epoch is kept (0: only for the audioset method, whose run is written without training).")  # a project choice (paper silent)
     batch_size: int = option(16, "Batch size.")
     lr: float = option(1e-4, "Peak learning rate.")
     weight_decay: float = option(1e-4, "Adam weight decay.")

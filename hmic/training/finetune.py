@@ -72,7 +72,7 @@ def validation_losses(model, part, store, device, precision: str = "auto", batch
     return level_losses(pred["fine_probs"], pred["coarse_probs"], part, scores), pred
 
 
-def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False) -> tuple[Run, dict | None]:
+def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False, record: bool = True) -> tuple[Run, dict | None]:
     """May ``cfg`` train in its folder? Returns (run, its summary if it already finished).
 
     Refuses a folder holding another configuration, and an unfinished run without ``resume``;

@@ -237,7 +237,9 @@ def test_a_failure_that_is_not_the_clips_stops_featurize_and_resumes_after_the_f
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "a" / "failures.csv"))
 
-    monkeypatch.setattr(features, "write_csv", full)
+    import hmic.data.store as store_module
+
+    monkeypatch.setattr(store_module, "write_csv", full)
     for p in (tmp_path / "a" / "features").glob("*/failures.csv"):
         p.unlink()  # the bad clip is recorded again, and the disk is full now
     with pytest.raises(HmicError, match="No space left on device.*resume"):
