@@ -48,6 +48,22 @@ def prepared(synth_root, tmp_path_factory) -> dict:
     return {"data_dir": synth_root, "work_dir": work, "dataset": dataset, "split": split}
 
 
+def panns_backbone_state(arch: str = "cnn14") -> dict:
+    """A PANNs-format backbone state: ``arch``'s keys with random but sane values (seeded) and the frozen
+    front-end tensors; what a file shaped like Cnn14_16k_mAP=0.438.pth holds besides fc_audioset."""
+    from hmic.models.backbones import BackboneConfig, build_backbone
+
+    torch.manual_seed(3)
+    state = build_backbone(BackboneConfig(arch)).state_dict()
+    for key, value in state.items():
+        if key.endswith("running_var"):
+            state[key] = torch.rand_like(value) + 0.5
+        elif key.endswith("running_mean"):
+            state[key] = torch.randn_like(value) * 0.1
+    state.update(panns_frontend_tensors())
+    return state
+
+
 def panns_frontend_tensors() -> dict:
     """The frozen front-end tensors of a PANNs CNN14 checkpoint (STFT kernels, mel filterbank)."""
     import numpy as np

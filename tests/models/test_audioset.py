@@ -13,14 +13,12 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from conftest import panns_frontend_tensors, tiny_config
+from conftest import panns_backbone_state, tiny_config
 from hmic.cli import app
 from hmic.data.audioset import CLASS_FILE, DEFAULT_MAP, audioset_classes, load_mapping
 from hmic.data.hierarchy import load_hierarchy
 from hmic.data.openmic import OPENMIC_TAGS
 from hmic.errors import HmicError
-from hmic.models import BackboneConfig
-from hmic.models.backbones import build_backbone
 from hmic.models.loading import Checkpoint
 from hmic.runs.run import Run
 from hmic.tagging import FileTagger
@@ -32,14 +30,7 @@ def panns_shaped(path: Path, arch: str = "cnn14", classes: int = 527, scale: flo
     """A PANNs-format file: ``arch``'s backbone keys (cnn14: exactly the 84 keys and shapes of
     Cnn14_16k_mAP=0.438.pth) with random but sane values, and an fc_audioset scaled so that its
     probabilities spread around 0.5 without saturating. Returns the saved state."""
-    torch.manual_seed(3)
-    state = build_backbone(BackboneConfig(arch)).state_dict()
-    for key, value in state.items():
-        if key.endswith("running_var"):
-            state[key] = torch.rand_like(value) + 0.5
-        elif key.endswith("running_mean"):
-            state[key] = torch.randn_like(value) * 0.1
-    state.update(panns_frontend_tensors())
+    state = panns_backbone_state(arch)
     dim = state["fc1.weight"].shape[0]
     if with_fc:
         state["fc_audioset.weight"] = torch.randn(classes, dim) * scale

@@ -10,8 +10,8 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from conftest import panns_frontend_tensors, tiny_config
-from hmic.models.backbones import BackboneConfig, build_backbone
+from conftest import panns_backbone_state, tiny_config
+from hmic.models.backbones import BackboneConfig
 from hmic.models.loading import Checkpoint
 from hmic.cli import app
 from hmic.data.openmic import OPENMIC_TAGS
@@ -132,14 +132,7 @@ def test_an_11_second_file_gets_two_full_windows(trained, tmp_path):
 
 def audioset_shaped_checkpoint(path: Path) -> None:
     """A file shaped exactly like Cnn14_16k_mAP=0.438.pth: 84 keys under 'model', random but sane values."""
-    torch.manual_seed(3)
-    state = build_backbone(BackboneConfig("cnn14")).state_dict()
-    for key, value in state.items():
-        if key.endswith("running_var"):
-            state[key] = torch.rand_like(value) + 0.5
-        elif key.endswith("running_mean"):
-            state[key] = torch.randn_like(value) * 0.1
-    state.update(panns_frontend_tensors())
+    state = panns_backbone_state("cnn14")
     state["fc_audioset.weight"] = torch.randn(527, 2048) * 0.01
     state["fc_audioset.bias"] = torch.zeros(527)
     assert len(state) == 84
