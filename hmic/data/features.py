@@ -96,7 +96,8 @@ def featurize(keys: list[str], paths: list[Path], work_dir: Path, cfg: FrontendC
     store = StoreWriter(store_dir(work_dir, cfg), "features", LOGMEL, np.float16,
                         {"digest": cfg.digest(), "frontend": cfg.to_dict(), "dtype": "float16", "shape": list(shape),
                          "keys": list(keys)},
-                        same=lambda m: m["keys"] == list(keys) and m["digest"] == cfg.digest(), force=force)
+                        same=lambda m: m["keys"] == list(keys) and m["digest"] == cfg.digest(), force=force,
+                        store_name="feature store")
     folder, feats, done = store.folder, store.data, store.done
     failures = read_failures(folder)
     todo = [i for i in range(n) if not done[i] and keys[i] not in failures]

@@ -83,11 +83,12 @@ def write_failures(folder: Path, failures: dict[str, tuple[str, str]]) -> None:
 class StoreWriter:
     """A store being filled. ``manifest``: what a new store records (``keys`` and ``shape`` included);
     ``same(existing manifest)``: whether a store already there holds these rows (else it is refused,
-    or emptied with ``force``). ``data`` and ``done`` are the memory-mapped rows and flags."""
+    or emptied with ``force``). ``what`` names the rows ("features"), ``store_name`` the store in messages
+    ("feature store"). ``data`` and ``done`` are the memory-mapped rows and flags."""
 
     def __init__(self, folder: Path, what: str, data_file: str, dtype, manifest: dict,
-                 same: Callable[[dict], bool], force: bool = False):
-        self.folder, self.data_file = make_store_folder(folder, f"{what} store"), data_file
+                 same: Callable[[dict], bool], force: bool = False, store_name: str | None = None):
+        self.folder, self.data_file = make_store_folder(folder, store_name or f"{what} store"), data_file
         self.manifest_path = folder / MANIFEST
         shape = tuple(manifest["shape"])
         if self.manifest_path.exists() and not same(json.loads(self.manifest_path.read_text())):

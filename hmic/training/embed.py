@@ -114,7 +114,8 @@ def embed(work_dir: Path, frontend: FrontendConfig, arch: str, source: str | Pat
         "digest": digest, "point": POINT, "dtype": "float32", "shape": list(shape), "precision": precision,
         "backbone": {"arch": loaded.arch, "weights_digest": loaded.digest, "source": loaded.source},
         "frontend": frontend.to_dict(), "features": str(features.folder), "keys": list(features.keys)},
-        same=lambda m: m["keys"] == features.keys and m["shape"] == list(shape), force=force)
+        same=lambda m: m["keys"] == features.keys and m["shape"] == list(shape), force=force,
+        store_name="embedding store")
     folder, z, done = store.folder, store.data, store.done
     write_failures(folder, dict(features.failures))
     usable = np.array([k not in features.failures for k in features.keys])
