@@ -18,6 +18,8 @@ def choose_model(run: Path | None, runs_dir: Path, model: str | None, checkpoint
     """(a run folder or file, or None for the ready AudioSet model; the ready model asked or fallen back
     to, else None). ``checkpoint``, ``audioset_map`` and ``hierarchy`` build the ready model and go with it
     alone; ``say`` reports a fallback."""
+    if run is not None and model is None and not (checkpoint or audioset_map or hierarchy):
+        return run, None  # a run given: nothing else to choose (and no torch to import: --backend onnx)
     from hmic.data.download import default_checkpoint
     from hmic.models.heads import READY_MODEL
     from hmic.runs.run import latest_tuned_run
