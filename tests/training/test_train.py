@@ -174,7 +174,7 @@ def test_a_run_killed_anywhere_resumes_with_every_row_once_and_ends_like_an_unin
     train_run(config(straight), progress=False)
     want = np.load(straight / "gmp" / "lam0.80" / "seed0" / "predictions_test.npz")
 
-    def kill_in_epoch(at: int):  # at the second step of epoch `at`
+    def kill_in_epoch(patch, at: int):  # at the second step of epoch `at`
         real = finetune.lr_at
 
         def lr_at(step, steps_per_epoch, cfg):
@@ -182,9 +182,9 @@ def test_a_run_killed_anywhere_resumes_with_every_row_once_and_ends_like_an_unin
                 raise Killed
             return real(step, steps_per_epoch, cfg)
 
-        monkeypatch.setattr(finetune, "lr_at", lr_at)
+        patch.setattr(finetune, "lr_at", lr_at)
 
-    def kill_before_row(at: int):  # last.pt of epoch `at` written, its metrics row not yet
+    def kill_before_row(patch, at: int):  # last.pt of epoch `at` written, its metrics row not yet
         real = runs_module.Run.append_metrics
 
         def append_metrics(self, row):
@@ -192,13 +192,13 @@ def test_a_run_killed_anywhere_resumes_with_every_row_once_and_ends_like_an_unin
                 raise Killed
             return real(self, row)
 
-        monkeypatch.setattr(runs_module.Run, "append_metrics", append_metrics)
+        patch.setattr(runs_module.Run, "append_metrics", append_metrics)
 
     def kill_in_checkpoint(runs: Path):
         (tmp_path / "killer.py").write_text(KILLER)
         args = ["train", "--method", "gmp", "--arch", "cnn14-tiny", "--pretrained", "none", "--epochs", "3",
                 "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "0.5", "--data-dir", str(prepared["data_dir"]),
-                "--work-dir", str(prepared["work_dir"]), "--runs-dir", str(runs), "--device", "cpu"]
+                "--work-dir", str(prepared["work_dir"]), "--runs-dir", str(runs), "--device", "cpu", "--precision", "fp32"]
         killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), "1", *args], capture_output=True,
                                 text=True, env={**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"}, timeout=600)
         assert killed.returncode == -9, killed.stderr  # SIGKILL
@@ -210,7 +210,7 @@ def test_a_run_killed_anywhere_resumes_with_every_row_once_and_ends_like_an_unin
             assert (runs / "gmp" / "lam0.80" / "seed0").exists()
         else:
             with monkeypatch.context() as m:
-                (kill_in_epoch if point == "in_epoch" else kill_before_row)(1)
+                (kill_in_epoch if point == "in_epoch" else kill_before_row)(m, 1)  # undone after the kill
                 with pytest.raises(Killed):
                     train_run(config(runs), progress=False)
         first = rows(runs)[0]
@@ -255,7 +255,7 @@ def test_an_empty_train_part_is_a_clear_error(prepared, tmp_path, trained):
     empty = SplitPart([], train_part.rows[:0], train_part.fine_targets[:0], train_part.fine_mask[:0],
                       train_part.coarse_targets[:0], train_part.coarse_mask[:0])
     fake = TrainingData(data.store, data.hierarchy, {**data.parts, "train": empty})
-    with pytest.raises(HmicError, match="no training batch: the train part of the split is empty"):
+    with pytest.raises(HmicError, match="the train part of the split is empty .*check 'hmic split'"):
         train_run(tiny_config(prepared, tmp_path), data=fake, progress=False)
 
 
