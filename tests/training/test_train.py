@@ -200,7 +200,8 @@ def test_a_run_killed_anywhere_resumes_with_every_row_once_and_ends_like_an_unin
                 "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "0.5", "--data-dir", str(prepared["data_dir"]),
                 "--work-dir", str(prepared["work_dir"]), "--runs-dir", str(runs), "--device", "cpu", "--precision", "fp32"]
         killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), "1", *args], capture_output=True,
-                                text=True, env={**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"}, timeout=600)
+                                text=True, timeout=600,  # the threads of this process: the same float sums
+                                env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "COLUMNS": "200"})
         assert killed.returncode == -9, killed.stderr  # SIGKILL
 
     for point in ("in_epoch", "in_checkpoint", "before_row"):
