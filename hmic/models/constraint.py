@@ -71,6 +71,27 @@ def _mcm(scores: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return masked.max(dim=-1).values
 
 
+def constrained(scores: torch.Tensor, reach: torch.Tensor) -> torch.Tensor:
+    """MCM with a reach matrix already built (K, K) bool (``mcm``'s R restricted to the scored nodes): the
+    form a head calls on every forward (hmic's ``mcm`` head keeps ``reach`` as a buffer)."""
+    return _mcm(scores, reach)
+
+
+def constrained_loss(logits: torch.Tensor, targets: torch.Tensor, reach: torch.Tensor, mask: torch.Tensor
+                     ) -> torch.Tensor:
+    """MCLoss per entry (..., B, K), 0 where unobserved, with a reach matrix already built (see ``mcloss``)."""
+    logits = logits.float()
+    shape = logits.shape
+    targets = targets.float().expand(shape)
+    mask = mask.bool().expand(shape)
+    positive = (targets > 0.5) & mask
+    all_max = _mcm(logits, reach)
+    positive_max = _mcm(logits.masked_fill(~positive, float("-inf")), reach)  # MCM(y ⊙ h) in logit space
+    use_positive = positive & torch.isfinite(positive_max)
+    mixed = torch.where(use_positive, positive_max, all_max)
+    return F.binary_cross_entropy_with_logits(mixed, targets, reduction="none") * mask
+
+
 def mcloss(logits: torch.Tensor, targets: torch.Tensor, descendants: torch.Tensor | np.ndarray,
            mask: torch.Tensor | None = None, scored: torch.Tensor | np.ndarray | Sequence[bool] | None = None,
            reduction: str = "mean") -> torch.Tensor:
@@ -79,17 +100,9 @@ def mcloss(logits: torch.Tensor, targets: torch.Tensor, descendants: torch.Tenso
 
     reduction ``mean``: the mean over observed entries, one value per run (0 if nothing is observed);
     ``none``: the per-entry loss (..., B, K), 0 where unobserved (for ``level_weighted_loss``)."""
-    logits = logits.float()
     shape = logits.shape
-    targets = targets.float().expand(shape)
     mask = torch.ones(shape, dtype=torch.bool, device=logits.device) if mask is None else mask.bool().expand(shape)
-    r = _reach(descendants, logits, scored)
-    positive = (targets > 0.5) & mask
-    all_max = _mcm(logits, r)
-    positive_max = _mcm(logits.masked_fill(~positive, float("-inf")), r)  # MCM(y ⊙ h) in logit space
-    use_positive = positive & torch.isfinite(positive_max)
-    mixed = torch.where(use_positive, positive_max, all_max)
-    per = F.binary_cross_entropy_with_logits(mixed, targets, reduction="none") * mask
+    per = constrained_loss(logits, targets, _reach(descendants, logits, scored), mask)
     if reduction == "none":
         return per
     if reduction != "mean":

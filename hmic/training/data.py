@@ -73,8 +73,8 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
     for name in PARTS:
         keys = store.usable(split.part(name), name)
         labels = dataset.labels.subset(keys)
-        ct, cm = hierarchy.coarse_targets(labels.targets, labels.mask, cfg.coarse_rule)
-        data.parts[name] = SplitPart(keys, store.rows(keys), labels.targets, labels.mask, ct, cm)
+        ft, fm, ct, cm = hierarchy.targets(labels.targets, labels.mask, cfg.coarse_rule)
+        data.parts[name] = SplitPart(keys, store.rows(keys), ft, fm, ct, cm)
     return data
 
 

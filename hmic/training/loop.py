@@ -101,6 +101,9 @@ def predict_part(model: HierarchicalModel, part: SplitPart, store, device: torch
     return prediction_arrays(model.hierarchy, part, out.fine_probs, out.coarse_probs, out.attention)
 
 
+PREDICTIONS_VERSION = 2  # 1 (no format_version field): 2-level, 'parent'; 2: 'edges' for any depth
+
+
 def prediction_arrays(hierarchy, part: SplitPart, fine_probs: np.ndarray, coarse_probs: np.ndarray,
                       attention: np.ndarray | None = None) -> dict:
     """A run's predictions file: its probabilities on ``part`` beside the part's keys, targets and masks."""
@@ -108,7 +111,10 @@ def prediction_arrays(hierarchy, part: SplitPart, fine_probs: np.ndarray, coarse
               "fine_targets": part.fine_targets, "fine_mask": part.fine_mask,
               "coarse_targets": part.coarse_targets, "coarse_mask": part.coarse_mask,
               "fine_names": np.array(hierarchy.fine_names), "coarse_names": np.array(hierarchy.coarse_names),
-              "parent": np.array(hierarchy.parent)}  # coarse index of each fine tag
+              "format_version": np.array(PREDICTIONS_VERSION),
+              "edges": hierarchy.edges}  # (parent id, child id) per link, node ids: coarse 0..C-1, then fine
+    if hierarchy.is_two_level:
+        result["parent"] = np.array(hierarchy.parent)  # coarse index of each fine tag (version 1's field)
     if attention is not None:
         result["attention"] = attention.astype(np.float16)
     return result

@@ -80,7 +80,7 @@ def test_mixup_labels_under_partial_observation():
 
 
 # two fine tags under one coarse tag
-PAIR = Hierarchy("pair", ("group",), ("a", "b"), (0, 0))
+PAIR = Hierarchy.two_level("pair", ("group",), ("a", "b"), (0, 0))
 
 
 def COARSE_OF(t, m):
