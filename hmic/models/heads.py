@@ -381,8 +381,10 @@ class MaxConstraint(Head):
         h = torch.cat([zc, zf], dim=-1)
         out = constrained(h, self.reach)
         c = self.hierarchy.n_coarse
-        return HeadOutput(torch.sigmoid(out[..., c:]), torch.sigmoid(out[..., :c]), out[..., c:], out[..., :c],
-                          node_scores=h)
+        # contiguous: σ of a strided slice may differ from σ of the same values laid out densely in the last
+        # bit (CPU kernels vectorise by layout); dense, without own inner scores it is gmp's forward exactly
+        fine, coarse = out[..., c:].contiguous(), out[..., :c].contiguous()
+        return HeadOutput(torch.sigmoid(fine), torch.sigmoid(coarse), fine, coarse, node_scores=h)
 
     def entry_losses(self, out: HeadOutput, fine_targets, fine_mask, coarse_targets, coarse_mask):
         from hmic.models.constraint import constrained_loss
