@@ -24,9 +24,10 @@ from typing import Sequence
 import numpy as np
 import yaml
 
+from hmic.data.taxonomy import (BUNDLED, COARSE_RULES, GROUP_SUFFIX, TAXONOMY_DIR, Taxonomy, load_taxonomy,
+                                node_targets, yaml_problem)
 from hmic.errors import HmicError
 
-COARSE_RULES = ("any", "strict")
 DEFAULT_HIERARCHY = Path(__file__).resolve().parent / "hierarchy.yaml"
 HIERARCHY_FORMAT = "hmic-hierarchy"
 HIERARCHY_VERSION = 2  # 1: the 2-level {name, coarse, fine_order} record (read unchanged); 2: nodes and parents
@@ -202,8 +203,6 @@ class Hierarchy:
     def taxonomy(self):
         """This hierarchy as a ``hmic.data.taxonomy.Taxonomy`` (node ids as here; a coarse node named like a
         fine one, the default's ``voice: [voice]``, becomes '<name> (group)')."""
-        from hmic.data.taxonomy import GROUP_SUFFIX, Taxonomy
-
         fine = set(self.fine_names)
         names = tuple(c + GROUP_SUFFIX if c in fine else c for c in self.coarse_names) + self.fine_names
         return Taxonomy(self.name, names, self.node_parents, self.source)
@@ -261,8 +260,6 @@ class Hierarchy:
             mask = np.asarray(tag_mask, dtype=bool)
             ct, cm = self.coarse_targets(targets, mask, rule)
             return targets, mask, ct, cm
-        from hmic.data.taxonomy import node_targets
-
         y, m = node_targets(self.taxonomy, self.tags, tag_targets, tag_mask, rule)
         c = self.n_coarse
         return y[:, c:], m[:, c:], y[:, :c], m[:, :c]
@@ -350,8 +347,6 @@ def load_hierarchy(path: str | Path | None = None, fine_names: Sequence[str] | N
     ``path``: a 2-level ``coarse:`` YAML file (the default's form), a taxonomy of any depth (nested
     ``tree:`` YAML, ``node,parent`` CSV, AudioSet ontology JSON, optionally ``FILE.json#Root name`` for
     the subtree below that node), or the name of a bundled taxonomy (docs/taxonomies.md)."""
-    from hmic.data.taxonomy import BUNDLED, TAXONOMY_DIR, load_taxonomy
-
     root = None
     if path is not None and str(path) in BUNDLED and not Path(path).exists():
         path = TAXONOMY_DIR / BUNDLED[str(path)]
@@ -365,7 +360,7 @@ def load_hierarchy(path: str | Path | None = None, fine_names: Sequence[str] | N
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            raise HmicError(f"hierarchy {path}: not valid YAML ({e})") from None
+            raise HmicError(f"hierarchy {path}: not valid YAML ({yaml_problem(e)}); fix the file") from None
         if not (isinstance(data, dict) and "tree" in data and "coarse" not in data):
             return parse_hierarchy(data, fine_names, str(path))
     tax = load_taxonomy(path, fine_names, root=root)

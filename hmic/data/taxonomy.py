@@ -1,8 +1,8 @@
 """Hierarchies of any depth: a tree or a DAG of named nodes, the targets it derives, its file forms.
 
-The 2-level ``Hierarchy`` (``hmic.data.hierarchy``) is what the heads, training and outputs use today;
-``Taxonomy`` is its generalisation (issue 34), converted both ways with ``Taxonomy.from_hierarchy`` and
-``Taxonomy.to_hierarchy``. Nothing here changes a 2-level code path.
+``Taxonomy`` is the structure and its file forms; ``hmic.data.hierarchy.Hierarchy`` (what the heads,
+training and outputs receive) is built on it (``Hierarchy.from_taxonomy``, ``Hierarchy.taxonomy``,
+``Taxonomy.from_hierarchy``). This module does not import ``hmic.data.hierarchy``.
 
 Definitions (each one a project choice, written down so that heads and metrics agree):
 
@@ -58,9 +58,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 
-from hmic.data.hierarchy import COARSE_RULES, Hierarchy, parse_hierarchy
 from hmic.errors import HmicError
 
+COARSE_RULES = ("any", "strict")  # how labels propagate to ancestors (the module docstring, ``propagate``)
 TAXONOMY_FORMAT = "hmic-taxonomy"
 TAXONOMY_VERSION = 1  # the version of Taxonomy.to_dict (checkpoints and run folders will store it)
 TAXONOMY_DIR = Path(__file__).resolve().parent / "taxonomies"
@@ -354,36 +354,14 @@ class Taxonomy:
                    tuple(tuple(new_id[p] for p in parents[i]) for i in order), source)
 
     @classmethod
-    def from_hierarchy(cls, h: Hierarchy) -> "Taxonomy":
+    def from_hierarchy(cls, h) -> "Taxonomy":
         """Today's 2-level hierarchy as a taxonomy: the coarse tags (ids 0..C-1) then the fine tags in the
         dataset's order (ids C..C+F-1). A coarse tag named like a fine tag (the default's ``voice:
-        [voice]``) becomes the node ``'<name> (group)'``; ``to_hierarchy`` gives it its name back."""
+        [voice]``) becomes the node ``'<name> (group)'``."""
         fine = set(h.fine_names)
         coarse = tuple(c + GROUP_SUFFIX if c in fine else c for c in h.coarse_names)
         parents = tuple(() for _ in coarse) + tuple((p,) for p in h.parent)
         return cls(h.name, coarse + tuple(h.fine_names), parents, f"hierarchy {h.name}")
-
-    def to_hierarchy(self, fine_names: Sequence[str] | None = None) -> Hierarchy:
-        """This taxonomy as today's 2-level ``Hierarchy``, when it is one: a forest of depth 2 whose roots
-        all have children and whose leaves all sit at depth 1. ``fine_names`` (the dataset's tags) fixes
-        the fine order (default: node order)."""
-        where = f"taxonomy {self.source}"
-        if not self.is_tree:
-            dag = next(self.nodes[i] for i, ps in enumerate(self.parents) if len(ps) > 1)
-            raise HmicError(f"{where}: node '{dag}' has several parents; a 2-level hierarchy needs one per tag")
-        if self.n_levels != 2:
-            raise HmicError(f"{where} has {self.n_levels} levels; a 2-level hierarchy (coarse: file) needs exactly 2")
-        bare = [self.nodes[i] for i in self.roots if not self.children[i]]
-        if bare:
-            raise HmicError(f"{where}: root '{bare[0]}' has no children; in a 2-level hierarchy every tag needs a coarse parent")
-        fine_set = {self.nodes[i] for i in self.leaves}
-        coarse_names = [self.nodes[i] for i in self.roots]
-        coarse_names = [c[: -len(GROUP_SUFFIX)] if c.endswith(GROUP_SUFFIX) and c[: -len(GROUP_SUFFIX)] in fine_set
-                        else c for c in coarse_names]
-        data = {"name": self.name,
-                "coarse": {c: [self.nodes[k] for k in self.children[r]] for c, r in zip(coarse_names, self.roots)}}
-        return parse_hierarchy(data, list(fine_names) if fine_names is not None else
-                               [self.nodes[i] for i in self.leaves], self.source)
 
     def to_dict(self) -> dict:
         """A JSON-able, versioned form (for checkpoints and run folders)."""
@@ -498,6 +476,13 @@ def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool 
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: its problem and the line it is on (PyYAML's own text spans several lines)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem}, line {mark.line + 1}" if mark is not None else problem
 
 
 def _read_text(path: Path) -> str:
@@ -671,10 +656,12 @@ def load_taxonomy(path: str | Path, tags: Sequence[str] | None = None, root: str
         try:
             data = yaml.load(text, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as e:
-            raise HmicError(f"taxonomy {path}: not valid YAML ({e}); fix the file") from None
-        if isinstance(data, dict) and "coarse" in data and "tree" not in data:
-            tax = Taxonomy.from_hierarchy(parse_hierarchy(data, tags, str(path)))
-            tax = Taxonomy(tax.name, tax.nodes, tax.parents, str(path))
+            raise HmicError(f"taxonomy {path}: not valid YAML ({yaml_problem(e)}); fix the file") from None
+        if isinstance(data, dict) and isinstance(data.get("coarse"), dict) and "tree" not in data:
+            # the 2-level form: a coarse tag named like one of its fine tags becomes '<name> (group)'
+            leaves = {str(k) for kids in data["coarse"].values() if isinstance(kids, list) for k in kids}
+            tree = {(f"{c}{GROUP_SUFFIX}" if str(c) in leaves else c): kids for c, kids in data["coarse"].items()}
+            tax = from_nested({"name": data.get("name", path.stem), "tree": tree}, str(path))
         else:
             tax = from_nested(data, str(path))
     elif suffix == ".csv":
