@@ -116,7 +116,7 @@ def depth_levels(rows: list[dict]) -> list[str]:
 
 def column_groups(rows: list[dict]) -> list[tuple[str, str]]:
     """(level, heading) of the Markdown table's column groups: the paper's fine and coarse; deeper, one
-    group per depth (named by depth and its first nodes) and then the leaves (hmic's fine arrays)."""
+    group per depth ("depth d"), then the leaves at any depth (hmic's fine arrays, "leaves")."""
     depths = depth_levels(rows)
     if not depths:
         return [(lv, lv) for lv in LEVELS]
