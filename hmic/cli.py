@@ -352,7 +352,7 @@ class Aggregation(str, Enum):
 def tune_thresholds(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (or folders holding runs).")],
 ) -> None:
-    """Choose one threshold per tag and level maximising F1 on the validation predictions."""
+    """Choose one threshold per tag (every node, at any depth) maximising F1 on the validation predictions."""
     from hmic.evaluation.scoring import tune_run
     from hmic.runs.run import find_runs
 
@@ -372,9 +372,10 @@ def evaluate(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all figures to this JSON file.")] = None,
     per_tag: Annotated[bool, typer.Option(help="Also print per-tag values.")] = False,
 ) -> None:
-    """Macro ROC-AUC, PR-AUC and F1 at both levels (observed entries only); mean ± std over runs. Reads only."""
+    """Macro ROC-AUC, PR-AUC and F1 at both levels (fine = leaves, coarse = inner nodes) and, for a deeper
+    hierarchy, at each depth (observed entries only); mean ± std over runs. Reads only."""
     from hmic.evaluation.report import spread
-    from hmic.evaluation.scoring import evaluate_runs
+    from hmic.evaluation.scoring import EVALUATION_VERSION, evaluate_runs
     from hmic.fileio import write_json
     from hmic.evaluation.metrics import METRIC_LABELS, METRICS
     from hmic.runs.run import LEVELS, find_runs
@@ -390,6 +391,12 @@ def evaluate(
     for lv in LEVELS:
         table.add_row(lv, *[f"{100 * agg.mean[lv][m][0]:.2f} ± {spread(100 * agg.mean[lv][m][1], len(found), 2)}" for m in METRICS],
                       ", ".join(agg.left_out[lv]) or "-")
+    if len(agg.levels) > 2:  # deeper than the paper's two levels: a row per depth as well (fine = the leaves)
+        table.add_section()
+        for d in agg.levels:
+            table.add_row(f"depth {d['depth']} ({len(d['names'])})",
+                          *[f"{100 * d['macro'][m][0]:.2f} ± {spread(100 * d['macro'][m][1], len(found), 2)}" for m in METRICS],
+                          ", ".join(d["left_out"]) or "-")
     console.print(table)
     beyond = Table(title="beyond the paper: the hierarchy and calibration (mean ± std over runs)")
     beyond.add_column("measure")
@@ -407,7 +414,7 @@ def evaluate(
                 t.add_row(tag, *[f"{100 * vals[m]:.1f}" if vals[m] == vals[m] else "-" for m in METRICS])
             console.print(t)
     if json_out:
-        write_json(json_out, {"split": split.value, **agg.to_dict()})
+        write_json(json_out, {"format_version": EVALUATION_VERSION, "split": split.value, **agg.to_dict()})
         console.print(f"written {json_out}")
 
 
@@ -749,7 +756,7 @@ def table(
     out: Annotated[Path, typer.Option(help="Where table1.md/.csv and the figures go.")] = Path("results"),
     split: Annotated[ScoredSplit, typer.Option(help="Which part to score.")] = ScoredSplit.test,
 ) -> None:
-    """Table 1 for the runs that exist (λ selected on validation, mean ± std over seeds), Fig. 3 and Fig. 4. Reads runs only."""
+    """Table 1 for the runs that exist (λ selected on validation, mean ± std over seeds), Fig. 3 and Fig. 4; a column group per depth for a hierarchy deeper than two. Reads runs only."""
     from hmic.evaluation.report import write_table
     from hmic.runs.run import finished_runs
 

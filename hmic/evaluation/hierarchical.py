@@ -66,24 +66,20 @@ def per_depth_scores(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, t
 
 def pooled_auprc(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
                  nodes: Sequence[int] | None = None) -> float:
-    """AU(PRC) over every observed (clip, node) pair pooled (module docstring). probs, targets, mask
-    (N, K); ``nodes`` limits it to some node ids (e.g. leaving out a root that is always positive).
-    NaN when no observed pair is positive."""
+    """AU(PRC) over every observed (clip, node) pair pooled (module docstring): scikit-learn's
+    ``average_precision_score`` of the flattened observed entries. probs, targets, mask (N, K); ``nodes``
+    limits it to some node ids (e.g. leaving out a root that is always positive). NaN when no observed
+    pair is positive."""
+    from sklearn.metrics import average_precision_score
+
     probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets) > 0.5
     mask = np.ones(probs.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     if nodes is not None:
         probs, targets, mask = probs[:, list(nodes)], targets[:, list(nodes)], mask[:, list(nodes)]
     scores, labels = probs[mask], targets[mask]
-    n_pos = labels.sum()
-    if n_pos == 0:
+    if labels.sum() == 0:
         return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    scores, labels = scores[order], labels[order]
-    tp = np.cumsum(labels)
-    predicted = np.arange(1, len(scores) + 1)
-    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # the last pair of each distinct score
-    precision, recall = tp[last] / predicted[last], tp[last] / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(labels.astype(int), scores))
 
 
 def with_ancestors(node_sets: np.ndarray, tax: Taxonomy) -> np.ndarray:

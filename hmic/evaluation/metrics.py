@@ -81,17 +81,38 @@ def summarise(values: list[float]) -> tuple[float, float]:
 ECE_BINS = 15
 
 
-def consistency(fine_present: np.ndarray, coarse_present: np.ndarray, parent: np.ndarray) -> dict:
+def _links(parent, n_coarse: int, n_fine: int) -> tuple[np.ndarray, np.ndarray]:
+    """(children, below): (C, C + F) bool over node ids (coarse 0..C-1, then fine), the nodes directly below
+    each coarse node and every node below it. ``parent``: the paper's (F,) coarse index of each fine tag,
+    or a ``hmic.data.hierarchy.Hierarchy`` of any depth (coarse = inner nodes, fine = leaves)."""
+    if hasattr(parent, "node_children"):  # a Hierarchy
+        k = parent.n_nodes
+        children = np.zeros((n_coarse, k), dtype=bool)
+        for c in range(n_coarse):
+            children[c, list(parent.node_children[c])] = True
+        below = parent.descendants_or_self[:n_coarse] & ~np.eye(n_coarse, k, dtype=bool)
+        return children, below
+    parent = np.asarray(parent)
+    children = np.zeros((n_coarse, n_coarse + n_fine), dtype=bool)
+    children[parent, n_coarse + np.arange(n_fine)] = True
+    return children, children
+
+
+def consistency(fine_present: np.ndarray, coarse_present: np.ndarray, parent) -> dict:
     """How often the decisions contradict the hierarchy, over every (clip, coarse tag) pair (decisions
     need no labels, so every pair counts): a child present while its parent is absent, or a parent
-    present with every child absent. fine_present (N, F), coarse_present (N, C) bool; parent (F,)."""
+    present with every child absent. fine_present (N, F), coarse_present (N, C) bool; parent (F,) the
+    coarse index of each fine tag, or a ``Hierarchy`` of any depth (then a coarse node's children are the
+    nodes directly below it, inner nodes or leaves; at depth 2 the same pairs)."""
     n, c = coarse_present.shape
+    children, _ = _links(parent, c, fine_present.shape[1])
+    present = np.concatenate([coarse_present, fine_present], axis=1)
     child_without_parent = np.zeros((n, c), dtype=bool)
     any_child = np.zeros((n, c), dtype=bool)
     for k in range(c):
-        kids = np.flatnonzero(parent == k)
-        child_without_parent[:, k] = fine_present[:, kids].any(axis=1) & ~coarse_present[:, k]
-        any_child[:, k] = fine_present[:, kids].any(axis=1)
+        kids = np.flatnonzero(children[k])
+        child_without_parent[:, k] = present[:, kids].any(axis=1) & ~coarse_present[:, k]
+        any_child[:, k] = present[:, kids].any(axis=1)
     parent_without_child = coarse_present & ~any_child
     wrong = child_without_parent | parent_without_child
     return {"violation_rate": float(wrong.mean()), "child_without_parent": float(child_without_parent.mean()),
@@ -100,15 +121,17 @@ def consistency(fine_present: np.ndarray, coarse_present: np.ndarray, parent: np
 
 def hierarchical_prf(fine_present: np.ndarray, coarse_present: np.ndarray, fine_targets: np.ndarray,
                      fine_mask: np.ndarray, coarse_targets: np.ndarray, coarse_mask: np.ndarray,
-                     parent: np.ndarray) -> dict:
+                     parent) -> dict:
     """Hierarchical precision, recall and F1 (Kiritchenko et al.; HiClass's multi-label form): the
-    predicted set of a clip is extended with the ancestors of its predicted fine tags, the true set
+    predicted set of a clip is extended with the ancestors of its predicted nodes, the true set
     likewise (the coarse targets are the fine targets' ancestors), and both are counted over observed
     entries only (each level's mask). Micro: ratios of the sums over all (clip, tag) entries; macro:
-    the mean over tags of each tag's precision, recall and F1."""
-    extended = coarse_present.copy()
-    for f, k in enumerate(parent):
-        extended[:, k] |= fine_present[:, f]
+    the mean over tags (fine, then coarse) of each tag's precision, recall and F1. ``parent``: (F,) the
+    coarse index of each fine tag, or a ``Hierarchy`` of any depth (coarse = its inner nodes)."""
+    c = coarse_present.shape[1]
+    _, below = _links(parent, c, fine_present.shape[1])
+    present = np.concatenate([coarse_present, fine_present], axis=1).astype(bool)
+    extended = coarse_present.astype(bool) | (present.astype(np.int64) @ below.T.astype(np.int64) > 0)
     pred = np.concatenate([fine_present, extended], axis=1).astype(bool)
     true = np.concatenate([fine_targets > 0.5, coarse_targets > 0.5], axis=1)
     mask = np.concatenate([fine_mask, coarse_mask], axis=1).astype(bool)

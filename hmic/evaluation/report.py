@@ -15,7 +15,7 @@ from hmic.errors import HmicError
 from hmic.evaluation.scoring import EXTRA_METRICS, evaluate_runs
 from hmic.fileio import csv_text, write_json, write_text
 from hmic.evaluation.metrics import METRIC_LABELS, METRICS
-from hmic.runs.run import LEVELS, Run, by_method, find_runs, finished_runs
+from hmic.runs.run import LEVELS, Run, by_method, find_runs, finished_runs, predictions_hierarchy
 from hmic.runs.selection import select_lambda
 from hmic.evaluation.significance import ALPHA, N_BOOTSTRAP, against_reference
 from hmic.models.heads import BASELINE, PAPER_FIGURE3, PAPER_FIGURE4, PAPER_TABLE1
@@ -23,6 +23,9 @@ from hmic.models.heads import BASELINE, PAPER_FIGURE3, PAPER_FIGURE4, PAPER_TABL
 REFERENCE = BASELINE  # the method every other is compared with (hmic table's ▲ / ▼)
 METHOD_ORDER = tuple(PAPER_TABLE1)  # Table 1's row order; other methods follow, sorted
 COLUMNS = [f"{lv} {METRIC_LABELS[m]}" for lv in LEVELS for m in METRICS]
+# table1.csv's format: 1 (no format_version column) the paper's levels; 2: a format_version column, and for
+# a hierarchy deeper than two a column group per depth (depth<d>_...) after the others
+TABLE_VERSION = 2
 UNTRAINED_LABEL = "AudioSet classifier, no training"  # runs written with --epochs 0 (docs/audioset-model.md)
 
 
@@ -49,6 +52,11 @@ def build_table(runs_dir: Path, split: str = "test", reference: str = REFERENCE,
     rows = []
     for method, runs in chosen.items():
         agg = evaluate_runs(runs, split)
+        first = rows[0]["aggregate"]["levels"] if rows else None
+        if first is not None and max(len(first), len(agg.levels)) > 2:  # the paper's form: columns by fine and coarse
+            if [lv["names"] for lv in agg.levels] != [lv["names"] for lv in first]:
+                raise HmicError(f"{runs_dir} holds runs of different hierarchies ({rows[0]['method']} and {method}); a "
+                                "table compares runs of one hierarchy: train them into separate --runs-dir folders")
         rows.append({"method": method, "lambda": runs[0].lam, "seeds": len(runs), "protocol": protocol,
                      "untrained": all(r.done().get("epochs") == 0 for r in runs),  # audioset --epochs 0
                      "selection": select_lambda(groups[method]),
@@ -87,22 +95,56 @@ def spread(std: float, seeds: int, digits: int = 1) -> str:
     return "—" if seeds < 2 else f"{std:.{digits}f}"
 
 
+def _macro(agg: dict, level: str) -> dict:
+    """metric -> {mean, std} of one level: "fine", "coarse", or "depth d" (``Aggregate.levels``)."""
+    if level in agg["macro"]:
+        return agg["macro"][level]
+    return agg["levels"][int(level.split()[1])]["macro"]
+
+
 def _cell(agg: dict, level: str, metric: str) -> tuple[float, float]:
-    d = agg["macro"][level][metric]
+    d = _macro(agg, level)[metric]
     return 100 * d["mean"], 100 * d["std"]
 
 
+def depth_levels(rows: list[dict]) -> list[str]:
+    """The table's column groups by depth ("depth 0" .. ) when its runs' hierarchy is deeper than two, else
+    none (the paper's fine and coarse columns only)."""
+    levels = (rows[0]["aggregate"].get("levels") or []) if rows else []
+    return [f"depth {lv['depth']}" for lv in levels] if len(levels) > 2 else []
+
+
+def column_groups(rows: list[dict]) -> list[tuple[str, str]]:
+    """(level, heading) of the Markdown table's column groups: the paper's fine and coarse; deeper, one
+    group per depth ("depth d"), then the leaves at any depth (hmic's fine arrays, "leaves")."""
+    depths = depth_levels(rows)
+    if not depths:
+        return [(lv, lv) for lv in LEVELS]
+    return [(d, d) for d in depths] + [("fine", "leaves")]
+
+
 def to_markdown(rows: list[dict], split: str) -> str:
-    head = "| method | λ | seeds | " + " | ".join(COLUMNS) + " |"
+    groups = column_groups(rows)
+    deep = bool(depth_levels(rows))
+    columns = [f"{heading} {METRIC_LABELS[m]}" for _, heading in groups for m in METRICS] + (["pooled AU(PRC)"] if deep else [])
+    head = "| method | λ | seeds | " + " | ".join(columns) + " |"
     reference = rows[0].get("versus", {}).get("reference", REFERENCE) if rows else REFERENCE
     protocol = rows[0].get("protocol", "finetune") if rows else "finetune"
     lines = [f"Protocol: {PROTOCOL_LABELS.get(protocol, protocol)}.", "",
              f"Table 1 reproduction ({split} split, macro over tags, %, mean ± std over seeds; ▲ / ▼: significantly "
              f"better / worse than {reference} at 5%, paired by seed with a bootstrap over test clips, Holm-corrected "
-             "over methods)", "", head, "|" + "---|" * (len(COLUMNS) + 3)]
+             "over methods)", "", head, "|" + "---|" * (len(columns) + 3)]
+    if deep:
+        levels = rows[0]["aggregate"]["levels"]
+        lines[2:2] = [f"Levels of the hierarchy (depth 0 at the top; 'leaves' = every leaf, at any depth; pooled AU(PRC): "
+                      "one precision-recall curve over every observed (clip, node) pair): "
+                      + "; ".join(f"depth {lv['depth']}: {', '.join(lv['names'])}" for lv in levels), ""]
     for r in rows:
         cells = [f"{m:.1f} ± {spread(s, r['seeds'])}{_marker(r, lv, mt)}" for (lv, mt), (m, s) in
-                 (((lv, mt), _cell(r["aggregate"], lv, mt)) for lv in LEVELS for mt in METRICS)]
+                 (((lv, mt), _cell(r["aggregate"], lv, mt)) for lv, _ in groups for mt in METRICS)]
+        if deep:
+            pooled = r["aggregate"]["beyond"]["pooled_pr_auc"]
+            cells.append(f"{100 * pooled['mean']:.1f} ± {spread(100 * pooled['std'], r['seeds'])}")
         name = f"{r['method']} ({UNTRAINED_LABEL})" if r.get("untrained") else r["method"]
         lines.append(f"| {name} | {r['lambda']:.2f} | {r['seeds']} | " + " | ".join(cells) + " |")
     left = {lv: sorted({t for r in rows for t in r["aggregate"]["left_out"][lv]}) for lv in LEVELS}
@@ -118,19 +160,35 @@ def to_markdown(rows: list[dict], split: str) -> str:
 
 def to_csv(rows: list[dict]) -> str:
     """Table 1 (%, mean and std), then each cell's difference from the reference (percentage points) with
-    its Holm-corrected p-value, then the measures beyond the paper (``EXTRA_METRICS``, mean and std)."""
+    its Holm-corrected p-value, then the measures beyond the paper (``EXTRA_METRICS``, mean and std), the
+    protocol; for a hierarchy deeper than two, the same cells per depth (``depth<d>_<metric>_...``); last, the
+    file's ``format_version`` (``TABLE_VERSION``)."""
     cells = [(lv, m) for lv in LEVELS for m in METRICS]
+    depth_cells = [(lv, m) for lv in depth_levels(rows) for m in METRICS]
+
+    def col(lv):
+        return lv.replace(" ", "")
+
     header = (["method", "lambda", "seeds"] + [f"{lv}_{m}_{s}" for lv, m in cells for s in ("mean", "std")]
               + [f"{lv}_{m}_vs_reference_{s}" for lv, m in cells for s in ("diff", "p_holm")]
-              + [f"{name}_{s}" for name in EXTRA_METRICS for s in ("mean", "std")] + ["protocol"])
+              + [f"{name}_{s}" for name in EXTRA_METRICS for s in ("mean", "std")] + ["protocol"]
+              + [f"{col(lv)}_{m}_{s}" for lv, m in depth_cells for s in ("mean", "std")]
+              + [f"{col(lv)}_{m}_vs_reference_{s}" for lv, m in depth_cells for s in ("diff", "p_holm")]
+              + ["format_version"])
     lines = []
     for r in rows:
-        vals = [f"{v:.4f}" for lv, m in cells for v in _cell(r["aggregate"], lv, m)]
         diffs = {(d["level"], d["metric"]): d for d in r.get("versus", {}).get("differences", [])}
-        versus = [x for lv, m in cells for x in ((f"{100 * diffs[lv, m]['mean']:.4f}", f"{diffs[lv, m]['p_holm']:.4f}")
-                                                 if (lv, m) in diffs else ("", ""))]
+
+        def values(which):
+            return [f"{v:.4f}" for lv, m in which for v in _cell(r["aggregate"], lv, m)]
+
+        def versus(which):
+            return [x for lv, m in which for x in ((f"{100 * diffs[lv, m]['mean']:.4f}", f"{diffs[lv, m]['p_holm']:.4f}")
+                                                   if (lv, m) in diffs else ("", ""))]
+
         beyond = [f"{r['aggregate']['beyond'][name][s]:.4f}" for name in EXTRA_METRICS for s in ("mean", "std")]
-        lines.append([r["method"], f"{r['lambda']:.2f}", r["seeds"]] + vals + versus + beyond + [r.get("protocol", "finetune")])
+        lines.append([r["method"], f"{r['lambda']:.2f}", r["seeds"]] + values(cells) + versus(cells) + beyond
+                     + [r.get("protocol", "finetune")] + values(depth_cells) + versus(depth_cells) + [TABLE_VERSION])
     return csv_text(header, lines)
 
 
@@ -218,13 +276,15 @@ def figure4(rows: list[dict], path: Path, n_clips: int = 4) -> bool:
         return False
     thr = run.thresholds()
     fine_names, coarse_names = [str(n) for n in pred["fine_names"]], [str(n) for n in pred["coarse_names"]]
+    hierarchy = predictions_hierarchy(pred)
+    sources = [hierarchy.node_names[i] for i in hierarchy.attention_sources]  # the rows (at depth 2: the fine tags)
     fine_thr = np.array([thr["fine"][n] for n in fine_names])
     n_pos = ((pred["fine_probs"] >= fine_thr)).sum(axis=1)
     picks = list(np.argsort(-n_pos, kind="stable")[:n_clips])
     fig, axes = plt.subplots(1, len(picks), figsize=(3.3 * len(picks), 5.2), squeeze=False)
     for ax, i in zip(axes[0], picks):
         ax.imshow(pred["attention"][i].astype(np.float32), aspect="auto", cmap="viridis", vmin=0, vmax=1)
-        ax.set_yticks(range(len(fine_names)), fine_names, fontsize=6)
+        ax.set_yticks(range(len(sources)), sources, fontsize=6)
         ax.set_xticks(range(len(coarse_names)), coarse_names, rotation=70, fontsize=6)
         tags = [fine_names[f] for f in np.where(pred["fine_probs"][i] >= fine_thr)[0]]
         ax.set_title(f"{pred['keys'][i]}\n" + ", ".join(tags[:4]) + ("…" if len(tags) > 4 else ""), fontsize=7)

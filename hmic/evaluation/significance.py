@@ -1,7 +1,8 @@
 """Is a difference between two methods real? Paired comparisons over seeds and test clips (``hmic compare``,
 the markers of ``hmic table``).
 
-The procedure (docs/evaluation.md, "Is the difference real?"), per level and metric (macro ROC-AUC, PR-AUC, F1):
+The procedure (docs/evaluation.md, "Is the difference real?"), per level and metric (macro ROC-AUC, PR-AUC, F1;
+the levels are fine and coarse, and for a hierarchy deeper than two also each depth, ``depth 0`` at the top):
 
 1. Runs of the two methods are paired by seed; every pair is scored on the same test clips.
 2. d_s = M(A_s) − M(B_s) for each pair; the estimate is their mean d̄ (what ``hmic evaluate`` gives).
@@ -23,7 +24,7 @@ import numpy as np
 
 from hmic.errors import HmicError
 from hmic.evaluation.metrics import METRICS
-from hmic.runs.run import LEVELS, Run
+from hmic.runs.run import LEVELS, Run, predictions_hierarchy
 from hmic.evaluation.metrics import macro_scores
 
 N_BOOTSTRAP = 1000
@@ -113,20 +114,48 @@ def level_differences(probs_a: list[np.ndarray], probs_b: list[np.ndarray], targ
     return out
 
 
+def _node_arrays(run: Run, split: str, ids: list[int]) -> tuple[np.ndarray, ...]:
+    """keys, and the (N, len(ids)) probabilities, targets, mask and (len(ids),) thresholds of some node ids
+    (coarse 0..C-1, then fine), with their names."""
+    pred = run.predictions(split)
+    thr = run.thresholds()
+    names = [str(n) for lv in ("coarse", "fine") for n in pred[f"{lv}_names"]]
+    both = {f: np.concatenate([pred[f"coarse_{f}"], pred[f"fine_{f}"]], axis=1)[:, ids] for f in ("probs", "targets", "mask")}
+    t = np.array([thr["coarse" if i < len(pred["coarse_names"]) else "fine"][names[i]] for i in ids])
+    return pred["keys"], both["probs"], both["targets"], both["mask"], t, [names[i] for i in ids]
+
+
+def _paired(level: str, arrays: list, split: str, n_pairs: int, n_boot: int, seed: int) -> list[Difference]:
+    """The Differences of one level from each seed pair's (A, B) arrays (keys, probs, targets, mask, thresholds)."""
+    keys = arrays[0][0][0]
+    if any(not np.array_equal(x[0], keys) or not np.array_equal(y[0], keys) for x, y in arrays):
+        raise HmicError(f"the runs were scored on different {split} clips; compare runs of one dataset and split")
+    targets, mask = arrays[0][0][2], arrays[0][0][3]
+    found = level_differences([x[1] for x, _ in arrays], [y[1] for _, y in arrays], targets, mask,
+                              [x[4] for x, _ in arrays], [y[4] for _, y in arrays], n_boot, seed)
+    return [Difference(level, metric, *found[metric][:4], n_pairs, *found[metric][4:]) for metric in METRICS]
+
+
 def compare(runs_a: list[Run], runs_b: list[Run], split: str = "test", n_boot: int = N_BOOTSTRAP,
             seed: int = 0) -> list[Difference]:
-    """A against B (runs of one method each, λ already chosen), for every level and metric."""
+    """A against B (runs of one method each, λ already chosen), for every level and metric: fine and coarse,
+    then, for a hierarchy deeper than two, each depth (``depth 0`` .. ``depth D-1``, over its nodes)."""
     pairs = pair_by_seed(runs_a, runs_b)
     out = []
     for level in LEVELS:
         arrays = [(_level_arrays(a, split, level), _level_arrays(b, split, level)) for a, b in pairs]
-        keys = arrays[0][0][0]
-        if any(not np.array_equal(x[0], keys) or not np.array_equal(y[0], keys) for x, y in arrays):
-            raise HmicError(f"the runs were scored on different {split} clips; compare runs of one dataset and split")
-        targets, mask = arrays[0][0][2], arrays[0][0][3]
-        found = level_differences([x[1] for x, _ in arrays], [y[1] for _, y in arrays], targets, mask,
-                                  [x[4] for x, _ in arrays], [y[4] for _, y in arrays], n_boot, seed)
-        out += [Difference(level, metric, *found[metric][:4], len(pairs), *found[metric][4:]) for metric in METRICS]
+        out += _paired(level, arrays, split, len(pairs), n_boot, seed)
+    hierarchies = {str(r): predictions_hierarchy(r.predictions(split)) for pair in pairs for r in pair}
+    first = next(iter(hierarchies.values()))
+    if all(h.is_two_level for h in hierarchies.values()):  # the paper's levels: fine tags compare across groupings
+        return out
+    for where, h in hierarchies.items():
+        if (h.node_names, h.node_parents) != (first.node_names, first.node_parents):
+            raise HmicError(f"{where} was trained on another hierarchy than {next(iter(hierarchies))}; compare runs "
+                            "of one hierarchy")
+    for depth, ids in enumerate(first.levels):
+        arrays = [(_node_arrays(a, split, list(ids)), _node_arrays(b, split, list(ids))) for a, b in pairs]
+        out += _paired(f"depth {depth}", arrays, split, len(pairs), n_boot, seed)
     return out
 
 

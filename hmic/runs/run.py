@@ -16,6 +16,17 @@ A run folder holds, written in this order:
 
 New runs are filed as ``<runs>/<method>/lam<λ>/seed<S>/`` (``Run.at``); any other folder holding
 these files is a run just the same.
+
+Formats carry a ``format_version`` (docs/taxonomies.md); a file without one is version 1, what hmic wrote
+before hierarchies of any depth, and is read unchanged; a newer version than this hmic knows is refused
+with one line naming the file, its version and the fix:
+
+    predictions_*.npz   1: the paper's two levels, ``parent`` (the coarse index of each fine tag);
+                        2: ``edges`` (parent id, child id) over node ids (coarse = inner nodes 0..C-1, then
+                        fine = leaves), any depth (``parent`` kept when the hierarchy has two levels)
+    thresholds.json     1: ``fine``/``coarse`` thresholds by tag; 2: the same by node name at any depth
+                        (fine = leaves, coarse = inner nodes), and ``format_version``
+    done.json           1: the summary; 2: the same with ``format_version``
 """
 
 from __future__ import annotations
@@ -39,6 +50,26 @@ THRESHOLDS = "thresholds.json"
 # what tune-thresholds stores inside best.pt besides the two levels' thresholds, so the file alone predicts
 # and says what it is: song thresholds, the tags without a threshold, validation scores, the training data
 CARRIED = ("song", "not_trained", "defaulted", "validation", "trained_on")
+# the newest format_version of each file this hmic reads and writes (module docstring); hmic.training
+# writes predictions of PREDICTIONS_VERSION
+PREDICTIONS_VERSION = 2
+THRESHOLDS_VERSION = 2
+DONE_VERSION = 2
+
+
+def format_version(found, newest: int, path: Path | str, fix: str) -> int:
+    """The format version a file states (``found``; None: version 1, written before versions were stated),
+    or one HmicError naming the file, its version and ``fix`` when this hmic does not know it."""
+    if found is None:
+        return 1
+    try:
+        version = np.asarray(found).item()
+    except (TypeError, ValueError):
+        version = found
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or not 1 <= version <= newest:
+        raise HmicError(f"{path}: format version {version!r}, this hmic reads versions 1 to {newest}; "
+                        f"upgrade hmic, or {fix}")
+    return int(version)
 
 
 @dataclass(frozen=True)
@@ -173,10 +204,13 @@ class Run:
 
     # -- results ----------------------------------------------------------------------------------
     def done(self) -> dict:
-        return read_json(self.require_finished().done_path)
+        done = read_json(self.require_finished().done_path)
+        format_version(done.get("format_version"), DONE_VERSION, self.done_path,
+                       "retrain the run with this one ('hmic train ... --force')")
+        return done
 
     def write_done(self, summary: dict) -> None:
-        write_json(self.done_path, summary)
+        write_json(self.done_path, {"format_version": DONE_VERSION, **summary})
 
     def write_predictions(self, split: str, arrays: dict[str, np.ndarray]) -> None:
         with atomic_path(self.predictions_path(split)) as tmp:
@@ -187,22 +221,58 @@ class Run:
         path = self.require_finished().predictions_path(split)
         if not path.exists():
             raise HmicError(f"{path} is missing; the run did not finish writing its predictions (re-run it with --force)")
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return read_predictions(path)
 
     def thresholds(self) -> dict:
-        """{"fine": {tag: t}, "coarse": {tag: t}, ...}; a clear error when not tuned yet."""
+        """{"fine": {tag: t}, "coarse": {tag: t}, ...}; a clear error when not tuned yet, or tuned by a
+        newer hmic."""
         if not self.tuned:
             raise HmicError(f"{self.folder} has no thresholds; run 'hmic tune-thresholds {self.folder}' first")
-        return read_json(self.thresholds_path)
+        stored = read_json(self.thresholds_path)
+        format_version(stored.get("format_version"), THRESHOLDS_VERSION, self.thresholds_path,
+                       f"tune them again with this one ('hmic tune-thresholds {self.folder}')")
+        return stored
 
     def write_thresholds(self, result: dict) -> None:
-        """thresholds.json, and the same thresholds inside best.pt (the checkpoint alone then predicts)."""
+        """thresholds.json (with its ``format_version``), and the same thresholds inside best.pt (the
+        checkpoint alone then predicts)."""
         from hmic.models.checkpoint import set_thresholds
 
-        write_json(self.thresholds_path, result)
+        write_json(self.thresholds_path, {"format_version": THRESHOLDS_VERSION, **result})
         if self.best_path.exists():
             set_thresholds(self.best_path, {key: result[key] for key in (*LEVELS, *CARRIED) if key in result})
+
+
+def read_predictions(path: Path) -> dict[str, np.ndarray]:
+    """A predictions file's arrays, of version 1 (``parent``) or 2 (``edges``); a newer version, or a file
+    that lacks its version's hierarchy field, is one HmicError naming the file and the fix."""
+    with np.load(path, allow_pickle=False) as z:
+        pred = {k: z[k] for k in z.files}
+    version = format_version(pred.get("format_version"), PREDICTIONS_VERSION, path,
+                             "retrain the run with this one ('hmic train ... --force')")
+    needed = "parent" if version == 1 else "edges"
+    if needed not in pred:
+        raise HmicError(f"{path}: a predictions file of format version {version} without its '{needed}' field; "
+                        "it is damaged: retrain the run ('hmic train ... --force')")
+    return pred
+
+
+def predictions_hierarchy(pred: dict[str, np.ndarray], source: str = "<predictions>"):
+    """The hierarchy a predictions file was made with (``hmic.data.hierarchy.Hierarchy``): node names from
+    ``coarse_names`` and ``fine_names``, the links from ``edges`` (version 2) or ``parent`` (version 1).
+    Node ids: coarse (inner) 0..C-1, then fine (leaves); ``depth`` and ``levels`` give each node's level."""
+    from hmic.data.hierarchy import Hierarchy
+
+    coarse, fine = [str(n) for n in pred["coarse_names"]], [str(n) for n in pred["fine_names"]]
+    if "edges" not in pred:
+        return Hierarchy.two_level("predictions", coarse, fine, [int(p) for p in pred["parent"]], source=source)
+    parents: list[list[int]] = [[] for _ in range(len(coarse) + len(fine))]
+    for p, c in np.asarray(pred["edges"], dtype=np.int64).reshape(-1, 2):
+        if not (0 <= p < len(parents) and 0 <= c < len(parents)):
+            raise HmicError(f"{source}: edge ({p}, {c}) names a node id outside 0..{len(parents) - 1}; "
+                            "the file is damaged: retrain the run ('hmic train ... --force')")
+        parents[c].append(int(p))
+    return Hierarchy("predictions", tuple(coarse), tuple(fine), tuple(tuple(ps) for ps in parents), source=source)
 
 
 def _json_line(row: dict) -> str:
