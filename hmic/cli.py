@@ -643,10 +643,10 @@ def _cell_threshold(x: dict) -> str:
 
 
 def _print_song(result: dict, segments: bool, explain: bool) -> None:
+    if "tree" in result:
+        return _print_tree(result, segments, explain)
     m = result.get("model") or {}
-    table = Table(title=f"{result['file']} ({result['duration_seconds']:.1f} s, {result['method']}, "
-                        f"{result['aggregate']} over {_plural(len(result['segments']), 'window')}, "
-                        f"{result['threshold_basis']} thresholds)",
+    table = Table(title=_song_title(result),
                   caption=f"model {m.get('model', result.get('checkpoint'))}, trained on {m.get('dataset', 'unknown')}; "
                           f"decision {result.get('decision', 'independent')}: {DECISION_NOTE[result.get('decision', 'independent')]}; "
                           "✓ present when p reaches the threshold shown", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
@@ -684,6 +684,46 @@ def _print_song(result: dict, segments: bool, explain: bool) -> None:
         console.print(t)
 
 
+def _song_title(result: dict) -> str:
+    return (f"{result['file']} ({result['duration_seconds']:.1f} s, {result['method']}, {result['aggregate']} over "
+            f"{_plural(len(result['segments']), 'window')}, {result['threshold_basis']} thresholds)")
+
+
+def _print_tree(result: dict, segments: bool, explain: bool) -> None:
+    """A hierarchy deeper than 2 levels: one row per node, indented under its parent (``results.tree_rows``)."""
+    from hmic.tagging.results import walk, window_marks
+
+    m = result.get("model") or {}
+    decision = result.get("decision", "independent")
+    title = _song_title(result)
+    table = Table(title=title, min_width=min(len(title), console.width),
+                  caption=f"model {m.get('model', result.get('checkpoint'))}, trained on {m.get('dataset', 'unknown')}; "
+                          f"decision {decision}: {DECISION_NOTE[decision].replace('fine tags', 'children')}; "
+                          "✓ present when p reaches the threshold shown", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for col in ("tag", "p", "threshold", ""):
+        table.add_column(col, justify="right" if col in ("p", "threshold") else "left", no_wrap=True)
+    for depth, n in walk(result["tree"]):
+        if depth == 0 and table.row_count:
+            table.add_section()
+        table.add_row(escape("  " * depth + n["tag"]), f"{n['probability']:.2f}", _cell_threshold(n), _cell_mark(n))
+    console.print(table)
+    if explain:
+        for _, n in walk(result["tree"]):
+            if n["children"] and n["present"]:
+                why = ""
+                if n.get("decided_by") == "children":
+                    why = "; present because " + ", ".join(k["tag"] for k in n["children"] if k["present"]) + " ✓"
+                console.print(f"  {n['path']}: {explanation_text(n['explanation'])}{why}", highlight=False, soft_wrap=True)
+    if segments:
+        t = Table(title=f"timeline (present inner nodes per window; decision {decision})")
+        t.add_column("window")
+        t.add_column("present inner nodes")
+        for s, _, coarse_on in window_marks(result):
+            tags = [f"{k} {v:.2f}" for k, v in s["coarse"].items() if k in coarse_on]
+            t.add_row(f"{s['start']:.0f}–{s['end']:.0f} s", ", ".join(tags) or "-")
+        console.print(t)
+
+
 def explanation_text(e: dict) -> str:
     """One line saying what the head computed for a present coarse tag (``results.explain``)."""
     at = f"window at {e['window_start']:.0f} s"
@@ -691,12 +731,17 @@ def explanation_text(e: dict) -> str:
     if e["basis"] == "max child":
         x = kids[0]
         return f"max child {x['tag']} p {x['probability']:.2f} = coarse p {e['coarse_probability']:.2f} ({at})"
+    if e["basis"] == "own score":
+        x = kids[0]
+        return (f"own score p {e['coarse_probability']:.2f}, above its max child {x['tag']} p {x['probability']:.2f} "
+                f"(the max over itself and its children) ({at})")
     if e["basis"] == "mean":
         terms = " + ".join(f"{x['tag']} {x['term']:.2f}" for x in kids)
         return f"mean of the children, terms p/n: {terms} = {e['sum_of_terms']:.2f} = coarse p {e['coarse_probability']:.2f} ({at})"
     if e["basis"] == "attention":
         terms = ", ".join(f"{x['tag']} w {x['weight']:.2f} × p {x['probability']:.2f} = {x['term']:.2f}" for x in kids)
-        return (f"attention, coarse p = Σ w·p over all fine tags = {e['sum_of_terms']:.2f}; largest terms: {terms} ({at})")
+        return (f"attention, coarse p = Σ w·p over {e.get('over', 'all fine tags')} = {e['sum_of_terms']:.2f}; "
+                f"largest terms: {terms} ({at})")
     if e["basis"] == "projection":
         terms = ", ".join(f"{x['tag']} a {x['weight']:.2f} × p {x['probability']:.2f} = {x['term']:.2f}" for x in kids)
         return f"projection, largest terms a·p of the coarse logit: {terms or 'none positive'} ({at})"
@@ -705,8 +750,9 @@ def explanation_text(e: dict) -> str:
 
 
 def _print_summary(result: dict) -> None:
-    fine = [f["tag"] for c in result["coarse"] for f in c["fine"] if f["present"]]
-    coarse = [c["tag"] for c in result["coarse"] if c["present"]]
+    from hmic.tagging.results import marks
+
+    coarse, fine = marks(result)
     console.print(f"{result['file']}: {', '.join(coarse) or 'no coarse tag'} | {', '.join(fine) or 'no fine tag'}",
                   highlight=False, soft_wrap=True)
 

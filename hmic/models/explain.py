@@ -12,6 +12,12 @@ PyTorch model does without importing torch. Each rule reports what the head comp
 - ``projection``: the coarse logit holds A[c, f]·P_f (lp-linear): the largest positive terms;
 - ``children``: the head has a coarse classifier of its own (levelwise, topdown): its children and their
   probabilities are listed, nothing is attributed.
+
+At any depth (``Explainer.explain_node``) an inner node is explained over the nodes the head computes it
+from, named by node id: ``max child`` and ``mean`` over its children (which may be inner nodes: gmp's and
+flat's max child carries the max leaf below it), ``attention`` over the level below (resatt:
+``Hierarchy.attention_sources``; lp: the leaves), ``projection`` over the leaves. A node whose probability
+is above its largest child's (mcm: its own score won the max) is explained as ``own score``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from hmic.errors import HmicError
 TOP = 5  # at most this many fine tags are named
 MIN_TERM = 0.005  # attention/projection terms smaller than this are not named
 RULES = ("children", "max child", "mean", "attention", "projection")
+OWN_SCORE_TOLERANCE = 1e-6  # a node above its max child by more than this: its own score won
 
 
 @dataclass
@@ -40,6 +47,7 @@ class Explanation:
     weights: np.ndarray | None = None
     terms: np.ndarray | None = None
     total: float | None = None
+    over: str | None = None  # explain_node's attention: "the level below" (resatt) or "the leaves" (lp)
 
 
 @dataclass
@@ -81,6 +89,41 @@ class Explainer:
         named = [f for f in _largest(terms, np.arange(len(p))) if terms[f] >= MIN_TERM]
         return Explanation("projection", named, p, w, terms, None)
 
+    def explain_node(self, hierarchy, node: int, node_probs: np.ndarray, attention: np.ndarray | None) -> Explanation:
+        """Inner node ``node`` of a hierarchy of any depth (``hmic.data.hierarchy.Hierarchy``) for one window:
+        ``node_probs`` (K,) every node's probability (coarse ids then fine ids), ``attention`` (S, C) the head's
+        attention (resatt: S = ``hierarchy.attention_sources``; lp: the leaves) or None. ``order``, the
+        weights and terms are over node ids."""
+        p = np.asarray(node_probs, dtype=np.float64)
+        c0 = hierarchy.n_coarse
+        kids = np.asarray(hierarchy.node_children[node], dtype=np.int64)
+        if self.rule == "max child":
+            top = int(kids[np.argmax(p[kids])])
+            if p[node] > p[top] + OWN_SCORE_TOLERANCE:  # the max over itself and its children: itself
+                return Explanation("own score", [top], p, total=float(p[node]))
+            return Explanation("max child", [top], p, total=float(p[top]))
+        if self.rule == "mean":
+            terms = np.zeros_like(p)
+            terms[kids] = p[kids] / len(kids)
+            return Explanation("mean", _largest(terms, kids), p, terms=terms, total=float(terms.sum()))
+        if self.rule == "children":
+            return Explanation("children", _largest(p, kids), p)
+        if self.rule == "attention":
+            if attention is None:
+                raise HmicError("the 'attention' explanation rule needs the model's attention output")
+            w = np.zeros_like(p)
+            ids = attention_nodes(hierarchy, attention, node, p)
+            w[ids] = np.asarray(attention[:, node], dtype=np.float64)
+            terms = w * p
+            named = [i for i in _largest(terms, np.arange(len(p))) if terms[i] >= MIN_TERM]
+            over = "the leaves" if np.array_equal(ids, np.arange(c0, hierarchy.n_nodes)) else "the level below"
+            return Explanation("attention", named, p, w, terms, float(terms.sum()), over)
+        w = np.zeros_like(p)
+        w[c0:] = np.asarray(self.weights[node], dtype=np.float64)  # A[c, :] over the leaves
+        terms = w * p
+        named = [i for i in _largest(terms, np.arange(len(p))) if terms[i] >= MIN_TERM]
+        return Explanation("projection", named, p, w, terms, None)
+
     def to_dict(self) -> dict:
         """JSON-ready (the hierarchy travels separately)."""
         return {"rule": self.rule, "weights": None if self.weights is None else self.weights.tolist()}
@@ -89,6 +132,20 @@ class Explainer:
     def from_dict(cls, d: dict, membership: np.ndarray) -> "Explainer":
         weights = d.get("weights")
         return cls(d["rule"], membership, None if weights is None else np.asarray(weights, dtype=np.float32))
+
+
+def attention_nodes(hierarchy, attention: np.ndarray, node: int, node_probs: np.ndarray) -> np.ndarray:
+    """The node ids along an attention map's first axis (S, C): resatt's ``attention_sources`` (every
+    non-root node) or lp's leaves. The shape tells them apart; where both have S entries (only in a
+    hierarchy with root leaves), the one whose Σ w·p is the node's probability."""
+    sources = np.asarray(hierarchy.attention_sources, dtype=np.int64)
+    leaves = np.arange(hierarchy.n_coarse, hierarchy.n_nodes)
+    fits = [ids for ids in (sources, leaves) if len(ids) == attention.shape[0]]
+    if not fits:
+        raise HmicError(f"attention of {attention.shape[0]} rows fits neither the {len(sources)} non-root nodes "
+                        f"nor the {len(leaves)} leaves of hierarchy {hierarchy.name}")
+    w = np.asarray(attention[:, node], dtype=np.float64)
+    return min(fits, key=lambda ids: abs(float(w @ node_probs[ids]) - float(node_probs[node])))
 
 
 def _largest(values: np.ndarray, among: np.ndarray) -> list[int]:

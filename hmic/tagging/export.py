@@ -4,7 +4,7 @@
 The graph: waveform windows (B, clip_samples) float32 → log-mel (the STFT written as a convolution
 with a Hann-windowed DFT basis, the mel filterbank as a matrix product: only Conv, Mul, MatMul and Log,
 which every ONNX runtime has) → backbone → head → ``fine_probs`` (B, F), ``coarse_probs`` (B, C) and,
-for heads with attention, ``attention`` (B, F, C). Everything else a tagger needs (hierarchy, tuned
+for heads with attention, ``attention`` (B, S, C) (resatt: over ``Hierarchy.attention_sources``, the fine tags at depth 2). Everything else a tagger needs (hierarchy, tuned
 thresholds, front-end parameters, how the head explains a decision) is JSON in the file's metadata
 under the key ``hmic``; decoding, downmixing and resampling to 16 kHz stay outside the graph
 (``hmic.audio.decoding.load_wave``, the documented pre-processing).

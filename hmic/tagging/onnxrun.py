@@ -25,7 +25,10 @@ from hmic.models.inference import Outputs
 from hmic.tagging.tagger import FileTagger
 
 FORMAT = "hmic-onnx"
-FORMAT_VERSION = 3  # 2: the head's explanation rule as data ("explainer"); 3: the weights file's digest ("weights")
+FORMAT_VERSION = 4  # 2: the head's explanation rule as data ("explainer"); 3: the weights file's digest ("weights");
+# 4: the hierarchy of any depth (its ``Hierarchy.to_dict`` record, version 2 deeper than 2 levels; resatt's
+# attention output (B, S, C) over ``Hierarchy.attention_sources``)
+READS = (3, 4)  # version 3 is a 2-level hierarchy's file of the same layout: read unchanged
 METADATA_KEY = "hmic"
 
 
@@ -116,9 +119,11 @@ class OnnxRunner:
         meta = json.loads(raw) if raw else {}
         if meta.get("format") != FORMAT:
             raise HmicError(f"{path} was not written by 'hmic export --onnx' (no '{METADATA_KEY}' metadata)")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise HmicError(f"{path} has hmic ONNX format version {meta.get('format_version')}; this hmic reads "
-                            f"version {FORMAT_VERSION}: export the run again")
+        version = meta.get("format_version")
+        if version not in READS:
+            said = "no format version (an early hmic)" if version is None else f"hmic ONNX format version {version}"
+            raise HmicError(f"{path} has {said}; this hmic reads versions {', '.join(map(str, READS))}: export the run "
+                            f"again with 'hmic export RUN --onnx {path}'")
         if meta.get("weights") != weights_digest(weights_path(path)):
             raise HmicError(f"{weights_path(path)} is not the weights file {path} was exported with (its digest "
                             "differs: written by another export?); export the run again, keeping the two files together")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from hmic.evaluation.decision import decide
+from hmic.tagging.results import marks
 from hmic.tagging.tagger import FileTagger
 
 RIGHT_F1 = 0.8  # a section counts as right when its fine-level F1 reaches this
@@ -23,12 +24,12 @@ def compare_song(result: dict, truth: dict, tagger: FileTagger) -> dict:
     """``result``: ``FileTagger.tag`` output (with its segments); ``truth``: a song truth file's content
     (``hmic.data.synth.song.read_truth``)."""
     h = tagger.hierarchy
-    parent_of = {f: h.coarse_names[h.parent[i]] for i, f in enumerate(h.fine_names)}
+    below = h.membership > 0  # (C, F): the coarse (inner) nodes above each fine tag, at any depth
     truth_fine = set(truth["instruments"])
-    predicted_fine = {f["tag"] for c in result["coarse"] for f in c["fine"] if f["present"]}
-    predicted_coarse = {c["tag"] for c in result["coarse"] if c["present"]}
-    song = {"fine": set_scores(predicted_fine, truth_fine),
-            "coarse": set_scores(predicted_coarse, {parent_of[f] for f in truth_fine})}
+    truth_ids = [i for i, f in enumerate(h.fine_names) if f in truth_fine]
+    truth_coarse = {c for c, row in zip(h.coarse_names, below) if row[truth_ids].any()}
+    present_coarse, present_fine = marks(result)
+    song = {"fine": set_scores(set(present_fine), truth_fine), "coarse": set_scores(set(present_coarse), truth_coarse)}
     segments = result["segments"]
     centres = np.array([(s["start"] + s["end"]) / 2 for s in segments])
     sections = []
@@ -41,7 +42,7 @@ def compare_song(result: dict, truth: dict, tagger: FileTagger) -> dict:
         fine = np.array([[segments[i]["fine"][f] for f in h.fine_names] for i in inside]).max(axis=0)
         coarse = np.array([[segments[i]["coarse"][c] for c in h.coarse_names] for i in inside]).max(axis=0)
         thresholds, basis = tagger.thresholds.for_file(end - start, len(inside), result["aggregate"])
-        on, _ = decide(fine, coarse, thresholds["fine"], thresholds["coarse"], np.asarray(h.parent), tagger.decision,
+        on, _ = decide(fine, coarse, thresholds["fine"], thresholds["coarse"], h.edges, tagger.decision,
                        tagger.thresholds.untrained("fine", list(h.fine_names)),
                        tagger.thresholds.untrained("coarse", list(h.coarse_names)))
         predicted = {f for f, present in zip(h.fine_names, on) if present}
