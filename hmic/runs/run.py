@@ -8,7 +8,7 @@ A run folder holds, written in this order:
                            here, never from folder names
     metrics.jsonl          one line per epoch: train loss, validation loss per level, lr, seconds
     last.pt / best.pt      checkpoints (``hmic.models.checkpoint``), written atomically; best = lowest
-                           validation fine-level loss
+                           validation fine-level loss (the hierarchy's leaves, at any depth)
     predictions_val.npz, predictions_test.npz   the best checkpoint's outputs for later stages
     done.json              the summary, once finished
     thresholds.json        after ``hmic tune-thresholds``

@@ -10,6 +10,10 @@ What trains is a ``Trainer``: one run with its optimiser (``hmic.training.finetu
 sharing one optimiser (``hmic.training.frozen``). ``train_epochs`` drives either through the same epochs:
 train, validate every run, commit every run, report progress, stop for a simulated interruption.
 
+The best epoch is the one with the lowest validation fine-level loss, at any depth: the fine level is the
+hierarchy's leaves, the tags the dataset labels (every inner node's target derives from them), so a
+deeper tree changes what is trained, not what the run is selected on; at depth 2 it is the paper's rule.
+
 A killed run continues from last.pt and ends bit-identical to an uninterrupted one on the same machine:
 the model, the optimiser, the scheduler position and the random streams are all in it.
 """

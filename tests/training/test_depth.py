@@ -184,3 +184,15 @@ def test_every_head_trains_over_a_3_level_tree_fine_tuned_and_frozen_from_the_co
             assert loaded.method == method and loaded.hierarchy.to_dict() == hierarchy.to_dict()
         assert json.loads((frozen / method / frozen_setting / "seed1" / "config.json").read_text())["level_weights"] == (
             "0.2,0.3,0.5" if head_class(method).uses_coarse_loss else "")
+
+
+def test_mixups_inner_node_labels_at_depth_3_are_the_trees_own(prepared):
+    """Mixup derives a mixture's inner-node labels from its mixed leaf labels (``Hierarchy.coarse_targets``):
+    at depth 3 that is what ``Hierarchy.targets`` gives every clip labelled on its leaves, under both rules."""
+    hierarchy = deep_hierarchy(prepared)
+    rng = np.random.default_rng(0)
+    tags, mask = (rng.random((300, hierarchy.n_fine)) < 0.3).astype(np.float32), rng.random((300, hierarchy.n_fine)) < 0.4
+    for rule in ("any", "strict"):
+        fine_t, fine_m, coarse_t, coarse_m = hierarchy.targets(tags, mask, rule)
+        derived_t, derived_m = hierarchy.coarse_targets(fine_t, fine_m, rule)
+        assert np.array_equal(derived_t, coarse_t) and np.array_equal(derived_m, coarse_m)
