@@ -191,14 +191,20 @@ class TrainConfig:
         cfg = self.resolved()
         return Run.at(cfg.runs_dir, cfg.method, cfg.lam, cfg.seed, cfg.level_weight_values)
 
+    def record(self) -> dict:
+        """The configuration as a run's config.json and checkpoints hold it: every field, but no
+        level_weights key when λ stands for them (a run's files then read as before --level-weights)."""
+        d = asdict(self)
+        if not d["level_weights"]:
+            d.pop("level_weights")
+        return d
+
     def identity(self) -> dict:
         """The fields that make two runs the same run (device and folders aside). Without level weights
         the key is absent, as in the config.json of a run made before --level-weights existed."""
-        d = asdict(self)
+        d = self.record()
         for k in ("device", "runs_dir", "keep_last", "tracker"):
             d.pop(k)
-        if not d["level_weights"]:
-            d.pop("level_weights")
         return d
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
 
 import torch
 
@@ -92,7 +91,7 @@ def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False, record
     if force and run.folder.exists():
         shutil.rmtree(run.folder)
     if record:
-        record_session(run.folder, resumed=resume and run.resumable, config=asdict(cfg))
+        record_session(run.folder, resumed=resume and run.resumable, config=cfg.record())
     return run, None
 
 

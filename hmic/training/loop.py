@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
 from typing import Callable, Protocol
 
 import numpy as np
@@ -150,7 +149,7 @@ class RunState:
         training state (optimiser, random streams) for the trainer to restore; else start afresh (None)."""
         run = self.run
         run.folder.mkdir(parents=True, exist_ok=True)
-        run.write_config(asdict(self.cfg))
+        run.write_config(self.cfg.record())
         record_training_data(run, self.cfg.data_dir, data)
         if not (resume and run.resumable):
             run.clear_metrics()
@@ -173,7 +172,7 @@ class RunState:
         """The epoch's commit: best.pt when the validation fine loss improved, then last.pt (the model,
         ``training_state()``, every metrics row so far), then the row appended to metrics.jsonl.
         ``embedding``: a frozen run's backbone (``hmic.models.checkpoint``). Returns whether it improved."""
-        run, frontend, config = self.run, self.frontend, asdict(self.cfg)
+        run, frontend, config = self.run, self.frontend, self.cfg.record()
         t_save = time.perf_counter()
         row = {**row, **val, "lr": lr, "seconds": round(time.time() - started, 3),
                "validation_seconds": round(val_seconds, 6)}  # 6 places: a stacked run's share of its stack's pass
@@ -200,7 +199,7 @@ class RunState:
         model as it is saved as best.pt ("epoch" -1, its validation losses the best record)."""
         self.best = {"val_fine_loss": val["val_fine_loss"], "epoch": -1, "untrained": True,
                      "validation_seconds": round(val_seconds, 3)}
-        save_checkpoint(self.run.best_path, self.model, self.frontend, asdict(self.cfg), epoch=-1, best=self.best,
+        save_checkpoint(self.run.best_path, self.model, self.frontend, self.cfg.record(), epoch=-1, best=self.best,
                         embedding=embedding)
 
     def finish(self, data: TrainingData, device: torch.device, batch_size: int = 32) -> dict:
