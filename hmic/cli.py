@@ -278,7 +278,7 @@ def _train_command():
 
         require_torch_stack()
         from hmic.training.grid import GridError, LocalExecutor, lambda_selections, plan_grid, run_grid
-        from hmic.training.config import load_config_file
+        from hmic.training.config import level_weights_grid, load_config_file
 
         def given(name: str) -> bool:
             source = ctx.get_parameter_source(name)  # click's ParameterSource (typer may vendor click)
@@ -296,8 +296,11 @@ def _train_command():
                             "longer have: drop it with --protocol frozen")
         seed_list = list(range(seeds)) if seeds is not None else [base.seed]
         lam_list = _floats(lambdas, "--lambdas") if lambdas else [base.lam]
+        weights_list = level_weights_grid(base.level_weights)  # [''] without --level-weights
+        if any(weights_list) and (lambdas is not None or given("lam")):
+            raise typer.BadParameter("give --lambda/--lambdas or --level-weights, not both (level weights replace λ)")
         methods = [m.strip() for m in base.method.split(",") if m.strip()]
-        configs = plan_grid(base, methods, lam_list, seed_list)
+        configs = plan_grid(base, methods, lam_list, seed_list, weights_list)
         if base.protocol == "frozen":
             from hmic.devices import keep_freed_memory
 
@@ -315,10 +318,10 @@ def _train_command():
             summaries = run_grid(configs, executor, resume=resume, force=force, console=err)
         except GridError as e:
             failed, summaries = e, e.summaries
-        if len(lam_list) > 1 and failed is None:
+        if (len(lam_list) > 1 or len(weights_list) > 1) and failed is None:
             for selection in lambda_selections(configs, summaries):
-                console.print(f"{selection['method']}: selected λ = {selection['selected_lambda']:.2f} "
-                              "(lowest mean validation fine loss)")
+                chosen = selection.get("selected_setting") or f"λ = {selection['selected_lambda']:.2f}"
+                console.print(f"{selection['method']}: selected {chosen} (lowest mean validation fine loss)")
         table = Table(title="training runs")
         for col in ("run", "best epoch", "val fine loss", "device"):
             table.add_column(col)

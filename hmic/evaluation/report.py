@@ -16,7 +16,7 @@ from hmic.evaluation.scoring import EXTRA_METRICS, evaluate_runs
 from hmic.fileio import csv_text, write_json, write_text
 from hmic.evaluation.metrics import METRIC_LABELS, METRICS
 from hmic.runs.run import LEVELS, Run, by_method, find_runs, finished_runs, predictions_hierarchy
-from hmic.runs.selection import select_lambda
+from hmic.runs.selection import select_lambda, selected_runs as runs_of_setting
 from hmic.evaluation.significance import ALPHA, N_BOOTSTRAP, against_reference
 from hmic.models.heads import BASELINE, PAPER_FIGURE3, PAPER_FIGURE4, PAPER_TABLE1
 
@@ -35,8 +35,7 @@ def selected_runs(runs_dir: Path) -> dict[str, list[Run]]:
     methods = [m for m in METHOD_ORDER if m in groups] + sorted(m for m in groups if m not in METHOD_ORDER)
     chosen = {}
     for method in methods:
-        lam = select_lambda(groups[method])["selected_lambda"]
-        chosen[method] = [r for r in groups[method] if f"{r.lam:.2f}" == f"{lam:.2f}"]
+        chosen[method] = runs_of_setting(groups[method], select_lambda(groups[method]))
     return chosen
 
 

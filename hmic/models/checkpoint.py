@@ -8,7 +8,9 @@ A checkpoint is self-describing: loading needs only the file. It holds
     model                    the state_dict of backbone + head
     backbone                 BackboneConfig fields (the registered name and its augmentation)
     head                     {"method": registered head name}
-    hierarchy                Hierarchy.to_dict()
+    hierarchy                Hierarchy.to_dict(): version 1 for the paper's 2-level form (a record without
+                             'version' is one, as hmic wrote it before any depth), version 2 for any
+                             other; loading rebuilds it with Hierarchy.from_dict and refuses other versions
     frontend                 FrontendConfig fields of the features the model was trained on
     config                   the run's resolved training configuration
     thresholds               {"fine": {tag: t}, "coarse": {tag: t}} once tuned, else absent

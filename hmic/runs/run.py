@@ -8,14 +8,15 @@ A run folder holds, written in this order:
                            here, never from folder names
     metrics.jsonl          one line per epoch: train loss, validation loss per level, lr, seconds
     last.pt / best.pt      checkpoints (``hmic.models.checkpoint``), written atomically; best = lowest
-                           validation fine-level loss
+                           validation fine-level loss (the hierarchy's leaves, at any depth)
     predictions_val.npz, predictions_test.npz   the best checkpoint's outputs for later stages
     done.json              the summary, once finished
     thresholds.json        after ``hmic tune-thresholds``
     tensorboard/           event files, with ``--tracker tensorboard`` (``hmic.training.tracker``)
 
-New runs are filed as ``<runs>/<method>/lam<λ>/seed<S>/`` (``Run.at``); any other folder holding
-these files is a run just the same.
+New runs are filed as ``<runs>/<method>/lam<λ>/seed<S>/``, or ``<runs>/<method>/lw<w0>-<w1>-.../seed<S>/``
+for a run trained with explicit level weights (``Run.at``); any other folder holding these files is a run
+just the same.
 
 Formats carry a ``format_version`` (docs/taxonomies.md); a file without one is version 1, what hmic wrote
 before hierarchies of any depth, and is read unchanged; a newer version than this hmic knows is refused
@@ -36,7 +37,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -77,8 +78,9 @@ class Run:
     folder: Path
 
     @classmethod
-    def at(cls, runs_dir: str | Path, method: str, lam: float, seed: int) -> "Run":
-        return cls(Path(runs_dir) / method / f"lam{lam:.2f}" / f"seed{seed}")
+    def at(cls, runs_dir: str | Path, method: str, lam: float, seed: int,
+           level_weights: Sequence[float] | None = None) -> "Run":
+        return cls(Path(runs_dir) / method / loss_setting(lam, level_weights) / f"seed{seed}")
 
     # -- paths ------------------------------------------------------------------------------------
     @property
@@ -188,6 +190,18 @@ class Run:
     def seed(self) -> int:
         return int(self.config()["seed"])
 
+    @property
+    def level_weights(self) -> tuple[float, ...] | None:
+        """The loss weight of each level the run was trained with (--level-weights), or None (λ stood for them)."""
+        text = self.config().get("level_weights") or ""  # absent from runs made before --level-weights
+        return tuple(float(w) for w in text.split(",")) if text else None
+
+    @property
+    def setting(self) -> str:
+        """What its loss weighs the levels by, as its folder names it: 'lam0.80', or 'lw0.2-0.3-0.5'. Runs of a
+        method that differ only in seed share it (λ is selected among the settings: ``hmic.runs.selection``)."""
+        return loss_setting(self.lam, self.level_weights)
+
     # -- history ----------------------------------------------------------------------------------
     def metrics(self) -> list[dict]:
         return read_jsonl(self.metrics_path)
@@ -273,6 +287,13 @@ def predictions_hierarchy(pred: dict[str, np.ndarray], source: str = "<predictio
                             "the file is damaged: retrain the run ('hmic train ... --force')")
         parents[c].append(int(p))
     return Hierarchy("predictions", tuple(coarse), tuple(fine), tuple(tuple(ps) for ps in parents), source=source)
+
+
+def loss_setting(lam: float, level_weights: Sequence[float] | None = None) -> str:
+    """The folder of a run's loss weights below its method: 'lam0.80', or 'lw0.2-0.3-0.5' with level weights."""
+    if level_weights:
+        return "lw" + "-".join(f"{w:g}" for w in level_weights)
+    return f"lam{lam:.2f}"
 
 
 def _json_line(row: dict) -> str:

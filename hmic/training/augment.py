@@ -7,7 +7,9 @@ torch's global one, so runs stay bit-reproducible and turning augmentation off c
 - mixup: half of the clips (``MIXUP_SHARE``) mixed with another clip of the batch in the power domain,
   weights w and 1 − w with w = 0.2 + 0.6·Beta(α, α), and the fine labels mixed for *presence* under
   partial observation (``mix_labels``); a mixture's coarse labels then follow from its mixed fine
-  labels by the run's coarse rule, as every clip's do (``Hierarchy.coarse_targets``). Half, not all: a mixture keeps a negative only where both clips
+  labels by the run's coarse rule, as every clip's do (``Hierarchy.coarse_targets``; at any depth, every
+  inner node from the leaves below it, as ``Hierarchy.targets`` derives them from labels on the leaves;
+  a dataset that also labels inner nodes loses those direct labels in its mixtures). Half, not all: a mixture keeps a negative only where both clips
   observed it, so with OpenMIC's few observed tags per clip a batch of mixtures has almost no
   negatives left (measured: mixing every clip made a from-scratch model collapse to ROC-AUC 0.55).
 """

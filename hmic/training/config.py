@@ -11,6 +11,7 @@ a method or backbone name (``validate``) imports their registries.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,11 @@ class TrainConfig:
                            "backbone is fixed and only the head trains, on embeddings cached by 'hmic embed' "
                            "(docs: 'The frozen protocol').")
     lam: float = option(DEFAULT_LAMBDA, "Weight λ of the fine loss (1 for heads without coarse loss).", flag="--lambda")
+    level_weights: str = option("", "The loss weight of each level of the hierarchy, top first, comma-separated (e.g. "
+                                "0.2,0.3,0.5 for a 3-level tree), instead of λ; several vectors separated by ';' make "
+                                "a grid. Ignored by heads without coarse loss.",
+                                show_default="derived from λ: (1-λ, λ) at depth 2; deeper, λ on the leaves and 1-λ "
+                                "shared by the levels above")
     seed: int = option(0, "Train this one seed.")
     arch: str = option("cnn14", "Backbone.", choices="backbones")
     pretrained: str = option(str(default_checkpoint()), f"AudioSet CNN14 checkpoint ({CNN14.filename}: "
@@ -67,7 +73,10 @@ class TrainConfig:
     data_dir: str = option(DEFAULT_DATA_DIR, "Root of an OpenMIC-layout folder.", envvar=DATA_DIR_ENV, path=True)
     work_dir: str = option("", "Derived data (split, features).", envvar=WORK_DIR_ENV, path=True,
                            show_default="<data-dir>.hmic")
-    hierarchy: str = option("", "Hierarchy YAML.", path=True, show_default="the hierarchy.yaml shipped with hmic")
+    hierarchy: str = option("", "The hierarchy: a bundled taxonomy's name (e.g. openmic-hornbostel-sachs) or a file: a "
+                            "2-level coarse: YAML, a nested tree: YAML, a node,parent CSV, or an AudioSet ontology "
+                            "JSON with the subtree's root (FILE.json#Root name); docs/taxonomies.md.", path=True,
+                            show_default="the hierarchy.yaml shipped with hmic")
     audioset_map: str = option("", "--method audioset: which AudioSet classes each fine tag is the max of (YAML).",
                                path=True, show_default="the openmic_audioset.yaml shipped with hmic")
     runs_dir: str = option("runs", "Where run folders go.", path=True)
@@ -88,6 +97,20 @@ class TrainConfig:
     mixup_alpha: float = option(0.0, "Augmentation: mixup with Beta(α, α) weights; presence labels mixed under "
                                 "partial observation (0: off).")
 
+    def __post_init__(self):
+        # one canonical text per vector (a YAML list, or numbers written another way, name the same run)
+        self.level_weights = canonical_level_weights(self.level_weights)
+
+    @property
+    def level_weight_values(self) -> tuple[float, ...] | None:
+        """--level-weights as numbers (top level first), or None when λ stands for them."""
+        if not self.level_weights:
+            return None
+        if ";" in self.level_weights:
+            raise HmicError(f"--level-weights {self.level_weights!r}: a run has one vector; several separated by ';' "
+                            "are a grid of 'hmic train'")
+        return parse_level_weights(self.level_weights)
+
     @property
     def augment(self) -> "Augment":
         from hmic.training.augment import Augment
@@ -103,6 +126,9 @@ class TrainConfig:
         backbone_class(self.arch)
         if not 0.0 <= self.lam <= 1.0:
             raise HmicError(f"--lambda must be in [0, 1], got {self.lam}")
+        weights = self.level_weight_values  # the count is checked against the hierarchy (hmic.training.grid)
+        if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+            raise HmicError(f"--level-weights {self.level_weights}: the weights must be non-negative and not all 0")
         if self.coarse_rule not in COARSE_RULES:
             raise HmicError(f"--coarse-rule must be one of {', '.join(COARSE_RULES)}")
         if self.schedule not in ("cosine", "constant"):
@@ -154,18 +180,66 @@ class TrainConfig:
             # the backbone a frozen run sits on, as one path whatever folder the command ran from
             cfg = replace(cfg, pretrained=str(Path(cfg.pretrained).expanduser().resolve()))
         cfg.validate()
-        return replace(cfg, lam=head_class(cfg.method).lambda_for(cfg.lam))
+        head = head_class(cfg.method)
+        weights = cfg.level_weight_values
+        if weights is not None and head.uses_coarse_loss:
+            # λ then names the leaves' share of the loss (at depth 2, --level-weights 0.2,0.8 is λ 0.8)
+            return replace(cfg, lam=weights[-1] / sum(weights))
+        return replace(cfg, lam=head.lambda_for(cfg.lam), level_weights="")
 
     def run(self) -> Run:
         cfg = self.resolved()
-        return Run.at(cfg.runs_dir, cfg.method, cfg.lam, cfg.seed)
+        return Run.at(cfg.runs_dir, cfg.method, cfg.lam, cfg.seed, cfg.level_weight_values)
+
+    def record(self) -> dict:
+        """The configuration as a run's config.json and checkpoints hold it: every field, but no
+        level_weights key when λ stands for them (a run's files then read as before --level-weights)."""
+        d = asdict(self)
+        if not d["level_weights"]:
+            d.pop("level_weights")
+        return d
 
     def identity(self) -> dict:
-        """The fields that make two runs the same run (device and folders aside)."""
-        d = asdict(self)
+        """The fields that make two runs the same run (device and folders aside). Without level weights
+        the key is absent, as in the config.json of a run made before --level-weights existed."""
+        d = self.record()
         for k in ("device", "runs_dir", "keep_last", "tracker"):
             d.pop(k)
         return d
+
+
+def parse_level_weights(text: str) -> tuple[float, ...]:
+    """'0.2,0.3,0.5' → (0.2, 0.3, 0.5); anything else is an error naming the option."""
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise HmicError(f"--level-weights expects comma-separated numbers, one per level top first (e.g. "
+                        f"0.2,0.3,0.5), got {text!r}") from None
+    if not all(math.isfinite(w) for w in weights):
+        raise HmicError(f"--level-weights {text!r}: the weights must be finite numbers")
+    return weights
+
+
+def canonical_level_weights(value) -> str:
+    """The text of --level-weights as a config holds it: numbers as Python writes them, vectors separated
+    by ';' (a YAML list of numbers is one vector); text that does not parse is kept for ``validate`` to refuse."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    vectors = [v.strip() for v in str(value).split(";") if v.strip()]
+    try:
+        return ";".join(",".join(repr(float(w)) for w in v.split(",")) for v in vectors)
+    except ValueError:
+        return str(value).strip()
+
+
+def level_weights_grid(text: str) -> list[str]:
+    """The vectors of a --level-weights value ('0.2,0.3,0.5;0.1,0.1,0.8'), each checked; [''] when empty (λ)."""
+    vectors = [v for v in canonical_level_weights(text).split(";") if v]
+    for v in vectors:
+        parse_level_weights(v)
+    return vectors or [""]
 
 
 def flag(f) -> str:

@@ -62,6 +62,11 @@ def open_store(cfg: TrainConfig, work) -> RowStore:
     return open_embeddings(work, frontend, cfg.arch, cfg.pretrained, precision)
 
 
+def hierarchy_of(cfg: TrainConfig) -> Hierarchy:
+    """The hierarchy a run trains with (its --hierarchy over its dataset's tags), without the features."""
+    return load_hierarchy(cfg.hierarchy or None, OpenMIC.load(resolve_data_dir(cfg.data_dir)).class_names)
+
+
 def load_training_data(cfg: TrainConfig) -> TrainingData:
     root = resolve_data_dir(cfg.data_dir)
     dataset = OpenMIC.load(root)

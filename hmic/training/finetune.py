@@ -1,4 +1,4 @@
-"""`hmic train`: the paper's protocol for one (method, λ, seed) run: the whole network fine-tuned, or
+"""`hmic train`: the paper's protocol for one (method, λ or level weights, seed) run: the whole network fine-tuned, or
 its head alone over a fixed backbone (``fixed_backbone``). The epochs, checkpoints and resume belong to
 ``hmic.training.loop``; the run's folder and files to ``hmic.runs.run.Run``; the grid of runs to
 ``hmic.training.grid``.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
 
 import torch
 
@@ -92,7 +91,7 @@ def open_run(cfg: TrainConfig, resume: bool = False, force: bool = False, record
     if force and run.folder.exists():
         shutil.rmtree(run.folder)
     if record:
-        record_session(run.folder, resumed=resume and run.resumable, config=asdict(cfg))
+        record_session(run.folder, resumed=resume and run.resumable, config=cfg.record())
     return run, None
 
 
@@ -127,7 +126,8 @@ class SingleRun:
         self.members, self.cfg, self.optimizer, self.data, self.device = [state], cfg, optimizer, data, device
         self.model, self.forward = state.model, forward or state.model
         self.resident = ResidentPart.upload(data.parts["train"], data.store, device)
-        self.description = f"{cfg.method} λ={cfg.lam:.2f} seed {cfg.seed}"
+        weights = f"level weights {cfg.level_weights}" if cfg.level_weights else f"λ={cfg.lam:.2f}"
+        self.description = f"{cfg.method} {weights} seed {cfg.seed}"
 
     def train_epoch(self, epoch: int, steps: int, step_done) -> tuple[list[float], float, dict]:
         loss, lr, shared = train_epoch(self.model, self.optimizer, self.data, self.cfg, epoch, steps, self.device,
@@ -162,6 +162,8 @@ def _train_locked(cfg: TrainConfig, resume: bool, force: bool, console, progress
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # weight init, dropout and SpecAugment draw from torch's generator
     data = data or load_training_data(cfg)
+    if cfg.level_weights:
+        data.hierarchy.check_level_weights(cfg.level_weight_values)
     frontend = data.store.frontend  # the features' own front-end goes into the checkpoints
     # channels-last convolutions: faster on CUDA and on CPU (oneDNN) for CNN14
     model = build_model(cfg, data.hierarchy, frontend, warn=lambda m: console.print(f"[yellow]{m}[/]"))
@@ -208,6 +210,7 @@ def train_epoch(model: HierarchicalModel, optimizer: torch.optim.Optimizer, data
         source = resident.batches(cfg.batch_size, order)
     else:
         source = batches(train, data.store, cfg.batch_size, order, pin=on_gpu)
+    level_weights = cfg.level_weight_values  # None: λ stands for them (the paper's arithmetic at depth 2)
     total = torch.zeros((), dtype=torch.float64, device=device)  # float64 sum of float32 losses: as Python's
     n_batches, clips, lr, data_seconds = 0, 0, cfg.lr, 0.0
     started = time.perf_counter()
@@ -227,7 +230,7 @@ def train_epoch(model: HierarchicalModel, optimizer: torch.optim.Optimizer, data
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with autocast(device, cfg.precision):
             out = (forward or model)(x)
-        loss = hierarchical_loss(out, model.head, ft, fm, ct, cm, cfg.lam, cfg.alpha)
+        loss = hierarchical_loss(out, model.head, ft, fm, ct, cm, cfg.lam, cfg.alpha, level_weights=level_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -3,7 +3,7 @@
 Every run keeps the fine-tuning protocol's loss, λ, seed, epochs, schedule, embedding dropout, best-epoch
 rule and run folder; only the backbone is fixed, so that its output Z is read from the embedding store
 instead of computed. Such runs are so small that one step costs less than Python's overhead around it,
-so the runs that differ only in seed and λ train together as a *stack*: their heads' parameters stacked
+so the runs that differ only in seed and λ (or level weights) train together as a *stack*: their heads' parameters stacked
 along a first axis, one forward and backward and one Adam step for all of them per batch (the heads and
 the loss broadcast over stacked parameters, ``hmic.models.heads``). Each
 run still draws its own batches (its seed's order), its own dropout masks (its seed's stream) and its
@@ -38,10 +38,14 @@ PREDICT_BATCH = 4096  # rows per head pass in validation and predictions (no bac
 
 
 def stack_key(cfg: TrainConfig) -> str:
-    """Runs with the same key can train as one stack: everything but the seed and λ is the same."""
+    """Runs with the same key can train as one stack: everything but the seed and λ (or the level weights)
+    is the same. Runs with level weights stack apart from runs weighted by λ (whose depth-2 loss keeps the
+    paper's arithmetic)."""
     identity = cfg.identity()
     for name in ("seed", "lam"):
         identity.pop(name)
+    if identity.pop("level_weights", ""):
+        identity["level_weights"] = True
     return json.dumps(identity, sort_keys=True)
 
 
@@ -129,7 +133,8 @@ class Stack:
     and no vmap."""
 
     def __init__(self, heads: list[torch.nn.Module], lams: list[float], seeds: list[int], cfg: TrainConfig,
-                 z: torch.Tensor, targets: list[torch.Tensor], device: torch.device):
+                 z: torch.Tensor, targets: list[torch.Tensor], device: torch.device,
+                 level_weights: list[tuple[float, ...]] | None = None):
         if list(seeds) != sorted(seeds):
             raise ValueError("a stack's members come seed by seed (sorted by seed)")
         counts = [seeds.count(s) for s in dict.fromkeys(seeds)]
@@ -151,6 +156,9 @@ class Stack:
         # add into the old buffers); elsewhere the buffers are reused, since allocating them costs more
         self.reuse_grads = device.type == "cpu" and not freed_memory_kept()
         self.lams = torch.tensor(lams, dtype=torch.float32, device=device)
+        # one vector per member (R, levels) where the runs have --level-weights; None: their λ stand for them
+        self.level_weights = (None if level_weights is None else
+                              torch.tensor(level_weights, dtype=torch.float32, device=device))
         self.base, self.buffers, self.alpha = heads[0], dict(heads[0].named_buffers()), cfg.alpha
 
     def to_storage(self, name: str, t: torch.Tensor) -> torch.Tensor:
@@ -165,20 +173,23 @@ class Stack:
         """The stacked parameters in the heads' layout (R, ...), views of the leaves that train."""
         return {n: self.to_member(n, p) for n, p in self.params.items()}
 
-    def slot_params(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The parameters and λ as the stacked loss reads them: (S, L, ...) views (L = 1 without shared slots)."""
+    def slot_params(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """The parameters, λ and level weights as the stacked loss reads them: (S, L, ...) views (L = 1
+        without shared slots)."""
         params = self.member_params()
         shape = (len(self.slot_seeds), self.per_slot)
-        return {n: p.view(*shape, *p.shape[1:]) for n, p in params.items()}, self.lams.view(shape)
+        weights = None if self.level_weights is None else self.level_weights.view(*shape, -1)
+        return {n: p.view(*shape, *p.shape[1:]) for n, p in params.items()}, self.lams.view(shape), weights
 
     def losses(self, z: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
         """Every member's loss (S, L) on its slot's batch ``z`` (S, B, D) and ``targets`` (S, B, ...): the
         parameters (S, L, ...) against the batches (S, 1, B, ...), a slot's batch shared by its L heads."""
         from torch.func import functional_call
 
-        params, lams = self.slot_params()
+        params, lams, level_weights = self.slot_params()
         out = functional_call(self.base, (params, self.buffers), (z[:, None],))
-        return hierarchical_loss(out, self.base, *(t[:, None] for t in targets), lams, self.alpha)
+        return hierarchical_loss(out, self.base, *(t[:, None] for t in targets), lams, self.alpha,
+                                 level_weights=level_weights)
 
     def step(self, rows: np.ndarray, rngs: list[np.random.Generator], lr: float) -> torch.Tensor:
         """One optimiser step on ``rows`` (S, B) of the resident part, one row of rows and one dropout
@@ -242,15 +253,22 @@ class StackedRuns:
         z = torch.from_numpy(np.ascontiguousarray(data.store.data[train.rows], dtype=np.float32)).to(device)
         targets = [torch.from_numpy(a).to(device) for a in (train.fine_targets, train.fine_mask, train.coarse_targets,
                                                              train.coarse_mask)]
+        weighted = [m.cfg.level_weight_values for m in members]  # all set or none (stack_key)
+        for weights in filter(None, weighted):
+            data.hierarchy.check_level_weights(weights)
         self.stack = Stack([m.model.head for m in members], [m.cfg.lam for m in members],
-                           [m.cfg.seed for m in members], cfg, z, targets, device)
+                           [m.cfg.seed for m in members], cfg, z, targets, device,
+                           level_weights=weighted if weighted[0] is not None else None)
         if adam[0] is not None:
             self._restore_adam(adam)
         self.z_val = torch.from_numpy(np.ascontiguousarray(data.store.data[data.parts["val"].rows],
                                                            dtype=np.float32)).to(device)
         self.embedding = embedding_reference(data.store)
-        lams = ",".join(dict.fromkeys(f"{m.cfg.lam:.2f}" for m in members))
-        self.description = f"{cfg.method} frozen λ={lams} × {len(members)} runs"
+        if cfg.level_weights:
+            settings = "level weights " + " ".join(dict.fromkeys(m.cfg.level_weights for m in members))
+        else:
+            settings = "λ=" + ",".join(dict.fromkeys(f"{m.cfg.lam:.2f}" for m in members))
+        self.description = f"{cfg.method} frozen {settings} × {len(members)} runs"
 
     def _restore_adam(self, states_by_member: list[dict]) -> None:
         """The members' Adam states from their last.pt, stacked like their parameters."""

@@ -1,4 +1,4 @@
-"""The grid of runs (methods × λ × seeds) and the executors that run it.
+"""The grid of runs (methods × λ, or level-weight vectors, × seeds) and the executors that run it.
 
 ``plan_grid`` lists the runs; ``run_grid`` validates them all before anything starts and hands them to
 an executor. ``work_units`` groups them: a fine-tuning run is a unit; frozen-protocol runs that differ
@@ -33,14 +33,36 @@ class GridError(HmicError):
                          "fix the cause and run the same command again: finished runs are skipped")
 
 
-def plan_grid(base: TrainConfig, methods: list[str], lambdas: list[float], seeds: list[int]) -> list[TrainConfig]:
-    """Every (method, λ, seed) run, in that nesting order; a head without coarse loss gets one λ."""
+def plan_grid(base: TrainConfig, methods: list[str], lambdas: list[float], seeds: list[int],
+              level_weights: list[str] | None = None) -> list[TrainConfig]:
+    """Every (method, λ, seed) run, in that nesting order; a head without coarse loss gets one λ.
+    ``level_weights`` (vectors as --level-weights writes one, '0.2,0.3,0.5') replace the λ: every
+    (method, vector, seed) run; a head without coarse loss ignores them and gets one run per seed."""
     configs = []
     for method in methods:
-        for lam in head_class(method).lambdas_for(lambdas):
+        if level_weights and any(level_weights):
+            settings = [replace(base, method=method, level_weights=w) for w in level_weights]
+        else:
+            settings = [replace(base, method=method, lam=lam) for lam in head_class(method).lambdas_for(lambdas)]
+        for setting in settings:
             for seed in seeds:
-                configs.append(replace(base, method=method, lam=lam, seed=seed).resolved())
+                cfg = replace(setting, seed=seed).resolved()
+                if cfg not in configs:  # a head without coarse loss: one run whatever the vectors
+                    configs.append(cfg)
     return configs
+
+
+def check_level_weights(configs: list[TrainConfig]) -> None:
+    """Each run's --level-weights has one weight per level of its hierarchy (``Hierarchy.check_level_weights``)."""
+    from hmic.training.data import hierarchy_of
+
+    seen: dict[tuple, object] = {}
+    for cfg in configs:
+        if cfg.level_weights:
+            key = (cfg.data_dir, cfg.hierarchy)
+            if key not in seen:
+                seen[key] = hierarchy_of(cfg)
+            seen[key].check_level_weights(cfg.level_weight_values)
 
 
 class Executor(Protocol):
@@ -105,6 +127,7 @@ def run_grid(configs: list[TrainConfig], executor: Executor | None = None, *, re
     """Train every configuration through ``executor`` (default: LocalExecutor); returns their summaries."""
     for cfg in configs:
         cfg.validate()
+    check_level_weights(configs)
     return (executor or LocalExecutor()).run(configs, resume=resume, force=force, console=console)
 
 

@@ -10,6 +10,10 @@ What trains is a ``Trainer``: one run with its optimiser (``hmic.training.finetu
 sharing one optimiser (``hmic.training.frozen``). ``train_epochs`` drives either through the same epochs:
 train, validate every run, commit every run, report progress, stop for a simulated interruption.
 
+The best epoch is the one with the lowest validation fine-level loss, at any depth: the fine level is the
+hierarchy's leaves, the tags the dataset labels (every inner node's target derives from them), so a
+deeper tree changes what is trained, not what the run is selected on; at depth 2 it is the paper's rule.
+
 A killed run continues from last.pt and ends bit-identical to an uninterrupted one on the same machine:
 the model, the optimiser, the scheduler position and the random streams are all in it.
 """
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
 from typing import Callable, Protocol
 
 import numpy as np
@@ -29,7 +32,7 @@ from hmic.evaluation.metrics import masked_bce
 from hmic.models.checkpoint import read_state, save_checkpoint
 from hmic.models.inference import infer
 from hmic.models.model import HierarchicalModel
-from hmic.runs.run import Run
+from hmic.runs.run import PREDICTIONS_VERSION, Run
 from hmic.runs.trained_on import record_training_data
 from hmic.training.config import TrainConfig
 from hmic.training.data import SplitPart, TrainingData, batches
@@ -101,7 +104,6 @@ def predict_part(model: HierarchicalModel, part: SplitPart, store, device: torch
     return prediction_arrays(model.hierarchy, part, out.fine_probs, out.coarse_probs, out.attention)
 
 
-PREDICTIONS_VERSION = 2  # 1 (no format_version field): 2-level, 'parent'; 2: 'edges' for any depth
 
 
 def prediction_arrays(hierarchy, part: SplitPart, fine_probs: np.ndarray, coarse_probs: np.ndarray,
@@ -146,7 +148,7 @@ class RunState:
         training state (optimiser, random streams) for the trainer to restore; else start afresh (None)."""
         run = self.run
         run.folder.mkdir(parents=True, exist_ok=True)
-        run.write_config(asdict(self.cfg))
+        run.write_config(self.cfg.record())
         record_training_data(run, self.cfg.data_dir, data)
         if not (resume and run.resumable):
             run.clear_metrics()
@@ -169,7 +171,7 @@ class RunState:
         """The epoch's commit: best.pt when the validation fine loss improved, then last.pt (the model,
         ``training_state()``, every metrics row so far), then the row appended to metrics.jsonl.
         ``embedding``: a frozen run's backbone (``hmic.models.checkpoint``). Returns whether it improved."""
-        run, frontend, config = self.run, self.frontend, asdict(self.cfg)
+        run, frontend, config = self.run, self.frontend, self.cfg.record()
         t_save = time.perf_counter()
         row = {**row, **val, "lr": lr, "seconds": round(time.time() - started, 3),
                "validation_seconds": round(val_seconds, 6)}  # 6 places: a stacked run's share of its stack's pass
@@ -196,7 +198,7 @@ class RunState:
         model as it is saved as best.pt ("epoch" -1, its validation losses the best record)."""
         self.best = {"val_fine_loss": val["val_fine_loss"], "epoch": -1, "untrained": True,
                      "validation_seconds": round(val_seconds, 3)}
-        save_checkpoint(self.run.best_path, self.model, self.frontend, asdict(self.cfg), epoch=-1, best=self.best,
+        save_checkpoint(self.run.best_path, self.model, self.frontend, self.cfg.record(), epoch=-1, best=self.best,
                         embedding=embedding)
 
     def finish(self, data: TrainingData, device: torch.device, batch_size: int = 32) -> dict:

@@ -60,7 +60,8 @@ def task_name(cfgs: list[TrainConfig]) -> str:
     cfg = cfgs[0]
     if len(cfgs) > 1 or cfg.protocol == "frozen":
         return f"hmic:{cfg.method}:frozen:{len(cfgs)}-runs"
-    return f"hmic:{cfg.method}:{cfg.lam:.2f}:{cfg.seed}"
+    setting = cfg.level_weights.replace(",", "-") if cfg.level_weights else f"{cfg.lam:.2f}"
+    return f"hmic:{cfg.method}:{setting}:{cfg.seed}"
 
 
 class RayExecutor:

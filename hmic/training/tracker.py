@@ -62,7 +62,8 @@ def validation_scores(fine_probs: np.ndarray, coarse_probs: np.ndarray, part) ->
 
 
 def hparams(cfg) -> dict:
-    return {"method": cfg.method, "lambda": float(cfg.lam), "seed": int(cfg.seed), "protocol": cfg.protocol,
+    weights = {"level_weights": cfg.level_weights} if cfg.level_weights else {}  # absent: λ stands for them
+    return {"method": cfg.method, "lambda": float(cfg.lam), **weights, "seed": int(cfg.seed), "protocol": cfg.protocol,
             "arch": cfg.arch}
 
 

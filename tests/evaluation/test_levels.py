@@ -19,7 +19,7 @@ from hmic.evaluation.scoring import evaluate_run, evaluate_runs
 from hmic.evaluation.significance import compare
 from hmic.fileio import write_json
 from hmic.runs.run import PREDICTIONS_VERSION, Run, predictions_hierarchy
-from hmic.training.loop import PREDICTIONS_VERSION as WRITTEN_VERSION, prediction_arrays
+from hmic.training.loop import prediction_arrays
 
 TAGS = load_hierarchy().fine_names
 DEEP = load_hierarchy("openmic-hornbostel-sachs", TAGS)  # 3 levels over OpenMIC's 20 tags
@@ -77,7 +77,14 @@ def _sklearn_macro(probs, targets, mask, thr):
 
 
 def test_the_writer_and_the_reader_agree_on_the_newest_predictions_format():
-    assert PREDICTIONS_VERSION == WRITTEN_VERSION
+    from hmic.training.data import SplitPart
+
+    h = load_hierarchy("openmic-hornbostel-sachs", list(load_hierarchy().fine_names))
+    part = SplitPart(["a"], np.zeros(1, dtype=np.int64), np.zeros((1, h.n_fine), np.float32), np.ones((1, h.n_fine), bool),
+                     np.zeros((1, h.n_coarse), np.float32), np.ones((1, h.n_coarse), bool))
+    written = prediction_arrays(h, part, np.zeros((1, h.n_fine), np.float32), np.zeros((1, h.n_coarse), np.float32))
+    assert int(written["format_version"]) == PREDICTIONS_VERSION
+    assert predictions_hierarchy(written).node_parents == h.node_parents
 
 
 def test_per_level_scores_and_pooled_auprc_equal_scikit_learn_at_depth_3(tmp_path):
