@@ -122,35 +122,21 @@ class Hierarchy:
     @cached_property
     def depth(self) -> tuple[int, ...]:
         """Each node's level: the longest path from a root to it (roots 0; a parent always above its child)."""
-        d: list[int | None] = [None] * self.n_nodes
-
-        def level(i: int, seen: tuple[int, ...] = ()) -> int:
-            if d[i] is None:
-                if i in seen:
-                    raise HmicError(f"hierarchy {self.source}: node '{self.node_names[i]}' is its own ancestor (a cycle)")
-                d[i] = 1 + max((level(p, seen + (i,)) for p in self.node_parents[i]), default=-1)
-            return d[i]
-
-        return tuple(level(i) for i in range(self.n_nodes))
+        return self.taxonomy.depth
 
     @property
     def n_levels(self) -> int:
-        return max(self.depth) + 1
+        return self.taxonomy.n_levels
 
-    @cached_property
+    @property
     def levels(self) -> tuple[tuple[int, ...], ...]:
         """levels[d]: node ids of depth d (top first), in id order."""
-        return tuple(tuple(i for i in range(self.n_nodes) if self.depth[i] == d) for d in range(self.n_levels))
+        return self.taxonomy.levels
 
-    @cached_property
+    @property
     def descendants_or_self(self) -> np.ndarray:
-        """(K, K) bool, R[a, b] iff b is a or below a (C-HMCNN's hierarchy matrix)."""
-        r = np.eye(self.n_nodes, dtype=bool)
-        for i in sorted(range(self.n_nodes), key=lambda i: -self.depth[i]):  # deepest first
-            for k in self.node_children[i]:
-                r[i] |= r[k]
-        r.setflags(write=False)
-        return r
+        """(K, K) bool, R[a, b] iff b is a or below a (C-HMCNN's hierarchy matrix; read-only)."""
+        return self.taxonomy.descendants_or_self
 
     @property
     def membership(self) -> np.ndarray:
@@ -199,8 +185,8 @@ class Hierarchy:
             return [(self.node_names[node],)]
         return [p + (self.node_names[node],) for q in self.node_parents[node] for p in self.paths(q)]
 
-    @property
-    def taxonomy(self):
+    @cached_property
+    def taxonomy(self) -> Taxonomy:
         """This hierarchy as a ``hmic.data.taxonomy.Taxonomy`` (node ids as here; a coarse node named like a
         fine one, the default's ``voice: [voice]``, becomes '<name> (group)')."""
         fine = set(self.fine_names)
