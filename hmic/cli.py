@@ -233,7 +233,16 @@ def embed(
     table.add_row(str(s.total), str(s.done), str(s.failed), str(s.skipped), s.precision, f"{s.seconds:.1f} s",
                   f"{s.clips_per_second:.1f} clips/s")
     console.print(table)
-    console.print(f"train on it: hmic train --protocol frozen --pretrained {source} --arch {s.arch} --precision {s.precision}", highlight=False, soft_wrap=True)
+    hint = f"hmic train --protocol frozen --pretrained {source} --arch {s.arch} --precision {s.precision}"
+    if data_dir is not None:
+        hint += f" --data-dir {data_dir}"
+    if run is not None:  # the hierarchy the backbone's run trained with, so that the heads learn the same tree
+        from hmic.runs.run import Run
+
+        hierarchy = Run(Path(run)).config().get("hierarchy") if (Path(run) / "config.json").is_file() else ""
+        if hierarchy:
+            hint += f" --hierarchy {hierarchy}"
+    console.print(f"train on it: {hint}", highlight=False, soft_wrap=True)
 
 
 def _floats(text: str, option: str) -> list[float]:

@@ -523,6 +523,9 @@ def from_nested(data: object, source: str = "<memory>") -> Taxonomy:
     def place(name: str, parent: str | None) -> None:
         here = "/".join(p for p in (parent_path.get(parent, ""), name) if p) if parent else name
         if name in placed:
+            if parent == name:
+                raise HmicError(f"{where}: node '{name}' is a child of a group of the same name (at '{here}'); node "
+                                f"names are unique: rename the group (e.g. '{name}_group')")
             raise HmicError(
                 f"{where}: node '{name}' is placed twice (at '{placed[name]}' and at '{here}'); a tree form "
                 "places every node once (use the parent CSV form for several parents)"

@@ -138,13 +138,18 @@ def hierarchical_prf(fine_present: np.ndarray, coarse_present: np.ndarray, fine_
     tp, p, t = (pred & true & mask).sum(axis=0), (pred & mask).sum(axis=0), (true & mask).sum(axis=0)
 
     def prf(tp, p, t):
+        # a tag's precision is undefined without predictions, its recall without positives; its F1,
+        # 2·tp / (predicted + true), only without either (a tag predicted but never true, or true but
+        # never predicted, has F1 0 and counts in the macro mean)
         precision = np.where(p > 0, tp / np.maximum(p, 1), np.nan)
         recall = np.where(t > 0, tp / np.maximum(t, 1), np.nan)
-        with np.errstate(invalid="ignore"):
-            f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-        return precision, recall, np.where(np.isnan(precision) | np.isnan(recall), np.nan, f1)
+        f1 = np.where(p + t > 0, 2 * tp / np.maximum(p + t, 1), np.nan)
+        return precision, recall, f1
 
-    micro = prf(tp.sum(), p.sum(), t.sum())
+    micro = list(prf(tp.sum(), p.sum(), t.sum()))
+    if np.isfinite(micro[0]) and np.isfinite(micro[1]):  # the harmonic mean, as it was always computed
+        pr = micro[0] + micro[1]
+        micro[2] = 2 * micro[0] * micro[1] / pr if pr > 0 else 0.0
     macro = [float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for v in prf(tp, p, t)]
     return {"micro": {"precision": float(micro[0]), "recall": float(micro[1]), "f1": float(micro[2])},
             "macro": {"precision": macro[0], "recall": macro[1], "f1": macro[2]}}

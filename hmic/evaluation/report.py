@@ -29,6 +29,12 @@ TABLE_VERSION = 2
 UNTRAINED_LABEL = "AudioSet classifier, no training"  # runs written with --epochs 0 (docs/audioset-model.md)
 
 
+def loss_label(row: dict) -> str:
+    """The λ column of a table row: λ, or the level weights a run was trained with ('lw0.2-0.3-0.5')."""
+    setting = row.get("setting", "")
+    return setting if setting.startswith("lw") else f"{row['lambda']:.2f}"
+
+
 def selected_runs(runs_dir: Path) -> dict[str, list[Run]]:
     """Per method (in Table 1's order), its finished runs at the λ selected on validation (``select_lambda``)."""
     groups = by_method(find_runs([runs_dir]))
@@ -56,7 +62,7 @@ def build_table(runs_dir: Path, split: str = "test", reference: str = REFERENCE,
             if [lv["names"] for lv in agg.levels] != [lv["names"] for lv in first]:
                 raise HmicError(f"{runs_dir} holds runs of different hierarchies ({rows[0]['method']} and {method}); a "
                                 "table compares runs of one hierarchy: train them into separate --runs-dir folders")
-        rows.append({"method": method, "lambda": runs[0].lam, "seeds": len(runs), "protocol": protocol,
+        rows.append({"method": method, "lambda": runs[0].lam, "setting": runs[0].setting, "seeds": len(runs), "protocol": protocol,
                      "untrained": all(r.done().get("epochs") == 0 for r in runs),  # audioset --epochs 0
                      "selection": select_lambda(groups[method]),
                      "aggregate": agg.to_dict(), "versus": {"reference": reference,
@@ -145,7 +151,7 @@ def to_markdown(rows: list[dict], split: str) -> str:
             pooled = r["aggregate"]["beyond"]["pooled_pr_auc"]
             cells.append(f"{100 * pooled['mean']:.1f} ± {spread(100 * pooled['std'], r['seeds'])}")
         name = f"{r['method']} ({UNTRAINED_LABEL})" if r.get("untrained") else r["method"]
-        lines.append(f"| {name} | {r['lambda']:.2f} | {r['seeds']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {loss_label(r)} | {r['seeds']} | " + " | ".join(cells) + " |")
     left = {lv: sorted({t for r in rows for t in r["aggregate"]["left_out"][lv]}) for lv in LEVELS}
     if any(left.values()):
         lines += ["", "Left out of macro means (one class only among observed entries): "
@@ -186,7 +192,7 @@ def to_csv(rows: list[dict]) -> str:
                                                    if (lv, m) in diffs else ("", ""))]
 
         beyond = [f"{r['aggregate']['beyond'][name][s]:.4f}" for name in EXTRA_METRICS for s in ("mean", "std")]
-        lines.append([r["method"], f"{r['lambda']:.2f}", r["seeds"]] + values(cells) + versus(cells) + beyond
+        lines.append([r["method"], loss_label(r), r["seeds"]] + values(cells) + versus(cells) + beyond
                      + [r.get("protocol", "finetune")] + values(depth_cells) + versus(depth_cells) + [TABLE_VERSION])
     return csv_text(header, lines)
 

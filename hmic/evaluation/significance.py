@@ -86,6 +86,9 @@ def differences_from_scores(point: np.ndarray, boot: np.ndarray) -> tuple[float,
 
     n = len(point)
     mean = float(np.mean(point))
+    if not np.isfinite(mean):  # a level with no scorable node: no difference, no test
+        nan = float("nan")
+        return nan, nan, nan, nan, nan, nan, nan
     seed_var = float(np.var(point, ddof=1)) if n > 1 else 0.0
     test_var = float(np.nanvar(boot, ddof=1)) if np.isfinite(boot).sum() > 1 else 0.0
     a, b = seed_var / n, test_var
@@ -160,10 +163,12 @@ def compare(runs_a: list[Run], runs_b: list[Run], split: str = "test", n_boot: i
 
 
 def holm(p_values: list[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (step-down; monotone; capped at 1), in the input order."""
-    m = len(p_values)
-    order = np.argsort(p_values, kind="stable")
-    adjusted = np.empty(m)
+    """Holm–Bonferroni adjusted p-values (step-down; monotone; capped at 1), in the input order. A NaN
+    p-value (no test: a level with no scorable node) stays NaN and does not count among the m tests."""
+    tested = [i for i, p in enumerate(p_values) if np.isfinite(p)]
+    m = len(tested)
+    order = sorted(tested, key=lambda i: p_values[i])
+    adjusted = np.full(len(p_values), np.nan)
     running = 0.0
     for rank, i in enumerate(order):
         running = max(running, (m - rank) * p_values[i])

@@ -52,16 +52,17 @@ def plan_grid(base: TrainConfig, methods: list[str], lambdas: list[float], seeds
     return configs
 
 
-def check_level_weights(configs: list[TrainConfig]) -> None:
-    """Each run's --level-weights has one weight per level of its hierarchy (``Hierarchy.check_level_weights``)."""
+def check_hierarchies(configs: list[TrainConfig]) -> None:
+    """Before any run starts: each run's hierarchy loads over its dataset's tags (a malformed file is one
+    error, not one per run) and its --level-weights has one weight per level (``Hierarchy.check_level_weights``)."""
     from hmic.training.data import hierarchy_of
 
     seen: dict[tuple, object] = {}
     for cfg in configs:
+        key = (cfg.data_dir, cfg.hierarchy)
+        if key not in seen:
+            seen[key] = hierarchy_of(cfg)
         if cfg.level_weights:
-            key = (cfg.data_dir, cfg.hierarchy)
-            if key not in seen:
-                seen[key] = hierarchy_of(cfg)
             seen[key].check_level_weights(cfg.level_weight_values)
 
 
@@ -127,7 +128,7 @@ def run_grid(configs: list[TrainConfig], executor: Executor | None = None, *, re
     """Train every configuration through ``executor`` (default: LocalExecutor); returns their summaries."""
     for cfg in configs:
         cfg.validate()
-    check_level_weights(configs)
+    check_hierarchies(configs)
     return (executor or LocalExecutor()).run(configs, resume=resume, force=force, console=console)
 
 

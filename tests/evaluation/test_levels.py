@@ -238,3 +238,24 @@ def test_table_and_compare_of_3_level_runs_have_a_group_per_depth(tmp_path):
     assert "depth 2 (20)" in evaluated.output
     saved = json.loads((tmp_path / "e.json").read_text())
     assert saved["format_version"] == 2 and [lv["depth"] for lv in saved["levels"]] == [0, 1, 2]
+
+
+def test_hierarchical_macro_f1_counts_tags_never_predicted_or_never_true_as_zero():
+    # two fine tags under one coarse tag; tag 0 true in both clips and predicted in both, tag 1 true in one
+    # clip and never predicted: its precision is undefined, its F1 is 0 and counts in the macro mean
+    present = np.array([[1, 0], [1, 0]], dtype=bool)
+    targets = np.array([[1, 1], [1, 0]], dtype=np.float32)
+    mask = np.ones((2, 2), dtype=bool)
+    coarse_present, coarse_t, coarse_m = np.ones((2, 1), bool), np.ones((2, 1), np.float32), np.ones((2, 1), bool)
+    out = hierarchical_prf(present, coarse_present, targets, mask, coarse_t, coarse_m, np.array([0, 0]))
+    assert out["macro"]["f1"] == pytest.approx((1.0 + 0.0 + 1.0) / 3)  # tag 0, tag 1, the coarse tag
+    assert out["macro"]["f1"] <= max(out["macro"]["precision"], out["macro"]["recall"])
+
+
+def test_a_level_with_nothing_to_score_has_no_difference_and_no_test():
+    from hmic.evaluation.significance import differences_from_scores, holm
+
+    mean, low, high, p, *_ = differences_from_scores(np.array([np.nan, np.nan]), np.full(50, np.nan))
+    assert np.isnan(mean) and np.isnan(p)
+    adjusted = holm([0.01, float("nan"), 0.04])
+    assert np.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.04)
