@@ -109,6 +109,20 @@ def _csv_rows(manifest: Path, text: str) -> list[tuple[int, list[str]]]:
     return out
 
 
+def labelable(hierarchy: Hierarchy) -> tuple[str, ...]:
+    """The tags a manifest may label: the fine tags (leaves), and in a hierarchy deeper than the paper's
+    two levels its inner nodes too (a clip labelled 'guitar' without saying which guitar)."""
+    if hierarchy.is_two_level:
+        return hierarchy.fine_names
+    return hierarchy.fine_names + tuple(c for c in hierarchy.coarse_names if c not in hierarchy.fine_names)
+
+
+def dataset_tags(hierarchy: Hierarchy, columns: list[str]) -> list[str]:
+    """The imported dataset's class map: every fine tag, then the inner nodes the manifest labels."""
+    return list(hierarchy.fine_names) + [c for c in columns if c in hierarchy.coarse_names
+                                         and c not in hierarchy.fine_names]
+
+
 def read_manifest(manifest: Path, hierarchy: Hierarchy) -> list[Row]:
     """Parse and check every row; all bad values (then all missing files) are reported together, the same
     problem on many rows once with their rows."""
@@ -124,9 +138,9 @@ def read_manifest(manifest: Path, hierarchy: Hierarchy) -> list[Row]:
     if "path" not in header:
         raise HmicError(f"{manifest}: the header has no 'path' column (got {', '.join(header) or 'nothing'})")
     tags = [h for h in header if h not in RESERVED]
-    unknown = [t for t in tags if t not in hierarchy.fine_names]
+    unknown = [t for t in tags if t not in labelable(hierarchy)]
     if unknown:
-        guesses = {t: difflib.get_close_matches(t.lower(), hierarchy.fine_names, n=1, cutoff=0.6) for t in unknown}
+        guesses = {t: difflib.get_close_matches(t.lower(), labelable(hierarchy), n=1, cutoff=0.6) for t in unknown}
         named = "; ".join(f"column {t!r} is not a fine tag" + (f" (did you mean {g[0]!r}?)" if g else "")
                           for t, g in guesses.items())
         raise HmicError(f"{manifest}: {named} of the hierarchy "
@@ -271,7 +285,8 @@ def import_manifest(manifest: Path, out: Path, hierarchy: Hierarchy, copy: bool 
             label_rows += [(key, tag, float(v), 1) for tag, v in r.labels.items()]
             group_rows.append((key, r.group or f"file:{linked[r.path]}"))
             parts[r.split].append(key)
-    write_json(out / CLASS_MAP, {t: i for i, t in enumerate(hierarchy.fine_names)})
+    tags = dataset_tags(hierarchy, sorted({t for r in rows for t in r.labels}, key=labelable(hierarchy).index))
+    write_json(out / CLASS_MAP, {t: i for i, t in enumerate(tags)})
     write_csv(out / LABELS_CSV, LABELS_HEADER, label_rows)
     write_csv(out / CLIPS_CSV, ["sample_key", "path", "start", "end"], clip_rows)
     write_csv(out / GROUPS_CSV, ["sample_key", "group"], group_rows)
@@ -281,6 +296,6 @@ def import_manifest(manifest: Path, out: Path, hierarchy: Hierarchy, copy: bool 
                "train_clips": len(parts["train"]), "test_clips": len(parts["test"]),
                "groups": len({g for _, g in group_rows}), "audio": "copied" if copy else "linked",
                "clip_seconds": clip_seconds, "seed": seed, "weakly_labelled_clips": weak,
-               "hierarchy": hierarchy.name, "tags": list(hierarchy.fine_names)}
+               "hierarchy": hierarchy.name, "tags": tags}
     write_json(out / "hmic-import.json", summary)
     return summary

@@ -271,3 +271,27 @@ def test_the_next_hint_of_import_never_wraps(own_data, tmp_path):
     assert result.exit_code == 0, result.output
     hint = next(line for line in result.output.splitlines() if line.startswith("next:"))
     assert hint.rstrip().endswith("...")  # the whole command on one line
+
+
+def test_a_deeper_tree_takes_labels_on_inner_nodes_and_propagates_them(tmp_path):
+    """'strings' without saying which string instrument: an inner node's column, kept as a dataset tag,
+    observed positive; its ancestors follow, the leaves below it stay unobserved."""
+    tree = tmp_path / "tree.yaml"
+    tree.write_text("name: mine\ntree:\n  pitched:\n    strings: [guitar]\n    keys: [piano]\n  rhythm: [drums]\n")
+    h = load_hierarchy(tree)
+    for i in range(2):
+        tone(tmp_path / "a" / f"t{i}.wav", 3.0, 330 * (i + 1))
+    manifest = write_manifest(tmp_path / "m.csv", ["path", "group", "guitar", "piano", "drums", "strings"],
+                              [["a/t0.wav", "g0", "", "0", "1", "1"], ["a/t1.wav", "g1", "1", "", "0", ""]])
+    summary = import_manifest(manifest, tmp_path / "data", h, test_fraction=0.5)
+    assert summary["tags"] == [*h.fine_names, "strings"]
+    dataset = OpenMIC.load(tmp_path / "data")
+    deep = load_hierarchy(tree, dataset.class_names)
+    ft, fm, ct, cm = deep.targets(dataset.labels.targets, dataset.labels.mask)
+    first = list(dataset.labels.keys).index("000000_0000")  # the clip of the manifest's first row
+    node = dict(zip(deep.coarse_names, ct[first]))
+    assert node["strings"] == 1 and node["pitched"] == 1 and cm[first][deep.coarse_names.index("strings")]
+    assert not fm[first][deep.fine_names.index("guitar")]  # which guitar? not said
+    with pytest.raises(HmicError, match="not a fine tag"):  # the paper's 2 levels: labels on its fine tags only
+        import_manifest(write_manifest(tmp_path / "m2.csv", ["path", "woodwind"], [["a/t0.wav", "1"]]),
+                        tmp_path / "data2", H)
