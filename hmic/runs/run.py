@@ -28,6 +28,7 @@ with one line naming the file, its version and the fix:
     thresholds.json     1: ``fine``/``coarse`` thresholds by tag; 2: the same by node name at any depth
                         (fine = leaves, coarse = inner nodes), and ``format_version``
     done.json           1: the summary; 2: the same with ``format_version``
+    metrics.jsonl       1: one row per epoch; 2: the same, each line with ``format_version``
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ CARRIED = ("song", "not_trained", "defaulted", "validation", "trained_on")
 PREDICTIONS_VERSION = 2
 THRESHOLDS_VERSION = 2
 DONE_VERSION = 2
+METRICS_VERSION = 2  # each metrics.jsonl line states it (1: lines without it, the same fields)
 
 
 def format_version(found, newest: int, path: Path | str, fix: str) -> int:
@@ -204,14 +206,19 @@ class Run:
 
     # -- history ----------------------------------------------------------------------------------
     def metrics(self) -> list[dict]:
-        return read_jsonl(self.metrics_path)
+        """The epoch rows of metrics.jsonl (its lines' format versions checked, then left out of the rows)."""
+        rows = read_jsonl(self.metrics_path)
+        for row in rows:
+            format_version(row.pop("format_version", None), METRICS_VERSION, self.metrics_path,
+                           "retrain the run with this one ('hmic train ... --force')")
+        return rows
 
     def append_metrics(self, row: dict) -> None:
-        append_jsonl(self.metrics_path, row)
+        append_jsonl(self.metrics_path, {**row, "format_version": METRICS_VERSION})
 
     def write_metrics(self, rows: list[dict]) -> None:
         """Replace metrics.jsonl with ``rows`` (on resume: the history saved in last.pt, the commit point)."""
-        write_text(self.metrics_path, "".join(_json_line(r) for r in rows))
+        write_text(self.metrics_path, "".join(_json_line({**r, "format_version": METRICS_VERSION}) for r in rows))
 
     def clear_metrics(self) -> None:
         self.metrics_path.unlink(missing_ok=True)

@@ -259,3 +259,16 @@ def test_a_level_with_nothing_to_score_has_no_difference_and_no_test():
     assert np.isnan(mean) and np.isnan(p)
     adjusted = holm([0.01, float("nan"), 0.04])
     assert np.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.04)
+
+
+def test_metrics_lines_state_their_version_and_a_newer_one_is_refused(tmp_path):
+    run = Run(tmp_path / "gmp" / "lam0.80" / "seed0")
+    run.folder.mkdir(parents=True)
+    run.append_metrics({"epoch": 0, "train_loss": 0.5})
+    assert json.loads(run.metrics_path.read_text())["format_version"] == 2
+    assert run.metrics() == [{"epoch": 0, "train_loss": 0.5}]
+    run.metrics_path.write_text('{"epoch": 0, "train_loss": 0.5}\n')  # version 1: no version on the line
+    assert run.metrics() == [{"epoch": 0, "train_loss": 0.5}]
+    run.metrics_path.write_text('{"epoch": 0, "format_version": 9}\n')
+    with pytest.raises(HmicError, match=r"metrics.jsonl: format version 9"):
+        run.metrics()
