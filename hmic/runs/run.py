@@ -225,8 +225,9 @@ class Run:
 
     # -- results ----------------------------------------------------------------------------------
     def done(self) -> dict:
+        """The run's summary from done.json (its format version checked, then left out of the summary)."""
         done = read_json(self.require_finished().done_path)
-        format_version(done.get("format_version"), DONE_VERSION, self.done_path,
+        format_version(done.pop("format_version", None), DONE_VERSION, self.done_path,
                        "retrain the run with this one ('hmic train ... --force')")
         return done
 

@@ -210,7 +210,10 @@ def test_cli_embed_train_table_predict(prepared, backbone_run, tmp_path):
     result = runner.invoke(app, ["table", str(tmp_path / "runs"), "--out", str(tmp_path / "table")])
     assert result.exit_code == 0, result.output
     assert "Protocol: frozen backbone" in (tmp_path / "table" / "table1.md").read_text()
-    assert (tmp_path / "table" / "table1.csv").read_text().splitlines()[1].endswith(",frozen")
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "table" / "table1.csv").read_text().splitlines()))
+    assert {r["protocol"] for r in rows} == {"frozen"}
     key = prepared["dataset"].test_keys[0]
     song = prepared["dataset"].audio_path(key)
     run_dir = tmp_path / "runs" / "gmp" / "lam0.80" / "seed0"
