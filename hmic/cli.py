@@ -685,15 +685,20 @@ def _print_song(result: dict, segments: bool, explain: bool) -> None:
             console.print(f"  {f['tag']} ← {a['name']} {a['probability']:.2f} (window at {a['window_start']:.0f} s)",
                           highlight=False)
     if segments:
-        from hmic.tagging.results import window_marks
+        _print_timeline(result, "present coarse tags")
 
-        t = Table(title=f"timeline (present coarse tags per window; decision {result.get('decision', 'independent')})")
-        t.add_column("window")
-        t.add_column("present coarse tags")
-        for s, _, coarse_on in window_marks(result):
-            tags = [f"{k} {v:.2f}" for k, v in s["coarse"].items() if k in coarse_on]
-            t.add_row(f"{s['start']:.0f}–{s['end']:.0f} s", ", ".join(tags) or "-")
-        console.print(t)
+
+def _print_timeline(result: dict, what: str) -> None:
+    """The present coarse (inner) nodes of each window, under the result's decision rule."""
+    from hmic.tagging.results import window_marks
+
+    t = Table(title=f"timeline ({what} per window; decision {result.get('decision', 'independent')})")
+    t.add_column("window")
+    t.add_column(what)
+    for s, _, coarse_on in window_marks(result):
+        tags = [f"{k} {v:.2f}" for k, v in s["coarse"].items() if k in coarse_on]
+        t.add_row(f"{s['start']:.0f}–{s['end']:.0f} s", ", ".join(tags) or "-")
+    console.print(t)
 
 
 def _song_title(result: dict) -> str:
@@ -703,7 +708,7 @@ def _song_title(result: dict) -> str:
 
 def _print_tree(result: dict, segments: bool, explain: bool) -> None:
     """A hierarchy deeper than 2 levels: one row per node, indented under its parent (``results.tree_rows``)."""
-    from hmic.tagging.results import walk, window_marks
+    from hmic.tagging.results import walk
 
     m = result.get("model") or {}
     decision = result.get("decision", "independent")
@@ -727,13 +732,7 @@ def _print_tree(result: dict, segments: bool, explain: bool) -> None:
                     why = "; present because " + ", ".join(k["tag"] for k in n["children"] if k["present"]) + " ✓"
                 console.print(f"  {n['path']}: {explanation_text(n['explanation'])}{why}", highlight=False, soft_wrap=True)
     if segments:
-        t = Table(title=f"timeline (present inner nodes per window; decision {decision})")
-        t.add_column("window")
-        t.add_column("present inner nodes")
-        for s, _, coarse_on in window_marks(result):
-            tags = [f"{k} {v:.2f}" for k, v in s["coarse"].items() if k in coarse_on]
-            t.add_row(f"{s['start']:.0f}–{s['end']:.0f} s", ", ".join(tags) or "-")
-        console.print(t)
+        _print_timeline(result, "present inner nodes")
 
 
 def explanation_text(e: dict) -> str:

@@ -34,6 +34,21 @@ RULES = ("children", "max child", "mean", "attention", "projection")
 OWN_SCORE_TOLERANCE = 1e-6  # a node above its max child by more than this: its own score won
 
 
+CHILD_RULES = ("max child", "mean", "children")  # rules that read the children's probabilities alone
+
+
+def _over_children(rule: str, p: np.ndarray, kids: np.ndarray) -> "Explanation":
+    """The explanation of a node by its children ``kids`` (indices into the probabilities ``p``)."""
+    if rule == "max child":
+        top = int(kids[np.argmax(p[kids])])
+        return Explanation("max child", [top], p, total=float(p[top]))
+    if rule == "mean":
+        terms = np.zeros_like(p)
+        terms[kids] = p[kids] / len(kids)
+        return Explanation("mean", _largest(terms, kids), p, terms=terms, total=float(terms.sum()))
+    return Explanation("children", _largest(p, kids), p)
+
+
 @dataclass
 class Explanation:
     """How one coarse decision came about, in the head's own terms: ``order`` the fine tags named (at most
@@ -68,15 +83,8 @@ class Explainer:
         """fine_probs (F,) of one window; attention (F, C) for the ``attention`` rule."""
         p = np.asarray(fine_probs, dtype=np.float64)
         kids = np.flatnonzero(self.membership[c])
-        if self.rule == "max child":
-            top = int(kids[np.argmax(p[kids])])
-            return Explanation("max child", [top], p, total=float(p[top]))
-        if self.rule == "mean":
-            terms = np.zeros_like(p)
-            terms[kids] = p[kids] / len(kids)
-            return Explanation("mean", _largest(terms, kids), p, terms=terms, total=float(terms.sum()))
-        if self.rule == "children":
-            return Explanation("children", _largest(p, kids), p)
+        if self.rule in CHILD_RULES:
+            return _over_children(self.rule, p, kids)
         if self.rule == "attention":
             if attention is None:
                 raise HmicError("the 'attention' explanation rule needs the model's attention output")
@@ -101,13 +109,8 @@ class Explainer:
             top = int(kids[np.argmax(p[kids])])
             if p[node] > p[top] + OWN_SCORE_TOLERANCE:  # the max over itself and its children: itself
                 return Explanation("own score", [top], p, total=float(p[node]))
-            return Explanation("max child", [top], p, total=float(p[top]))
-        if self.rule == "mean":
-            terms = np.zeros_like(p)
-            terms[kids] = p[kids] / len(kids)
-            return Explanation("mean", _largest(terms, kids), p, terms=terms, total=float(terms.sum()))
-        if self.rule == "children":
-            return Explanation("children", _largest(p, kids), p)
+        if self.rule in CHILD_RULES:
+            return _over_children(self.rule, p, kids)
         if self.rule == "attention":
             if attention is None:
                 raise HmicError("the 'attention' explanation rule needs the model's attention output")
