@@ -646,30 +646,47 @@ def _cell_mark(x: dict) -> str:
     return "[green]✓[/]" if x["present"] else "[dim]·[/]"
 
 
-def _cell_threshold(x: dict) -> str:
+def _digits(x: dict) -> int:
+    """Decimals enough to show on which side of its threshold a probability lies (2, up to 4): p 0.5296
+    under a threshold of 0.5304 prints "0.5296 ≥0.5304", not "0.53 ≥0.53"."""
+    p, t = x["probability"], x.get("threshold")
+    if t is None or x.get("decided_by") == "children":
+        return 2
+    return next((d for d in (2, 3) if (round(p, d) >= round(t, d)) == (p >= t)), 4)
+
+
+def _cell_p(x: dict) -> str:
+    return f"{x['probability']:.{_digits(x)}f}"
+
+
+def _cell_threshold(x: dict, decision: str) -> str:
     if "not_trained" in x:
         return "[yellow]not trained[/]"
     if x.get("decided_by") == "children":
         return "any child"
-    return f"≥{x['threshold']:.2f}"
+    cell = f"≥{x['threshold']:.{_digits(x)}f}"
+    if decision == "under-parent" and not x["present"] and x["probability"] >= x["threshold"]:
+        cell += ", parent absent"  # reached, yet only present under a present parent
+    return cell
 
 
 def _print_song(result: dict, segments: bool, explain: bool) -> None:
     if "tree" in result:
         return _print_tree(result, segments, explain)
     m = result.get("model") or {}
+    decision = result.get("decision", "independent")
     table = Table(title=_song_title(result),
                   caption=f"model {m.get('model', result.get('checkpoint'))}, trained on {m.get('dataset', 'unknown')}; "
-                          f"decision {result.get('decision', 'independent')}: {DECISION_NOTE[result.get('decision', 'independent')]}; "
+                          f"decision {decision}: {DECISION_NOTE[decision]}; "
                           "✓ present when p reaches the threshold shown", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     for col in ("coarse", "p", "threshold", "", "fine", "p", "threshold", ""):
         table.add_column(col, justify="right" if col in ("p", "threshold") else "left", no_wrap=True)
     for c in result["coarse"]:
         for i, f in enumerate(c["fine"]):
             first = i == 0
-            table.add_row(c["tag"] if first else "", f"{c['probability']:.2f}" if first else "",
-                          _cell_threshold(c) if first else "", _cell_mark(c) if first else "",
-                          f["tag"], f"{f['probability']:.2f}", _cell_threshold(f), _cell_mark(f))
+            table.add_row(c["tag"] if first else "", _cell_p(c) if first else "",
+                          _cell_threshold(c, decision) if first else "", _cell_mark(c) if first else "",
+                          f["tag"], _cell_p(f), _cell_threshold(f, decision), _cell_mark(f))
         table.add_section()
     console.print(table)
     if explain:
@@ -722,7 +739,7 @@ def _print_tree(result: dict, segments: bool, explain: bool) -> None:
     for depth, n in walk(result["tree"]):
         if depth == 0 and table.row_count:
             table.add_section()
-        table.add_row(escape("  " * depth + n["tag"]), f"{n['probability']:.2f}", _cell_threshold(n), _cell_mark(n))
+        table.add_row(escape("  " * depth + n["tag"]), _cell_p(n), _cell_threshold(n, decision), _cell_mark(n))
     console.print(table)
     if explain:
         for _, n in walk(result["tree"]):

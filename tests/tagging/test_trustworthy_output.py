@@ -167,6 +167,33 @@ def test_predict_marks_obey_the_hierarchy_and_the_table_shows_thresholds(trained
     assert all(f["present"] and not c["present"] for c in r["coarse"] for f in c["fine"])
 
 
+def test_a_mark_can_be_read_from_the_printed_numbers_even_a_hair_under_its_threshold(trained, noise, tmp_path):
+    run = copy_run(trained, "gmp", tmp_path)
+    h = trained["data"].hierarchy
+    set_thresholds(run, True, fine={n: 0.0 for n in h.fine_names}, coarse={n: 0.0 for n in h.coarse_names})
+    r, _ = predict_json(run, noise, tmp_path / "a.json")
+    f = r["coarse"][0]["fine"][0]
+    p = f["probability"]
+    t = round((p + round(p, 2) + 0.005) / 2, 4)  # above p, yet both print as the same 2 decimals
+    assert t > p and f"{t:.2f}" == f"{p:.2f}"
+    set_thresholds(run, True, fine={f["tag"]: t})
+    r, output = predict_json(run, noise, tmp_path / "b.json")
+    assert not r["coarse"][0]["fine"][0]["present"]
+    row = next(line for line in output.splitlines() if f" {f['tag']} " in f" {line} ")
+    assert f"{p:.2f} ≥{t:.2f}" not in row  # "0.53 ≥0.53 ·" reads as a contradiction
+    shown_p, shown_t = (float(x.strip("≥")) for x in row.split()[-3:-1])
+    assert shown_p < shown_t and abs(shown_p - p) <= 5e-4 and abs(shown_t - t) <= 5e-4  # p, t to 3 or 4 decimals
+
+
+def test_under_parent_says_why_a_reached_child_is_absent(trained, noise, tmp_path):
+    run = copy_run(trained, "gmp", tmp_path)
+    h = trained["data"].hierarchy
+    set_thresholds(run, True, fine={n: 0.0 for n in h.fine_names}, coarse={n: 1.01 for n in h.coarse_names})
+    r, output = predict_json(run, noise, tmp_path / "u.json", "--decision", "under-parent")
+    assert not any(f["present"] for c in r["coarse"] for f in c["fine"])
+    assert output.count("≥0.00, parent absent") == len(h.fine_names)
+
+
 # -- 1. provenance -------------------------------------------------------------------------------------------
 
 def test_every_prediction_says_which_model_tagged_and_that_it_is_a_demonstration(trained, noise, tmp_path):
