@@ -16,7 +16,7 @@ from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup, TyperOption
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from hmic.audio.decoding import FrontendConfig
 from hmic.training.config import TRAIN_OPTIONS, TrainConfig, flag
@@ -71,6 +71,16 @@ def _flag_type(self, ctx):
 
 _typer_display_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_type
+
+
+def _argument_usage(self) -> str:
+    """An argument in the usage line as the docs write it: ``AUDIO...``, ``[RUNS]`` (typer's own: ``{audio}...``)."""
+    name = self.display_name_raw.upper()
+    return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+
+TyperArgument._usage_display_name = _argument_usage
+TyperArgument.display_type_rich = lambda self, ctx: None  # the name and help say what it is (not "<list[Path]>")
 
 
 def _show_version(value: bool) -> None:
@@ -384,8 +394,9 @@ def evaluate(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all figures to this JSON file.")] = None,
     per_tag: Annotated[bool, typer.Option(help="Also print per-tag values.")] = False,
 ) -> None:
-    """Macro ROC-AUC, PR-AUC and F1 at both levels (fine = leaves, coarse = inner nodes) and, for a deeper
-    hierarchy, at each depth (observed entries only); mean ± std over runs. Reads only."""
+    """Macro ROC-AUC, PR-AUC and F1 per level and depth (observed entries only); mean ± std over runs. Reads only.
+
+    Both levels (fine = leaves, coarse = inner nodes) and, for a deeper hierarchy, each depth."""
     from hmic.evaluation.report import spread
     from hmic.evaluation.scoring import EVALUATION_VERSION, evaluate_runs
     from hmic.fileio import write_json
@@ -622,7 +633,7 @@ def _print_model(tagger) -> None:
     val = m.get("validation")
     scores = (", ".join(f"{lv} F1 {100 * v['f1']:.1f}%" for lv, v in val.items() if v.get("f1") == v.get("f1"))
               if isinstance(val, dict) else "unknown")
-    stand_in = {True: "the rendered stand-in", False: "recorded audio"}.get(m.get("stand_in"), "unknown whether stand-in")
+    stand_in = {True: "the rendered stand-in", False: "not rendered by hmic synth"}.get(m.get("stand_in"), "unknown whether stand-in")
     err.print(f"model: {m.get('model')} ({m.get('method')}, backbone {m.get('backbone')}, {m.get('protocol')}); trained on "
               f"{m.get('dataset')} ({m.get('train_clips')} train clips, {stand_in}); validation {scores} (at thresholds tuned "
               "on it: optimistic)",
@@ -709,7 +720,9 @@ def _print_timeline(result: dict, what: str) -> None:
     """The present coarse (inner) nodes of each window, under the result's decision rule."""
     from hmic.tagging.results import window_marks
 
-    t = Table(title=f"timeline ({what} per window; decision {result.get('decision', 'independent')})")
+    basis = result.get("threshold_basis", "clip")
+    also = "" if basis == "clip" else f"; the file's marks above use {basis} thresholds, so they can differ"
+    t = Table(title=f"timeline ({what} per window, at clip thresholds{also}; decision {result.get('decision', 'independent')})")
     t.add_column("window")
     t.add_column(what)
     for s, _, coarse_on in window_marks(result):
@@ -781,7 +794,9 @@ def _print_summary(result: dict) -> None:
     from hmic.tagging.results import marks
 
     coarse, fine = marks(result)
-    console.print(f"{result['file']}: {', '.join(coarse) or 'no coarse tag'} | {', '.join(fine) or 'no fine tag'}",
+    deep = "tree" in result  # deeper than 2 levels: the inner nodes, then the leaves
+    first, second = ("inner nodes", "leaves") if deep else ("coarse", "fine")
+    console.print(f"{result['file']}: {first}: {', '.join(coarse) or 'none'} | {second}: {', '.join(fine) or 'none'}",
                   highlight=False, soft_wrap=True)
 
 
@@ -803,6 +818,11 @@ def import_(
     s = import_manifest(manifest, out, h, copy=copy, seed=seed, test_fraction=test_fraction, clip_seconds=clip_seconds)
     console.print(f"{s['rows']} rows, {s['files']} files ({s['audio']}) → {s['clips']} clips of {clip_seconds:g} s in {out}/: "
                   f"{s['train_clips']} train, {s['test_clips']} test, {s['groups']} groups")
+    if s["unlabelled_tags"]:
+        n, total = len(s["unlabelled_tags"]), len(h.fine_names)
+        console.print(f"{n} of the hierarchy's {total} fine tags are labelled in no row (no column, or only blanks): "
+                      f"{', '.join(s['unlabelled_tags'])}; a model trained on this set cannot decide them (predict shows "
+                      "them as 'not trained'). To leave them out, pass a --hierarchy without them", highlight=False, soft_wrap=True)
     if s["weakly_labelled_clips"]:
         console.print(f"{s['weakly_labelled_clips']} clips were cut from longer files and carry their file's labels (weak labels)")
     console.print(f"next: hmic split --data-dir {out} && hmic featurize --data-dir {out} && hmic train --data-dir {out} ...", highlight=False, soft_wrap=True)

@@ -296,6 +296,7 @@ def import_manifest(manifest: Path, out: Path, hierarchy: Hierarchy, copy: bool 
                "train_clips": len(parts["train"]), "test_clips": len(parts["test"]),
                "groups": len({g for _, g in group_rows}), "audio": "copied" if copy else "linked",
                "clip_seconds": clip_seconds, "seed": seed, "weakly_labelled_clips": weak,
-               "hierarchy": hierarchy.name, "tags": tags}
+               "hierarchy": hierarchy.name, "tags": tags,
+               "unlabelled_tags": [t for t in hierarchy.fine_names if not any(t in r.labels for r in rows)]}
     write_json(out / "hmic-import.json", summary)
     return summary

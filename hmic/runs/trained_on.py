@@ -71,7 +71,9 @@ def untrained_tags(level_names: dict[str, list[str]], val: dict[str, tuple[np.nd
         why: dict[str, str] = {}
         for n in names:
             t = train.get(n)
-            if t is not None and t["positive"] == 0:
+            if t is not None and t["positive"] == 0 and t["negative"] == 0:
+                why[n] = "never labelled in training"  # e.g. no column for it in an imported manifest
+            elif t is not None and t["positive"] == 0:
                 why[n] = "never labelled present in training"
             elif t is not None and t["negative"] == 0:
                 why[n] = "never labelled absent in training"

@@ -267,6 +267,17 @@ def label_path(labels_dir: Path, name: Path) -> Path:
     return Path(labels_dir) / name.with_name(name.name + ".txt")
 
 
+ANY_CHILD_NOTE = "any child: present exactly when a child is (its own threshold unused)"
+
+
+def csv_note(x: dict) -> str:
+    """A CSV row's ``note``: why a tag is not trained, or that an inner node's mark is its children's
+    (the ``any-child`` rule: its ``present`` cell may read 1 below its threshold, or 0 above it)."""
+    if "not_trained" in x:
+        return f"{NOT_TRAINED}: {x['not_trained']}"
+    return ANY_CHILD_NOTE if x.get("decided_by") == "children" else ""
+
+
 def to_csv(results: list[dict]) -> str:
     """One row per file and tag; each row names the model that tagged (a flat file has no header block).
     Deeper than 2 levels (results with a ``tree``): one row per node, named by its path, with its depth
@@ -282,7 +293,7 @@ def to_csv(results: list[dict]) -> str:
         def cells(level: str, x: dict, parent: str) -> list:
             untrained = "not_trained" in x
             return [r["file"], level, x["tag"], parent, x["probability"], "" if untrained else x["threshold"],
-                    "" if untrained else int(x["present"]), f"not trained: {x['not_trained']}" if untrained else "", *model]
+                    "" if untrained else int(x["present"]), csv_note(x), *model]
 
         for c in r["coarse"]:
             rows.append(cells("coarse", c, ""))
@@ -299,8 +310,8 @@ def _tree_csv(results: list[dict]) -> str:
             untrained = "not_trained" in x
             parent = x["path"].rpartition(PATH_SEPARATOR)[0]
             rows.append([r["file"], x["path"], depth, x["tag"], parent, x["probability"], "" if untrained else x["threshold"],
-                         "" if untrained else int(x["present"]), f"not trained: {x['not_trained']}" if untrained else "",
-                         *model, r.get("format_version", PREDICT_FORMAT_VERSION)])
+                         "" if untrained else int(x["present"]), csv_note(x), *model,
+                         r.get("format_version", PREDICT_FORMAT_VERSION)])
     return csv_text(TREE_CSV_COLUMNS, rows)
 
 

@@ -276,8 +276,8 @@ def train_epochs(trainer: Trainer, data: TrainingData, device: torch.device, sta
                 improved.append(member.commit(epoch, row, vals[r], val_seconds, lr, started,
                                               lambda r=r: trainer.training_state(r), device, trainer.embedding))
             fine = [v["val_fine_loss"] for v in vals]
-            info = (f"val fine {fine[0]:.4f}{' (best)' if improved[0] else ''}" if len(fine) == 1
-                    else f"val fine {min(fine):.4f}–{max(fine):.4f}")
+            info = (f"val fine loss {fine[0]:.4f}{' (best)' if improved[0] else ''}" if len(fine) == 1
+                    else f"val fine loss {min(fine):.4f}–{max(fine):.4f}")
             bar.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} {info}")
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 return [{"interrupted": True, "epoch": epoch} for _ in trainer.members]

@@ -273,6 +273,15 @@ def test_the_next_hint_of_import_never_wraps(own_data, tmp_path):
     assert hint.rstrip().endswith("...")  # the whole command on one line
 
 
+def test_import_names_the_hierarchys_tags_no_row_labels(own_data, tmp_path):
+    result = CliRunner().invoke(app, ["import", str(own_data), "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    missing = [t for t in H.fine_names if t not in ("guitar", "piano", "voice")]
+    assert json.loads((tmp_path / "d" / "hmic-import.json").read_text())["unlabelled_tags"] == missing
+    assert f"{len(missing)} of the hierarchy's {len(H.fine_names)} fine tags are labelled in no row" in result.output
+    assert ", ".join(missing) in result.output and "'not trained'" in result.output
+
+
 def test_a_deeper_tree_takes_labels_on_inner_nodes_and_propagates_them(tmp_path):
     """'strings' without saying which string instrument: an inner node's column, kept as a dataset tag,
     observed positive; its ancestors follow, the leaves below it stay unobserved."""

@@ -1,6 +1,7 @@
 """Output a newcomer can trust (issue 37): predict says what model it is, marks what it cannot know,
 never contradicts itself without showing why, explains in the head's own terms, and its models can be found."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -113,6 +114,19 @@ def test_the_issues_untrained_tag_marked_present_at_the_kept_default_is_not_trai
     assert trumpet["present"] is False and trumpet["threshold"] is None
 
 
+def test_each_reason_a_tag_is_not_trained_is_named_as_it_is():
+    from hmic.runs.trained_on import untrained_tags
+
+    names = ["a", "b", "c", "d", "e"]
+    targets = np.array([[1, 1, 1, 0, 1], [0, 0, 0, 0, 1]], float)  # d: no positive, e: no negative validation label
+    train = {"a": {"positive": 0, "negative": 0}, "b": {"positive": 0, "negative": 9},
+             "c": {"positive": 9, "negative": 0}, "d": {"positive": 3, "negative": 3}, "e": {"positive": 3, "negative": 3}}
+    why = untrained_tags({"fine": names}, {"fine": (targets, np.ones_like(targets))}, {"train_labels": {"fine": train}})
+    assert why["fine"] == {"a": "never labelled in training", "b": "never labelled present in training",
+                           "c": "never labelled absent in training", "d": "no positive validation label",
+                           "e": "no negative validation label"}
+
+
 def test_evaluate_still_scores_untrained_tags_at_the_default_threshold(trained, tmp_path):
     from hmic.evaluation.scoring import evaluate_run
 
@@ -158,11 +172,14 @@ def test_predict_marks_obey_the_hierarchy_and_the_table_shows_thresholds(trained
     h = trained["data"].hierarchy
     # every fine tag reached, no coarse tag reached: the paper's independent marks contradict everywhere
     set_thresholds(run, True, fine={n: 0.0 for n in h.fine_names}, coarse={n: 1.01 for n in h.coarse_names})
-    r, output = predict_json(run, noise, tmp_path / "d.json")
+    r, output = predict_json(run, noise, tmp_path / "d.json", "--csv", str(tmp_path / "d.csv"))
     for c in r["coarse"]:  # no parent absent under a present child, no parent present without one
         assert c["present"] == any(f["present"] for f in c["fine"])
     assert r["decision"] == "any-child"
     assert "≥0.00" in output and "any child" in output  # each tag's threshold, and how coarse marks are read
+    coarse_rows = [x for x in csv.DictReader(open(tmp_path / "d.csv")) if x["level"] == "coarse"]
+    assert coarse_rows and all(x["present"] == "1" and float(x["probability"]) < float(x["threshold"])
+                               and x["note"].startswith("any child") for x in coarse_rows)  # 1 below 1.01: the note says why
     r, _ = predict_json(run, noise, tmp_path / "i.json", "--decision", "independent")  # the paper's rule, on request
     assert all(f["present"] and not c["present"] for c in r["coarse"] for f in c["fine"])
 
@@ -322,4 +339,5 @@ def test_one_window_is_singular_and_no_tables_without_an_output_still_prints_a_l
     assert "over 1 window," in out and "1 windows" not in out
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "short.wav"), "--run", run, "--no-tables"])
     assert result.exit_code == 0
-    assert any(line.startswith(f"{tmp_path / 'short.wav'}: ") for line in result.output.splitlines())
+    line = next(line for line in result.output.splitlines() if line.startswith(f"{tmp_path / 'short.wav'}: "))
+    assert ": coarse: " in line and " | fine: " in line  # which side is which level
