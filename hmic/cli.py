@@ -686,7 +686,8 @@ def _print_song(result: dict, segments: bool, explain: bool) -> None:
         return _print_tree(result, segments, explain)
     m = result.get("model") or {}
     decision = result.get("decision", "independent")
-    table = Table(title=_song_title(result),
+    title = _song_title(result)
+    table = Table(title=title, min_width=min(len(title), console.width),  # the title on one line where it fits
                   caption=f"model {m.get('model', result.get('checkpoint'))}, trained on {m.get('dataset', 'unknown')}; "
                           f"decision {decision}: {DECISION_NOTE[decision]}; "
                           "✓ present when p reaches the threshold shown", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
@@ -722,7 +723,9 @@ def _print_timeline(result: dict, what: str) -> None:
 
     basis = result.get("threshold_basis", "clip")
     also = "" if basis == "clip" else f"; the file's marks above use {basis} thresholds, so they can differ"
-    t = Table(title=f"timeline ({what} per window, at clip thresholds{also}; decision {result.get('decision', 'independent')})")
+    console.print(f"timeline ({what} per window, at clip thresholds{also}; decision {result.get('decision', 'independent')}):",
+                  highlight=False, soft_wrap=True)  # a line, not a title squeezed to the table's width
+    t = Table()
     t.add_column("window")
     t.add_column(what)
     for s, _, coarse_on in window_marks(result):
