@@ -364,10 +364,22 @@ def latest_tuned_run(runs_dir: str | Path) -> Run:
             more = f" and {len(elsewhere) - 5} more" if len(elsewhere) > 5 else ""
             found = f"; tuned runs found elsewhere here: {shown}{more} (pass one with --run, or its folder with --runs-dir)"
         raise HmicError(f"no run with tuned thresholds under {Path(runs_dir).resolve()}{found}; to get a model: "
-                        "'hmic download cnn14' then 'hmic predict --model audioset' (AudioSet's tagger), 'make demo' "
-                        "(a stand-in demonstration model in data/demo/song-runs), or train one ('hmic train', then "
-                        "'hmic tune-thresholds RUN')")
+                        f"'hmic download cnn14' then 'hmic predict --model audioset' (AudioSet's tagger), {demo_hint()}, "
+                        "or train one ('hmic train', then 'hmic tune-thresholds RUN')")
     return max(candidates, key=lambda r: r.done_path.stat().st_mtime if r.finished else 0)
+
+
+def demo_hint() -> str:
+    """Where ``make demo``'s song model is, by absolute path when hmic runs from a checkout (so that the
+    hint holds from any working directory); the checkout is the folder holding hmic/ and the Makefile."""
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "Makefile").is_file():
+        return "'make demo' in an hmic checkout (a stand-in demonstration model in its data/demo/song-runs)"
+    song_runs = checkout / "data" / "demo" / "song-runs"
+    tuned = [p.parent for p in song_runs.rglob(THRESHOLDS)] if song_runs.is_dir() else []
+    if tuned:
+        return f"the stand-in demonstration model 'make demo' trained (--run {max(tuned, key=lambda p: p.stat().st_mtime)})"
+    return f"'make demo' in {checkout} (a stand-in demonstration model in {song_runs})"
 
 
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache", ".pytest_cache"}

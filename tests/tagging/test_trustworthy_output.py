@@ -323,6 +323,24 @@ def test_no_run_error_names_the_folder_searched_runs_found_elsewhere_and_ways_fo
     assert "hmic predict --model audioset" in msg and "make demo" in msg and "hmic train" in msg
 
 
+def test_the_no_run_hint_names_make_demos_model_by_its_absolute_path_from_any_folder(tmp_path, monkeypatch):
+    import hmic.runs.run as run_module
+
+    checkout = tmp_path / "clone"
+    monkeypatch.setattr(run_module, "__file__", str(checkout / "hmic" / "runs" / "run.py"))
+    assert run_module.demo_hint().startswith("'make demo' in an hmic checkout")  # installed, not a checkout
+    (checkout / "hmic").mkdir(parents=True)
+    (checkout / "Makefile").write_text("demo:\n")
+    assert f"'make demo' in {checkout} (a stand-in demonstration model in {checkout}/data/demo/song-runs)" in run_module.demo_hint()
+    seed = checkout / "data" / "demo" / "song-runs" / "gmp" / "lam0.80" / "seed0"
+    seed.mkdir(parents=True)
+    (seed / "thresholds.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)  # outside the checkout, as a user tagging their music from elsewhere
+    with pytest.raises(Exception) as e:
+        latest_tuned_run("runs")
+    assert f"the stand-in demonstration model 'make demo' trained (--run {seed})" in str(e.value)
+
+
 def test_make_demo_says_where_its_runs_are_and_how_to_predict_with_them():
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     demo = makefile.split("\ndemo:")[1].split("\n\n")[0]
