@@ -892,19 +892,33 @@ def runs_(
         raise HmicError(f"no runs under {runs_dir}; train some with 'hmic train --runs-dir {runs_dir}'")
     colour = {"finished": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
     counts = {state: sum(r.state == state for r in found) for state in colour}
-    table = Table(title=f"{len(found)} run(s) under {runs_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
-    for col in ("run", "method", "λ", "seed", "protocol", "state", "best epoch", "val fine loss", "wall time", "tuned", "commit"):
-        table.add_column(col, justify="right" if col in ("λ", "seed", "best epoch", "val fine loss", "wall time") else "left",
-                         no_wrap=col == "state")  # one line per run: the full error is in --json
+    title = f"{len(found)} run(s) under {runs_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    columns = ("run", "method", "λ", "seed", "protocol", "state", "best epoch", "val fine loss", "wall time", "tuned", "commit")
+    rows = []
     for r in found:
         where = Path(r.run)
         with suppress(ValueError):
             where = where.relative_to(runs_dir)
-        table.add_row(escape(str(where)), r.method, f"{r.lam:.2f}", str(r.seed), r.protocol,
-                      f"[{colour[r.state]}]{escape(r.state_text)}[/]",
-                      "-" if r.best_epoch is None else str(r.best_epoch + 1),
-                      "-" if r.best_val_fine_loss is None else f"{r.best_val_fine_loss:.4f}",
-                      format_seconds(r.wall_seconds) if r.epochs_done else "-", "yes" if r.tuned else "no", escape(r.commit))
+        rows.append([str(where), r.method, f"{r.lam:.2f}", str(r.seed), r.protocol, r.state_text,
+                     "-" if r.best_epoch is None else str(r.best_epoch + 1),
+                     "-" if r.best_val_fine_loss is None else f"{r.best_val_fine_loss:.4f}",
+                     format_seconds(r.wall_seconds) if r.epochs_done else "-", "yes" if r.tuned else "no", r.commit])
+    right = {"λ", "seed", "best epoch", "val fine loss", "wall time"}
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    if sum(widths) + 3 * len(widths) + 1 > console.width:  # too narrow for the table (a pipe, a small terminal):
+        # aligned plain lines that never cut a cell, the run's path first (method, λ and seed are in it)
+        console.print(title, highlight=False, soft_wrap=True)
+        keep = [i for i, c in enumerate(columns) if c not in ("method", "λ", "seed")]
+        for row in [list(columns)] + rows:
+            cells = [row[i].rjust(widths[i]) if columns[i] in right else row[i].ljust(widths[i]) for i in keep]
+            console.print(escape("  ".join(cells).rstrip()), highlight=False, soft_wrap=True)
+        return
+    table = Table(title=title)
+    for col in columns:  # one line per run: the full error is in --json
+        table.add_column(col, justify="right" if col in right else "left", no_wrap=col == "state")
+    for r, row in zip(found, rows):
+        row[0], row[5], row[10] = escape(row[0]), f"[{colour[r.state]}]{escape(row[5])}[/]", escape(row[10])
+        table.add_row(*row)
     console.print(table)
 
 

@@ -251,6 +251,10 @@ def test_hmic_runs_reports_finished_running_interrupted_and_failed(prepared, tmp
     assert result.exit_code == 0, result.output
     for text in ("1 finished, 1 interrupted, 1 failed", "interrupted after 1/2 epochs", "failed: checkpoint", commit):
         assert text in result.output, text
+    narrow = CliRunner().invoke(app, ["runs", str(runs_dir)], env={"COLUMNS": "80"}).output  # a piped or small terminal
+    lines = narrow.splitlines()  # no cell cut to "r…", "m…": one whole line per run
+    assert all(any(f"seed{k}" in line and "finetune" in line and state in line for line in lines)
+               for k, state in enumerate(("finished", "interrupted after 1/2 epochs", "failed: checkpoint")))
     listed = json.loads(CliRunner().invoke(app, ["runs", str(runs_dir), "--json"]).stdout)
     assert "does not exist" in listed[2]["error"]  # the table cuts a long error; --json has all of it
     assert [(r["seed"], r["state"], r["lambda"], r["method"], r["protocol"]) for r in listed] == [
