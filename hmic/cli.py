@@ -916,9 +916,11 @@ def runs_(
     table = Table(title=title)
     for col in columns:  # one line per run: the full error is in --json
         table.add_column(col, justify="right" if col in right else "left", no_wrap=col == "state")
+    state = columns.index("state")
     for r, row in zip(found, rows):
-        row[0], row[5], row[10] = escape(row[0]), f"[{colour[r.state]}]{escape(row[5])}[/]", escape(row[10])
-        table.add_row(*row)
+        cells = [escape(c) for c in row]
+        cells[state] = f"[{colour[r.state]}]{cells[state]}[/]"
+        table.add_row(*cells)
     console.print(table)
 
 

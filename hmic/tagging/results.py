@@ -270,12 +270,13 @@ def label_path(labels_dir: Path, name: Path) -> Path:
 ANY_CHILD_NOTE = "any child: present exactly when a child is (its own threshold unused)"
 
 
-def csv_note(x: dict) -> str:
-    """A CSV row's ``note``: why a tag is not trained, or that an inner node's mark is its children's
-    (the ``any-child`` rule: its ``present`` cell may read 1 below its threshold, or 0 above it)."""
+def decision_cells(x: dict) -> list:
+    """A CSV row's ``threshold``, ``present`` and ``note`` cells: a tag not trained has the first two empty
+    and its reason in ``note``; an inner node whose mark is its children's says so there (the ``any-child``
+    rule: its ``present`` cell may read 1 below its threshold, or 0 above it)."""
     if "not_trained" in x:
-        return f"{NOT_TRAINED}: {x['not_trained']}"
-    return ANY_CHILD_NOTE if x.get("decided_by") == "children" else ""
+        return ["", "", f"{NOT_TRAINED}: {x['not_trained']}"]
+    return [x["threshold"], int(x["present"]), ANY_CHILD_NOTE if x.get("decided_by") == "children" else ""]
 
 
 def to_csv(results: list[dict]) -> str:
@@ -291,9 +292,7 @@ def to_csv(results: list[dict]) -> str:
         model.append(r.get("decision", "independent"))
 
         def cells(level: str, x: dict, parent: str) -> list:
-            untrained = "not_trained" in x
-            return [r["file"], level, x["tag"], parent, x["probability"], "" if untrained else x["threshold"],
-                    "" if untrained else int(x["present"]), csv_note(x), *model]
+            return [r["file"], level, x["tag"], parent, x["probability"], *decision_cells(x), *model]
 
         for c in r["coarse"]:
             rows.append(cells("coarse", c, ""))
@@ -307,10 +306,8 @@ def _tree_csv(results: list[dict]) -> str:
         m = r.get("model") or {}
         model = [m.get(k, "unknown") for k in MODEL_COLUMNS[:-1]] + [r.get("decision", "independent")]
         for depth, x in walk(r["tree"]):
-            untrained = "not_trained" in x
             parent = x["path"].rpartition(PATH_SEPARATOR)[0]
-            rows.append([r["file"], x["path"], depth, x["tag"], parent, x["probability"], "" if untrained else x["threshold"],
-                         "" if untrained else int(x["present"]), csv_note(x), *model,
+            rows.append([r["file"], x["path"], depth, x["tag"], parent, x["probability"], *decision_cells(x), *model,
                          r.get("format_version", PREDICT_FORMAT_VERSION)])
     return csv_text(TREE_CSV_COLUMNS, rows)
 
