@@ -670,15 +670,13 @@ def _cell_p(x: dict) -> str:
     return f"{x['probability']:.{_digits(x)}f}"
 
 
-def _cell_threshold(x: dict, decision: str) -> str:
+def _cell_threshold(x: dict) -> str:
     if "not_trained" in x:
         return "[yellow]not trained[/]"
     if x.get("decided_by") == "children":
         return "any child"
-    cell = f"≥{x['threshold']:.{_digits(x)}f}"
-    if decision == "under-parent" and not x["present"] and x["probability"] >= x["threshold"]:
-        cell += ", parent absent"  # reached, yet only present under a present parent
-    return cell
+    parent = ", parent absent" if x.get("decided_by") == "parent" else ""  # reached, yet only present under a present parent
+    return f"≥{x['threshold']:.{_digits(x)}f}{parent}"
 
 
 def _print_song(result: dict, segments: bool, explain: bool) -> None:
@@ -697,8 +695,8 @@ def _print_song(result: dict, segments: bool, explain: bool) -> None:
         for i, f in enumerate(c["fine"]):
             first = i == 0
             table.add_row(c["tag"] if first else "", _cell_p(c) if first else "",
-                          _cell_threshold(c, decision) if first else "", _cell_mark(c) if first else "",
-                          f["tag"], _cell_p(f), _cell_threshold(f, decision), _cell_mark(f))
+                          _cell_threshold(c) if first else "", _cell_mark(c) if first else "",
+                          f["tag"], _cell_p(f), _cell_threshold(f), _cell_mark(f))
         table.add_section()
     console.print(table)
     if explain:
@@ -755,7 +753,7 @@ def _print_tree(result: dict, segments: bool, explain: bool) -> None:
     for depth, n in walk(result["tree"]):
         if depth == 0 and table.row_count:
             table.add_section()
-        table.add_row(escape("  " * depth + n["tag"]), _cell_p(n), _cell_threshold(n, decision), _cell_mark(n))
+        table.add_row(escape("  " * depth + n["tag"]), _cell_p(n), _cell_threshold(n), _cell_mark(n))
     console.print(table)
     if explain:
         for _, n in walk(result["tree"]):

@@ -51,7 +51,10 @@ def file_result(tagger, prepared: Prepared, windows: Outputs, hop_seconds: float
         if untrained[level][k]:
             return {"tag": name, "probability": round(float(p), 4), "threshold": None, "present": False,
                     "not_trained": why.get(level, {}).get(name, NOT_TRAINED)}
-        return {"tag": name, "probability": round(float(p), 4), "threshold": round(float(t), 4), "present": bool(present)}
+        r = {"tag": name, "probability": round(float(p), 4), "threshold": round(float(t), 4), "present": bool(present)}
+        if tagger.decision == "under-parent" and not present and p >= t:
+            r["decided_by"] = "parent"  # reached its threshold, absent because no parent is present
+        return r
 
     if h.is_two_level:
         shape = {"coarse": coarse_rows(tagger, row, fine_p, coarse_p, thresholds, fine_on, coarse_on, windows, starts)}
@@ -268,15 +271,18 @@ def label_path(labels_dir: Path, name: Path) -> Path:
 
 
 ANY_CHILD_NOTE = "any child: present exactly when a child is (its own threshold unused)"
+PARENT_ABSENT_NOTE = "parent absent: reached its threshold, present only under a present parent"
 
 
 def decision_cells(x: dict) -> list:
     """A CSV row's ``threshold``, ``present`` and ``note`` cells: a tag not trained has the first two empty
-    and its reason in ``note``; an inner node whose mark is its children's says so there (the ``any-child``
-    rule: its ``present`` cell may read 1 below its threshold, or 0 above it)."""
+    and its reason in ``note``; a mark not read from the tag's own threshold says why there (``any-child``:
+    an inner node's mark is its children's, 1 below its threshold or 0 above it; ``under-parent``: 0 above
+    its threshold under an absent parent)."""
     if "not_trained" in x:
         return ["", "", f"{NOT_TRAINED}: {x['not_trained']}"]
-    return [x["threshold"], int(x["present"]), ANY_CHILD_NOTE if x.get("decided_by") == "children" else ""]
+    note = {"children": ANY_CHILD_NOTE, "parent": PARENT_ABSENT_NOTE}.get(x.get("decided_by"), "")
+    return [x["threshold"], int(x["present"]), note]
 
 
 def to_csv(results: list[dict]) -> str:

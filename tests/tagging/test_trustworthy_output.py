@@ -206,9 +206,13 @@ def test_under_parent_says_why_a_reached_child_is_absent(trained, noise, tmp_pat
     run = copy_run(trained, "gmp", tmp_path)
     h = trained["data"].hierarchy
     set_thresholds(run, True, fine={n: 0.0 for n in h.fine_names}, coarse={n: 1.01 for n in h.coarse_names})
-    r, output = predict_json(run, noise, tmp_path / "u.json", "--decision", "under-parent")
+    r, output = predict_json(run, noise, tmp_path / "u.json", "--decision", "under-parent", "--csv", str(tmp_path / "u.csv"))
     assert not any(f["present"] for c in r["coarse"] for f in c["fine"])
+    assert all(f["decided_by"] == "parent" for c in r["coarse"] for f in c["fine"])
     assert output.count("≥0.00, parent absent") == len(h.fine_names)
+    fine_rows = [x for x in csv.DictReader(open(tmp_path / "u.csv")) if x["level"] == "fine"]
+    assert len(fine_rows) == len(h.fine_names) and all(x["present"] == "0" and x["note"].startswith("parent absent")
+                                                      for x in fine_rows)
 
 
 # -- 1. provenance -------------------------------------------------------------------------------------------
